@@ -1,0 +1,69 @@
+"""ChurnGuard handlers: wiring only. Each decodes its event and calls one function in chalicelib."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from chalice import Chalice
+
+from chalicelib import runtime
+from chalicelib.config import DEFAULT_INCOMING_PREFIX, DEFAULT_SCHEDULE
+from chalicelib.observability import logger
+
+app = Chalice(app_name="churnguard")
+
+
+@app.middleware("all")
+def observability(event: Any, get_response: Callable[[Any], Any]) -> Any:
+    """Put the Lambda request id and function name on every log line of this invocation."""
+    context = getattr(event, "context", None)
+    logger.append_keys(
+        request_id=getattr(context, "aws_request_id", None),
+        function_name=getattr(context, "function_name", None),
+    )
+    try:
+        return get_response(event)
+    finally:
+        logger.remove_keys(["request_id", "function_name"])
+
+
+@app.on_s3_event(
+    bucket=os.environ.get("BEHAVIOUR_BUCKET", "churnguard-behaviour-dev"),
+    events=["s3:ObjectCreated:*"],
+    prefix=os.environ.get("INCOMING_PREFIX", DEFAULT_INCOMING_PREFIX),
+)
+def on_behaviour_file(event: Any) -> list[dict[str, Any]]:
+    """Merge each landed file into its users' state and re-score them."""
+    pipeline = runtime.get_pipeline()
+    summaries = []
+    for record in event.to_dict().get("Records", []):
+        obj = record["s3"]["object"]
+        summaries.append(
+            pipeline.process_object(
+                key=_unquote_key(obj["key"]),
+                version_id=obj.get("versionId"),
+                landed_at=_epoch(record.get("eventTime")),
+            )
+        )
+    return summaries
+
+
+@app.schedule(os.environ.get("SCORING_SCHEDULE", DEFAULT_SCHEDULE))
+def scheduled_scoring(event: Any) -> dict[str, Any]:
+    """Re-score every known user as of the schedule's time, after processing missed files."""
+    return runtime.get_pipeline().run_schedule(at=_epoch(event.to_dict().get("time")))
+
+
+def _unquote_key(key: str) -> str:
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(key)
+
+
+def _epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,1 @@
+"""ChurnGuard: churn early warning and retention on AWS Chalice."""

@@ -1,0 +1,7 @@
+"""Entry point of `python -m chalicelib`."""
+
+import sys
+
+from chalicelib.cli import main
+
+sys.exit(main())

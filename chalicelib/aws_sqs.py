@@ -1,0 +1,79 @@
+"""SQS adapter: retention messages to one queue per actionable risk tier."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+
+from chalicelib.aws_s3 import BOTO_CONFIG
+from chalicelib.errors import RetryableError
+from chalicelib.retry import backoff_delays, sleep
+
+BATCH = 10
+MAX_BODY_BYTES = 256 * 1024
+
+
+class RetentionQueues:
+    """Sends retention messages in batches of ten, retrying the entries SQS failed."""
+
+    def __init__(self, client: Any, queue_names: dict[str, str]) -> None:
+        self.client = client
+        self.queue_names = dict(queue_names)
+        self._urls: dict[str, str] = {}
+        self.calls = 0
+
+    @classmethod
+    def create(cls, queue_names: dict[str, str]) -> RetentionQueues:
+        """Return an adapter with a default client (honours AWS_ENDPOINT_URL)."""
+        return cls(boto3.client("sqs", config=BOTO_CONFIG), queue_names)
+
+    def url(self, tier: str) -> str:
+        """Return (and remember) the URL of a tier's queue."""
+        if tier not in self._urls:
+            self._urls[tier] = self.client.get_queue_url(QueueName=self.queue_names[tier])["QueueUrl"]
+        return self._urls[tier]
+
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> int:
+        """Send messages to the tier's queue; return how many were accepted."""
+        url = self.url(tier) if messages else ""
+        sent = 0
+        for start in range(0, len(messages), BATCH):
+            entries = [_entry(str(i), m) for i, m in enumerate(messages[start : start + BATCH])]
+            sent += self._send_batch(url, entries)
+        return sent
+
+    def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> int:
+        pending = entries
+        delays = backoff_delays()
+        while True:
+            self.calls += 1
+            resp = self.client.send_message_batch(QueueUrl=url, Entries=pending)
+            failed = {f["Id"] for f in resp.get("Failed", []) if not f.get("SenderFault")}
+            sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
+            if sender_faults:
+                raise ValueError(f"SQS refused messages: {sender_faults}")
+            if not failed:
+                return len(entries)
+            pending = [e for e in pending if e["Id"] in failed]
+            try:
+                sleep(next(delays))
+            except StopIteration:
+                raise RetryableError(f"{len(pending)} messages still failing after retries") from None
+
+
+def _entry(entry_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    if len(body.encode()) > MAX_BODY_BYTES:
+        raise ValueError(f"message {message.get('message_id')} is over SQS's {MAX_BODY_BYTES} bytes")
+    attrs = {
+        "risk_tier": message["risk_tier"],
+        "value_tier": message["value_tier"],
+        "channel": message["action"]["channel"],
+    }
+    return {
+        "Id": entry_id,
+        "MessageBody": body,
+        "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
+    }

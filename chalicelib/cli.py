@@ -1,0 +1,227 @@
+"""Command line: demo, generate, train, score, evaluate (see CONTRACTS in the README)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from chalicelib.errors import InputError, ModelArtifactError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as the contract says
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _timestamp(text: str) -> float:
+    from chalicelib.reader import parse_timestamp
+
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or date-time: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every command."""
+    parser = _Parser(prog="python -m chalicelib", description="ChurnGuard: churn early warning and retention.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="run the whole event path on an embedded AWS (moto)")
+    demo.add_argument("--users", type=_positive_int, default=3000, help="users in the demo data (default 3000)")
+    demo.add_argument("--seed", type=int, default=11)
+
+    gen = sub.add_parser("generate", help="write a synthetic behaviour event log")
+    gen.add_argument("--users", type=_positive_int, required=True)
+    gen.add_argument("--days", type=_positive_int, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--as-of", type=_timestamp, default=None, help="end of the window (default: today, UTC)")
+    gen.add_argument("--kind", choices=("multi", "purchases"), default="multi", help="all signals or purchases only")
+    gen.add_argument("--out", type=Path, required=True, help=".csv, .jsonl, optionally .gz")
+
+    train = sub.add_parser("train", help="fit a model from history and write an artifact directory")
+    train.add_argument("--events", type=Path, required=True)
+    train.add_argument("--cutoff", type=_timestamp, required=True)
+    train.add_argument("--horizon-days", type=_positive_float, required=True)
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--lookback-days", type=_positive_float, default=180.0)
+    train.add_argument("--high-threshold", type=_probability, default=0.6)
+    train.add_argument("--medium-threshold", type=_probability, default=0.3)
+
+    score = sub.add_parser("score", help="score an event log offline; one CSV row per user")
+    score.add_argument("--model", type=Path, default=None, help="artifact directory (default model_artifacts/)")
+    score.add_argument("--input", type=Path, required=True)
+    score.add_argument("--as-of", type=_timestamp, default=None, help="default: the latest event in the file")
+    score.add_argument("--out", type=Path, required=True)
+
+    ev = sub.add_parser("evaluate", help="print model metrics on a labelled history as JSON")
+    ev.add_argument("--model", type=Path, default=None)
+    ev.add_argument("--events", type=Path, required=True)
+    ev.add_argument("--cutoff", type=_timestamp, required=True)
+    ev.add_argument("--horizon-days", type=_positive_float, required=True)
+    return parser
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _read(path: Path, not_after: float | None = None) -> Any:
+    from chalicelib.reader import read_event_file
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    result = read_event_file(path, not_after=not_after)
+    _say(f"{path}: read {result.rows_read} rows, accepted {result.rows_accepted}, rejected {result.rows_rejected}")
+    return result
+
+
+def _write_rejects(result: Any, out: Path) -> None:
+    if result.rows_rejected:
+        path = out.with_name(out.name + ".rejected.csv")
+        path.write_bytes(result.rejects.to_bytes())
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejects.by_reason.items()))
+        _say(f"{path}: {result.rows_rejected} rejected rows ({reasons})")
+
+
+def _model(path: Path | None) -> Any:
+    from chalicelib.model import default_model_dir, load_model
+
+    return load_model(path or default_model_dir())
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from chalicelib.generate import generate_events, write_event_log
+
+    as_of = args.as_of if args.as_of is not None else _today()
+    when = datetime.fromtimestamp(as_of, tz=UTC)
+    batch = generate_events(args.users, args.days, args.seed, when, kind=args.kind, progress=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = write_event_log(batch, args.out, progress=True)
+    _say(f"{args.out}: {rows} events for {len(batch.user_ids)} users")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from chalicelib.training import train
+
+    if args.medium_threshold >= args.high_threshold:
+        raise InputError("--medium-threshold must be below --high-threshold")
+    result = _read(args.events)
+    started = time.monotonic()
+    manifest = train(
+        result.events,
+        cutoff=args.cutoff,
+        horizon_days=args.horizon_days,
+        out_dir=args.out,
+        seed=args.seed,
+        thresholds={"high": args.high_threshold, "medium": args.medium_threshold},
+        lookback_days=args.lookback_days,
+        source=args.events.name,
+        progress=_say,
+    )
+    m = manifest["metrics"]
+    _say(
+        f"{args.out}: {manifest['model_version']} ({manifest['estimator']}) in {time.monotonic() - started:.1f}s; "
+        f"validation AUC {m['auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, Brier {m['brier']:.4f}"
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from chalicelib.scoring import Scorer, write_scores_csv
+    from chalicelib.state import build_state
+
+    model = _model(args.model)
+    result = _read(args.input, not_after=args.as_of)
+    events = result.events
+    if args.as_of is not None:
+        as_of = args.as_of
+    elif len(events):
+        as_of = float(events.time.max())
+    else:
+        raise InputError(f"{args.input}: no usable events, and no --as-of to score as of")
+    scores = Scorer(model).score(build_state(events), as_of)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="", encoding="utf-8") as fh:
+        n = write_scores_csv(scores, fh)
+    _write_rejects(result, args.out)
+    tiers = scores.counts()["risk_tier"]
+    _say(f"{args.out}: {n} users scored as of {scores.as_of} ({', '.join(f'{k} {v}' for k, v in tiers.items())})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from chalicelib.training import evaluate
+
+    model = _model(args.model)
+    result = _read(args.events)
+    print(json.dumps(evaluate(model, result.events, args.cutoff, args.horizon_days), indent=2))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from chalicelib.demo import run_demo
+
+    run_demo(users=args.users, seed=args.seed)
+
+
+def _today() -> float:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp()
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "generate": cmd_generate,
+    "train": cmd_train,
+    "score": cmd_score,
+    "evaluate": cmd_evaluate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit status (0 ok, 2 usage or unusable input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (InputError, ModelArtifactError) as exc:
+        print(f"python -m chalicelib {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        # A path that cannot be read or written (permissions, a directory, a full disk).
+        print(f"python -m chalicelib {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

@@ -1,0 +1,68 @@
+"""Settings read once from the environment and validated at the edge."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from chalicelib.errors import ChurnGuardError
+
+DEFAULT_INCOMING_PREFIX = "incoming/"
+DEFAULT_SCHEDULE = "rate(1 day)"
+
+
+class ConfigError(ChurnGuardError):
+    """A missing or malformed setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the AWS path needs to know about where things live."""
+
+    behaviour_bucket: str
+    incoming_prefix: str
+    risk_table: str
+    state_table: str
+    queue_high: str
+    queue_medium: str
+    # Files younger than this are left to their own S3 trigger by the schedule's sweep.
+    sweep_min_age_seconds: float = 900.0
+    # Events later than the file's landing time by more than this are rejected as future-dated.
+    future_tolerance_seconds: float = 86400.0
+
+    @property
+    def snapshot_prefix(self) -> str:
+        return f"{self.incoming_prefix}snapshots/"
+
+    @property
+    def queues(self) -> dict[str, str]:
+        """Return queue name by risk tier (only tiers that get messages)."""
+        return {"high": self.queue_high, "medium": self.queue_medium}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; raise ConfigError naming what is missing."""
+        env = os.environ if env is None else env
+        required = ("BEHAVIOUR_BUCKET", "RISK_TABLE", "QUEUE_HIGH", "QUEUE_MEDIUM")
+        missing = [name for name in required if not env.get(name)]
+        if missing:
+            raise ConfigError(f"missing environment variable(s): {', '.join(missing)}")
+        prefix = env.get("INCOMING_PREFIX") or DEFAULT_INCOMING_PREFIX
+        if not prefix.endswith("/"):
+            prefix += "/"
+        try:
+            min_age = float(env.get("SWEEP_MIN_AGE_SECONDS", "900"))
+            tolerance = float(env.get("FUTURE_TOLERANCE_SECONDS", "86400"))
+        except ValueError as exc:
+            raise ConfigError(f"SWEEP_MIN_AGE_SECONDS / FUTURE_TOLERANCE_SECONDS must be numbers: {exc}") from exc
+        return cls(
+            behaviour_bucket=env["BEHAVIOUR_BUCKET"],
+            incoming_prefix=prefix,
+            risk_table=env["RISK_TABLE"],
+            state_table=env.get("STATE_TABLE") or env["RISK_TABLE"],
+            queue_high=env["QUEUE_HIGH"],
+            queue_medium=env["QUEUE_MEDIUM"],
+            sweep_min_age_seconds=min_age,
+            future_tolerance_seconds=tolerance,
+        )

@@ -1,0 +1,32 @@
+"""Cached getters that app.py reaches the pipeline through: built once per Lambda container."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from chalicelib.aws_dynamodb import BehaviourTables
+from chalicelib.aws_s3 import BehaviourBucket
+from chalicelib.aws_sqs import RetentionQueues
+from chalicelib.config import Settings
+from chalicelib.model import MODEL_CACHE
+from chalicelib.pipeline import ScoringPipeline
+from chalicelib.scoring import Scorer
+
+
+@lru_cache(maxsize=1)
+def get_pipeline() -> ScoringPipeline:
+    """Return the container's pipeline, built from the environment on first use."""
+    settings = Settings.from_env()
+    return ScoringPipeline(
+        settings=settings,
+        bucket=BehaviourBucket.create(settings.behaviour_bucket),
+        tables=BehaviourTables.create(settings.state_table, settings.risk_table),
+        queues=RetentionQueues.create(settings.queues),
+        scorer=Scorer(MODEL_CACHE.get()),
+    )
+
+
+def clear() -> None:
+    """Drop the cached pipeline and model (a new environment, a new artifact, or a new moto mock)."""
+    get_pipeline.cache_clear()
+    MODEL_CACHE.clear()

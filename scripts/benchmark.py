@@ -1,0 +1,216 @@
+"""Benchmark: offline scoring speed and memory, and AWS API calls against their lower bounds.
+
+Prints figures; asserts nothing. `make benchmark` runs it with the defaults the README reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import UTC
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """Run a command in a fresh process; return (wall seconds, peak RSS MiB of that process)."""
+    wrapper = (
+        "import resource, subprocess, sys, json;"
+        "r = subprocess.run(sys.argv[1:]);"
+        "print(json.dumps([r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))"
+    )
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    code, rss_kib = json.loads(out.stdout.strip().splitlines()[-1])
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    return wall, rss_kib / 1024.0
+
+
+def offline(users: int, days: int, data_dir: Path) -> dict[str, float]:
+    """Score a generated file of about 10 events per user per 90 days, file to CSV, in a fresh process."""
+    events = data_dir / f"bench-{users}-{days}.csv"
+    if not events.exists():
+        print(f"generating {events} ...", file=sys.stderr)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chalicelib",
+                "generate",
+                "--users",
+                str(users),
+                "--days",
+                str(days),
+                "--seed",
+                "1",
+                "--as-of",
+                "2026-11-01",
+                "--out",
+                str(events),
+            ],
+            check=True,
+            cwd=ROOT,
+        )
+    with open(events, "rb") as fh:
+        n_events = sum(1 for _ in fh) - 1
+    out = data_dir / "bench-scores.csv"
+    cmd = [sys.executable, "-m", "chalicelib", "score", "--input", str(events), "--out", str(out)]
+    wall, rss = _run(cmd)
+    # Import and model load alone, to separate fixed start-up from per-event work.
+    startup, _ = _run(
+        [
+            sys.executable,
+            "-c",
+            "import chalicelib.cli, chalicelib.scoring;from chalicelib.model import MODEL_CACHE; MODEL_CACHE.get()",
+        ]
+    )
+    phases = _phases(events)
+    return {
+        "events": n_events,
+        "users": users,
+        "file_mib": round(events.stat().st_size / 2**20, 1),
+        "wall_s": round(wall, 2),
+        "events_per_s": round(n_events / wall),
+        "users_per_s": round(users / wall),
+        "peak_rss_mib": round(rss, 1),
+        "startup_s": round(startup, 2),
+        **phases,
+    }
+
+
+def _phases(events: Path) -> dict[str, float]:
+    """Time each phase in this process: read, state, score (features, model, reasons, playbook), write."""
+    from chalicelib.model import MODEL_CACHE
+    from chalicelib.reader import read_event_file
+    from chalicelib.scoring import Scorer, write_scores_csv
+    from chalicelib.state import build_state
+
+    scorer = Scorer(MODEL_CACHE.get())
+    t0 = time.perf_counter()
+    result = read_event_file(events)
+    t1 = time.perf_counter()
+    state = build_state(result.events)
+    t2 = time.perf_counter()
+    scores = scorer.score(state, float(result.events.time.max()))
+    t3 = time.perf_counter()
+    with open(os.devnull, "w") as fh:
+        write_scores_csv(scores, fh)
+    t4 = time.perf_counter()
+    return {
+        "read_s": round(t1 - t0, 2),
+        "state_s": round(t2 - t1, 2),
+        "score_s": round(t3 - t2, 2),
+        "write_s": round(t4 - t3, 2),
+    }
+
+
+def aws_calls(users: int) -> dict[str, object]:
+    """Count DynamoDB and SQS calls of one S3 run and one schedule run on moto, against lower bounds."""
+    import boto3
+    from moto import mock_aws
+
+    from chalicelib import runtime
+    from chalicelib.bootstrap import ensure_resources
+    from chalicelib.config import Settings
+    from chalicelib.generate import generate_events, write_event_log
+
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    os.environ.update(config["stages"]["dev"]["environment_variables"])
+    os.environ.update(
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="x",
+        LOG_LEVEL="WARNING",
+        SWEEP_MIN_AGE_SECONDS="0",
+    )
+    from datetime import datetime
+
+    as_of = datetime(2026, 11, 1, tzinfo=UTC)
+    batch = generate_events(users, 90, 2, as_of)
+    path = ROOT / "data" / "bench-aws.csv"
+    write_event_log(batch, path)
+    calls: dict[str, int] = {}
+
+    def count(event_name: str, **_: object) -> None:
+        op = event_name.split(".")[-1]
+        calls[op] = calls.get(op, 0) + 1
+
+    with mock_aws():
+        runtime.clear()
+        settings = Settings.from_env()
+        ensure_resources(settings)
+        boto3.client("s3").put_object(
+            Bucket=settings.behaviour_bucket, Key="incoming/bench.csv", Body=path.read_bytes()
+        )
+        pipeline = runtime.get_pipeline()
+        for client in (pipeline.tables.resource.meta.client, pipeline.queues.client):
+            client.meta.events.register("before-call.*.*", count)
+        started = time.perf_counter()
+        s3_run = pipeline.process_object("incoming/bench.csv", None, as_of.timestamp())
+        s3_wall = time.perf_counter() - started
+        s3_calls = dict(calls)
+        calls.clear()
+        started = time.perf_counter()
+        sched = pipeline.run_schedule(as_of.timestamp() + 7 * 86400)
+        sched_wall = time.perf_counter() - started
+        sched_calls = dict(calls)
+        runtime.clear()
+
+    def bounds(run: dict, reads: bool) -> dict[str, int]:
+        tables = 1 if settings.state_table == settings.risk_table else 2
+        written = tables if reads else 1
+        out = {
+            "BatchWriteItem": written * math.ceil(run["users_scored"] / 25),
+            "SendMessageBatch": sum(math.ceil(n / 10) for n in run["messages_sent"].values()),
+        }
+        if reads:
+            out["BatchGetItem"] = math.ceil(run["users_scored"] / 100)
+        return out
+
+    return {
+        "users": users,
+        "s3_run": {
+            "wall_s": round(s3_wall, 2),
+            "calls": s3_calls,
+            "lower_bound": bounds(s3_run, True),
+            "messages": s3_run["messages_sent"],
+        },
+        "schedule_run": {
+            "wall_s": round(sched_wall, 2),
+            "calls": sched_calls,
+            "lower_bound": bounds(sched, False),
+            "messages": sched["messages_sent"],
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=100_000, help="offline users (about 10 events each)")
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--aws-users", type=int, default=2_000, help="users in the moto run")
+    parser.add_argument("--skip-aws", action="store_true")
+    args = parser.parse_args()
+    data_dir = ROOT / "data"
+    data_dir.mkdir(exist_ok=True)
+    report = {"offline": offline(args.users, args.days, data_dir)}
+    print(json.dumps(report, indent=2), flush=True)
+    if not args.skip_aws:
+        report["aws"] = aws_calls(args.aws_users)
+        print(json.dumps({"aws": report["aws"]}, indent=2))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"benchmark process peak RSS {peak:.0f} MiB", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

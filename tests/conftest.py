@@ -1,0 +1,33 @@
+"""Shared fixtures: small event batches and a project root."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chalicelib.events import EVENT_TYPES, EventBatch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_events(n_users: int, n_events: int, seed: int, end: datetime, days: int = 200) -> EventBatch:
+    """Return random events of every type for `n_users` users over `days` days before `end`."""
+    rng = np.random.default_rng(seed)
+    end_s = end.timestamp()
+    types = rng.integers(0, len(EVENT_TYPES), n_events).astype(np.int8)
+    value = np.where(rng.random(n_events) < 0.7, np.round(rng.gamma(2.0, 20.0, n_events), 2), np.nan)
+    return EventBatch(
+        user_ids=[f"u{i:04d}" for i in range(n_users)],
+        user_index=rng.integers(0, n_users, n_events).astype(np.int32),
+        time=np.floor(end_s - rng.random(n_events) * days * 86400.0),
+        type_code=types,
+        value=value,
+    )
+
+
+@pytest.fixture
+def as_of() -> datetime:
+    return datetime(2026, 6, 1, tzinfo=UTC)

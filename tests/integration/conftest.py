@@ -1,0 +1,139 @@
+"""Handlers under moto: fresh AWS per test, resources from bootstrap, events like Lambda gets them."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from chalice.test import Client
+from moto import mock_aws
+
+from chalicelib import runtime
+from chalicelib.bootstrap import ensure_resources
+from chalicelib.config import Settings
+from chalicelib.events import EventBatch
+from chalicelib.generate import generate_events, write_event_log
+from chalicelib.lambda_events import s3_object_created
+from tests.conftest import ROOT
+
+STAGE_ENV = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]["environment_variables"]
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def population() -> EventBatch:
+    """A year of behaviour of 400 synthetic users, ending at AS_OF."""
+    return generate_events(400, 365, 5, AS_OF)
+
+
+def csv_bytes(batch: EventBatch, tmp_path, extra: str = "", gz: bool = False) -> bytes:
+    """Return an event log as CSV bytes (optionally gzip), with extra raw lines appended."""
+    path = tmp_path / "events.csv"
+    write_event_log(batch, path)
+    data = path.read_bytes() + extra.encode()
+    return gzip.compress(data, mtime=0) if gz else data
+
+
+class Aws:
+    """The embedded AWS of one test, with helpers to land files and look at what landed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.s3 = boto3.client("s3")
+        self.sqs = boto3.client("sqs")
+        self.ddb = boto3.resource("dynamodb")
+
+    def land(self, key: str, data: bytes, event_time: float | None = None) -> dict[str, Any]:
+        """Put an object and return the S3 notification Lambda would get for it."""
+        resp = self.s3.put_object(Bucket=self.settings.behaviour_bucket, Key=key, Body=data)
+        return s3_object_created(
+            self.settings.behaviour_bucket,
+            key,
+            etag=resp["ETag"].strip('"'),
+            size=len(data),
+            event_time=AS_OF.timestamp() if event_time is None else event_time,
+            version_id=resp.get("VersionId"),
+        )
+
+    def items(self, table: str) -> list[dict[str, Any]]:
+        t = self.ddb.Table(table)
+        resp = t.scan()
+        items = resp["Items"]
+        while "LastEvaluatedKey" in resp:
+            resp = t.scan(ExclusiveStartKey=resp["LastEvaluatedKey"])
+            items += resp["Items"]
+        return items
+
+    def drain(self, tier: str) -> list[dict[str, Any]]:
+        """Receive every message of a tier's queue (body parsed, attributes flattened)."""
+        url = self.sqs.get_queue_url(QueueName=self.settings.queues[tier])["QueueUrl"]
+        out = []
+        while True:
+            resp = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+            msgs = resp.get("Messages", [])
+            if not msgs:
+                return out
+            for m in msgs:
+                attrs = {k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()}
+                out.append({"body": json.loads(m["Body"]), "attributes": attrs})
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+    def keys(self, prefix: str) -> list[str]:
+        resp = self.s3.list_objects_v2(Bucket=self.settings.behaviour_bucket, Prefix=prefix)
+        return [o["Key"] for o in resp.get("Contents", [])]
+
+    def get(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.settings.behaviour_bucket, Key=key)["Body"].read()
+
+
+@pytest.fixture
+def stage_env(monkeypatch) -> dict[str, str]:
+    env = dict(STAGE_ENV)
+    env.update(
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        SWEEP_MIN_AGE_SECONDS="0",
+        LOG_LEVEL="WARNING",
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("MODEL_DIR", raising=False)
+    return env
+
+
+@pytest.fixture
+def aws(stage_env) -> Aws:
+    with mock_aws():
+        runtime.clear()
+        settings = Settings.from_env()
+        ensure_resources(settings)
+        yield Aws(settings)
+    runtime.clear()
+
+
+@pytest.fixture
+def client(aws) -> Client:
+    from app import app
+
+    with Client(app, stage_name="dev", project_dir=str(ROOT)) as c:
+        yield c
+
+
+def gz_truncated(data: bytes) -> bytes:
+    """Return a gzip stream cut in half (a corrupt upload)."""
+    packed = gzip.compress(data)
+    return packed[: len(packed) // 2]
+
+
+def gz_bytes(text: str) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as fh:
+        fh.write(text.encode())
+    return buf.getvalue()

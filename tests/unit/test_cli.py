@@ -1,0 +1,208 @@
+"""The contract's commands end to end on small files, and their one-line errors on bad ones."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from chalicelib.cli import main
+from chalicelib.events import EVENT_TYPES
+from chalicelib.training import labelled_set
+from tests.conftest import ROOT
+
+ARTIFACT = ROOT / "model_artifacts"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    assert (
+        main(
+            [
+                "generate",
+                "--users",
+                "3000",
+                "--days",
+                "240",
+                "--seed",
+                "3",
+                "--as-of",
+                "2026-06-01",
+                "--out",
+                str(d / "events.csv.gz"),
+            ]
+        )
+        == 0
+    )
+    return d
+
+
+def test_generate_train_score_evaluate_round_trip(workdir, capsys):
+    events = workdir / "events.csv.gz"
+    # train
+    assert (
+        main(
+            [
+                "train",
+                "--events",
+                str(events),
+                "--cutoff",
+                "2026-05-02",
+                "--horizon-days",
+                "30",
+                "--out",
+                str(workdir / "model"),
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((workdir / "model" / "manifest.json").read_text())
+    assert manifest["estimator"] in manifest["candidates"]
+    assert manifest["metrics"]["auc"] > 0.7
+    # evaluate prints one JSON object with the contract's keys
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(workdir / "model"),
+                "--events",
+                str(events),
+                "--cutoff",
+                "2026-05-02",
+                "--horizon-days",
+                "30",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"auc", "pr_auc", "brier", "lift_top_decile", "n", "churn_rate"} <= set(metrics)
+    assert metrics["auc"] > 0.7 and metrics["lift_top_decile"] > 1.5
+    # score writes one row per user with the contract's columns
+    out = workdir / "scores.csv"
+    assert main(["score", "--model", str(workdir / "model"), "--input", str(events), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    from chalicelib.reader import read_event_file
+
+    users = read_event_file(events).events.user_ids
+    assert list(rows[0]) == [
+        "user_id",
+        "as_of",
+        "churn_probability",
+        "risk_tier",
+        "value_tier",
+        "reasons",
+        "action",
+        "model_version",
+    ]
+    assert len(rows) == len({r["user_id"] for r in rows}) == len(users) > 2500
+    assert len({r["as_of"] for r in rows}) == 1
+    assert all(r["action"] == "" for r in rows if r["risk_tier"] == "low")
+
+
+def test_labels_do_not_see_past_the_cutoff(workdir):
+    from chalicelib.reader import read_event_file
+
+    events = read_event_file(workdir / "events.csv.gz").events
+    cutoff = events.time.max() - 30 * 86400
+    base = labelled_set(events, cutoff, 30)
+    # GIVEN the same history with every post-cutoff event moved later still
+    shifted = events.select(np.ones(len(events), dtype=bool))
+    after = shifted.time > cutoff
+    shifted.time = np.where(after, shifted.time + 5 * 86400, shifted.time)
+    again = labelled_set(shifted, cutoff, 30)
+    # THEN features are identical: nothing after the cutoff leaks into them
+    np.testing.assert_array_equal(base.features, again.features)
+    assert len(EVENT_TYPES) > 0
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_score_of_missing_file_exits_2_naming_it(tmp_path, capsys):
+    assert (
+        main(
+            ["score", "--model", str(ARTIFACT), "--input", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.csv")]
+        )
+        == 2
+    )
+    assert "nope.csv: no such file" in _error_line(capsys)
+
+
+def test_score_of_file_without_required_columns_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,when\nu1,2026-01-01\n")
+    assert main(["score", "--model", str(ARTIFACT), "--input", str(bad), "--out", str(tmp_path / "o.csv")]) == 2
+    line = _error_line(capsys)
+    assert "bad.csv" in line and "event_time" in line
+
+
+def test_bad_date_argument_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--events", "x.csv", "--cutoff", "soon", "--horizon-days", "30", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "soon" in _error_line(capsys)
+
+
+def test_train_with_horizon_past_the_data_exits_2(workdir, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "--events",
+                str(workdir / "events.csv.gz"),
+                "--cutoff",
+                "2026-05-20",
+                "--horizon-days",
+                "30",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
+    assert "horizon" in _error_line(capsys)
+
+
+def test_train_with_too_few_churners_exits_2(tmp_path, capsys):
+    small = tmp_path / "small.csv"
+    small.write_text(
+        "user_id,event_time,event_type\n"
+        + "".join(f"u{i},2026-01-0{d}T10:00:00Z,login\n" for i in range(20) for d in range(1, 9))
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--events",
+                str(small),
+                "--cutoff",
+                "2026-01-03",
+                "--horizon-days",
+                "3",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
+    assert "too few" in _error_line(capsys)
+
+
+def test_rejected_rows_are_written_beside_the_scores(tmp_path, capsys):
+    f = tmp_path / "mixed.csv"
+    f.write_text(
+        "user_id,event_time,event_type,value\nu1,2026-01-01T00:00:00Z,purchase,10\n"
+        "u2,garbage,login,\n,2026-01-01,login,\n"
+    )
+    assert main(["score", "--model", str(ARTIFACT), "--input", str(f), "--out", str(tmp_path / "s.csv")]) == 0
+    rejected = list(csv.DictReader((tmp_path / "s.csv.rejected.csv").open()))
+    assert [r["reason"] for r in rejected] == ["bad_event_time", "missing_user_id"]
+    assert len(list(csv.DictReader((tmp_path / "s.csv").open()))) == 1

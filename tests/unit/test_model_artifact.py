@@ -1,0 +1,52 @@
+"""The committed artifact loads, matches its manifest, and a tampered copy is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from chalicelib.errors import ModelArtifactError
+from chalicelib.features import FEATURE_NAMES
+from chalicelib.model import MANIFEST_FILE, MODEL_FILE, ModelCache, load_model, sha256_of
+from tests.conftest import ROOT
+
+ARTIFACT = ROOT / "model_artifacts"
+
+
+def test_committed_artifact_loads_and_matches_its_manifest_sha256():
+    manifest = json.loads((ARTIFACT / MANIFEST_FILE).read_text())
+    assert sha256_of(ARTIFACT / MODEL_FILE) == manifest["model_sha256"]
+    model = load_model(ARTIFACT)
+    assert model.manifest["feature_names"] == list(FEATURE_NAMES)
+    for key in ("model_version", "created_at", "library_versions", "metrics", "risk_thresholds", "value_thresholds"):
+        assert key in model.manifest
+    assert (ARTIFACT / "model_card.md").read_text().startswith("# Model card")
+
+
+def test_tampered_model_is_refused(tmp_path):
+    copy = tmp_path / "artifact"
+    shutil.copytree(ARTIFACT, copy)
+    with open(copy / MODEL_FILE, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelArtifactError, match="sha256"):
+        load_model(copy)
+
+
+def test_model_built_with_other_scikit_learn_is_refused(tmp_path):
+    copy = tmp_path / "artifact"
+    shutil.copytree(ARTIFACT, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["library_versions"]["scikit-learn"] = "0.0.1"
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelArtifactError, match=r"scikit-learn 0\.0\.1"):
+        load_model(copy)
+
+
+def test_model_cache_loads_once_until_cleared():
+    cache = ModelCache()
+    first = cache.get(ARTIFACT)
+    assert cache.get(ARTIFACT) is first
+    cache.clear()
+    assert cache.get(ARTIFACT) is not first
