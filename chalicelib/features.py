@@ -20,19 +20,8 @@ MAX_DAYS = 3650.0
 _RATE_FLOOR = 1.0 / 60.0  # events per day
 _SPEND_FLOOR = 0.5  # currency units per day
 _ACTIVITY_TYPES = tuple(t for t in EVENT_TYPES if t != "unsubscribe")
-_RATE_TYPES = (
-    "login",
-    "session",
-    "purchase",
-    "refund",
-    "coupon_redeem",
-    "complaint",
-    "support_ticket",
-    "feature_use",
-    "social_interaction",
-    "content_view",
-    "other",
-)
+# Every event type but unsubscribe is activity, and gets its own rates.
+_RATE_TYPES = _ACTIVITY_TYPES
 
 # Feature name -> the reason code it speaks for, or None for context (how big or old a user is),
 # which is never a reason in itself. Order is the model's column order. Groups are kept small and

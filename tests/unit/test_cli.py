@@ -20,22 +20,7 @@ ARTIFACT = ROOT / "model_artifacts"
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     assert (
-        main(
-            [
-                "generate",
-                "--users",
-                "3000",
-                "--days",
-                "240",
-                "--seed",
-                "3",
-                "--as-of",
-                "2026-06-01",
-                "--out",
-                str(d / "events.csv.gz"),
-            ]
-        )
-        == 0
+        main(f"generate --users 3000 --days 240 --seed 3 --as-of 2026-06-01 --out {d / 'events.csv.gz'}".split()) == 0
     )
     return d
 
@@ -43,41 +28,14 @@ def workdir(tmp_path_factory):
 def test_generate_train_score_evaluate_round_trip(workdir, capsys):
     events = workdir / "events.csv.gz"
     # train
-    assert (
-        main(
-            [
-                "train",
-                "--events",
-                str(events),
-                "--cutoff",
-                "2026-05-02",
-                "--horizon-days",
-                "30",
-                "--out",
-                str(workdir / "model"),
-            ]
-        )
-        == 0
-    )
+    assert main(f"train --events {events} --cutoff 2026-05-02 --horizon-days 30 --out {workdir / 'model'}".split()) == 0
     manifest = json.loads((workdir / "model" / "manifest.json").read_text())
     assert manifest["estimator"] in manifest["candidates"]
     assert manifest["metrics"]["auc"] > 0.7
     # evaluate prints one JSON object with the contract's keys
     capsys.readouterr()
     assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(workdir / "model"),
-                "--events",
-                str(events),
-                "--cutoff",
-                "2026-05-02",
-                "--horizon-days",
-                "30",
-            ]
-        )
+        main(f"evaluate --model {workdir / 'model'} --events {events} --cutoff 2026-05-02 --horizon-days 30".split())
         == 0
     )
     metrics = json.loads(capsys.readouterr().out)
@@ -152,22 +110,8 @@ def test_bad_date_argument_exits_2(tmp_path, capsys):
 
 
 def test_train_with_horizon_past_the_data_exits_2(workdir, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "train",
-                "--events",
-                str(workdir / "events.csv.gz"),
-                "--cutoff",
-                "2026-05-20",
-                "--horizon-days",
-                "30",
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 2
-    )
+    events = workdir / "events.csv.gz"
+    assert main(f"train --events {events} --cutoff 2026-05-20 --horizon-days 30 --out {tmp_path / 'm'}".split()) == 2
     assert "horizon" in _error_line(capsys)
 
 
@@ -177,22 +121,7 @@ def test_train_with_too_few_churners_exits_2(tmp_path, capsys):
         "user_id,event_time,event_type\n"
         + "".join(f"u{i},2026-01-0{d}T10:00:00Z,login\n" for i in range(20) for d in range(1, 9))
     )
-    assert (
-        main(
-            [
-                "train",
-                "--events",
-                str(small),
-                "--cutoff",
-                "2026-01-03",
-                "--horizon-days",
-                "3",
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 2
-    )
+    assert main(f"train --events {small} --cutoff 2026-01-03 --horizon-days 3 --out {tmp_path / 'm'}".split()) == 2
     assert "too few" in _error_line(capsys)
 
 
