@@ -25,14 +25,16 @@ def reason_effects(
     features: np.ndarray, probability: np.ndarray, reference: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]
 ) -> np.ndarray:
     """Return [users, REASON_CODES]: how much each reason's features raise each user's probability."""
-    n = features.shape[0]
-    if n == 0:
-        return np.zeros((0, len(REASON_CODES)))
-    stacked = np.tile(features, (len(REASON_CODES), 1))
+    effects = np.zeros((features.shape[0], len(REASON_CODES)))
     for g, code in enumerate(REASON_CODES):
-        stacked[g * n : (g + 1) * n][:, _GROUPS[code]] = reference[_GROUPS[code]]
-    occluded = predict(stacked).reshape(len(REASON_CODES), n).T
-    return probability[:, None] - occluded
+        cols = _GROUPS[code]
+        # A user whose features already equal the reference gets exactly zero: skip predicting them.
+        changed = np.flatnonzero((features[:, cols] != reference[cols]).any(axis=1))
+        if changed.size:
+            block = features[changed]
+            block[:, cols] = reference[cols]
+            effects[changed, g] = probability[changed] - predict(block)
+    return effects
 
 
 def top_reasons(effects: np.ndarray) -> list[list[str]]:

@@ -6,6 +6,7 @@ import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import IO
 
 import numpy as np
@@ -118,9 +119,16 @@ def write_scores_csv(scores: Scores, out: IO[str]) -> int:
     """Write the contract's score CSV (reasons `;`-joined); return rows written."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(SCORE_COLUMNS)
-    n = 0
-    for row in scores.rows():
-        row["reasons"] = ";".join(row["reasons"])  # type: ignore[arg-type]
-        writer.writerow([row[c] for c in SCORE_COLUMNS])
-        n += 1
-    return n
+    writer.writerows(
+        zip(
+            scores.user_ids,
+            repeat(scores.as_of),
+            np.round(scores.probability, 6).tolist(),
+            scores.risk_tier.tolist(),
+            scores.value_tier.tolist(),
+            (";".join(r) for r in scores.reasons),
+            (a.code if a else "" for a in scores.actions),
+            repeat(scores.model_version),
+        )
+    )
+    return len(scores)
