@@ -4,4 +4,6 @@ import sys
 
 from chalicelib.cli import main
 
-sys.exit(main())
+# Guarded: worker processes started with "spawn" import this module without running the CLI.
+if __name__ == "__main__":
+    sys.exit(main())

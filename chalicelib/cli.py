@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,24 @@ def _write_rejects(result: Any, out: Path) -> None:
         _say(f"{path}: {result.rows_rejected} rejected rows ({reasons})")
 
 
+def _read_and_load(path: Path, not_after: float | None, model_dir: Path | None) -> tuple[Any, Any]:
+    """Return (read result, model): the file is read in a worker process while this one loads the model.
+
+    Importing scikit-learn and unpickling the model take most of a second of pure Python, as does
+    reading a million rows; a thread cannot overlap them (the GIL), a second process can.
+    """
+    from chalicelib.reader import read_event_file
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = pool.submit(read_event_file, path, not_after=not_after)
+        model = _model(model_dir)
+        result = pending.result()
+    _say(f"{path}: read {result.rows_read} rows, accepted {result.rows_accepted}, rejected {result.rows_rejected}")
+    return result, model
+
+
 def _model(path: Path | None) -> Any:
     from chalicelib.model import default_model_dir, load_model
 
@@ -166,8 +186,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from chalicelib.scoring import Scorer, write_scores_csv
     from chalicelib.state import build_state
 
-    model = _model(args.model)
-    result = _read(args.input, not_after=args.as_of)
+    result, model = _read_and_load(args.input, args.as_of, args.model)
     events = result.events
     if args.as_of is not None:
         as_of = args.as_of
@@ -187,8 +206,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from chalicelib.training import evaluate
 
-    model = _model(args.model)
-    result = _read(args.events)
+    result, model = _read_and_load(args.events, None, args.model)
     print(json.dumps(evaluate(model, result.events, args.cutoff, args.horizon_days), indent=2))
 
 

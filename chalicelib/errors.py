@@ -21,6 +21,10 @@ class UnreadableFileError(InputError):
         where = f"{source}:{line}" if line is not None else source
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, int | None]]:
+        # Keeps the error intact when it comes back from a worker process.
+        return (type(self), (self.source, self.reason, self.line))
+
 
 class ModelArtifactError(ChurnGuardError):
     """A model artifact that is missing, tampered with or built for other library versions."""

@@ -288,6 +288,25 @@ class RejectWriter:
         """Release the spool file."""
         self._file.close()
 
+    def __getstate__(self) -> dict[str, object]:
+        # A result can cross a process boundary (the CLI reads in a worker process): carry the CSV as bytes.
+        return {
+            "max_rows": self.max_rows,
+            "count": self.count,
+            "written": self.written,
+            "by_reason": dict(self.by_reason),
+            "data": self.to_bytes(),
+        }
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(max_rows=int(state["max_rows"]))  # type: ignore[misc, arg-type]
+        self._text.seek(0)
+        self._text.truncate()  # the header is in the carried data already
+        self._file.write(state["data"])  # type: ignore[arg-type]
+        self.count = int(state["count"])  # type: ignore[arg-type]
+        self.written = int(state["written"])  # type: ignore[arg-type]
+        self.by_reason = dict(state["by_reason"])  # type: ignore[call-overload]
+
     def __enter__(self) -> RejectWriter:
         return self
 

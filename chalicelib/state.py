@@ -142,21 +142,23 @@ def build_state(events: EventBatch) -> StateBatch:
         values[:, col(f"count_{name}")] = counts[:, code]
         values[:, col(f"last_{name}")] = last_by_type[:, code]
 
-    value = np.where(np.isnan(events.value), 0.0, events.value)
     age = last[users] - times  # >= 0: seconds before the user's reference time
+    # Valued events (purchases, refunds, sessions) are a minority: gather them once, not per half-life.
+    valued = {}
     for name in VALUE_TYPES:
-        mask = types == TYPE_CODE[name]
-        values[:, col(f"value_{name}")] = np.bincount(users[mask], weights=value[mask], minlength=n_users)
+        idx = np.flatnonzero((types == TYPE_CODE[name]) & ~np.isnan(events.value))
+        valued[name] = (users[idx], events.value[idx], age[idx])
+        values[:, col(f"value_{name}")] = np.bincount(users[idx], weights=events.value[idx], minlength=n_users)
 
     for hl in HALF_LIVES_DAYS:
-        weight = np.exp2(-age / (hl * SECONDS_PER_DAY))
-        decayed = np.bincount(cell, weights=weight, minlength=n_users * n_types).reshape(n_users, n_types)
+        scale = -1.0 / (hl * SECONDS_PER_DAY)
+        decayed = np.bincount(cell, weights=np.exp2(age * scale), minlength=n_users * n_types)
+        decayed = decayed.reshape(n_users, n_types)
         for code, name in enumerate(EVENT_TYPES):
             values[:, col(f"decay_{name}_{hl:g}d")] = decayed[:, code]
-        for name in VALUE_TYPES:
-            mask = types == TYPE_CODE[name]
+        for name, (v_users, v_value, v_age) in valued.items():
             values[:, col(f"decay_value_{name}_{hl:g}d")] = np.bincount(
-                users[mask], weights=(weight * value)[mask], minlength=n_users
+                v_users, weights=v_value * np.exp2(v_age * scale), minlength=n_users
             )
     return StateBatch(user_ids=list(events.user_ids), values=values)
 

@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -660,3 +661,27 @@ def test_any_mix_of_rows_is_fully_accounted_and_every_valid_row_is_read_exactly(
     assert result.events.type_code.tolist() == [code for _, _, code, _ in valid]
     expected_values = np.array([np.nan if v is None else v for _, _, _, v in valid], dtype=np.float64)
     np.testing.assert_array_equal(result.events.value, expected_values)
+
+
+def test_read_result_and_errors_survive_a_process_boundary():
+    # GIVEN a result with rejects, and an unreadable-file error (the CLI reads in a worker process)
+    data = b"user_id,event_time,event_type\nu1,2026-01-01,login\n,2026-01-01,login\n"
+    result = read_events(io.BytesIO(data), "mem.csv")
+    error = UnreadableFileError("f.csv.gz", "corrupt gzip", 3)
+
+    # WHEN both are pickled and unpickled
+    again = pickle.loads(pickle.dumps(result))
+    error_again = pickle.loads(pickle.dumps(error))
+
+    # THEN nothing is lost
+    assert again.rejects.to_bytes() == result.rejects.to_bytes()
+    assert again.rejects.by_reason == {"missing_user_id": 1}
+    assert again.rows_read == 2 and again.events.user_ids == ["u1"]
+    again.rejects.add(9, "bad_value", "x", None)
+    assert again.rejects.to_bytes().count(b"\n") == 3
+    assert (error_again.source, error_again.reason, error_again.line, str(error_again)) == (
+        "f.csv.gz",
+        "corrupt gzip",
+        3,
+        "f.csv.gz:3: corrupt gzip",
+    )
