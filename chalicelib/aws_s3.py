@@ -91,16 +91,6 @@ class BehaviourBucket:
         """Read a JSON object."""
         return json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
-    def exists(self, key: str) -> bool:
-        """Return whether an object exists."""
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except self.client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
-
     def move(self, key: str, version_id: str | None, dest_key: str) -> None:
         """Copy an object version to `dest_key` and delete the original key."""
         source = {"Bucket": self.bucket, "Key": key}

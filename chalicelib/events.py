@@ -26,7 +26,6 @@ TYPE_CODE: dict[str, int] = {name: code for code, name in enumerate(EVENT_TYPES)
 OTHER_CODE = TYPE_CODE["other"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "event_time", "event_type")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("value",)
 MAX_USER_ID_LENGTH = 128
 SECONDS_PER_DAY = 86400.0
 

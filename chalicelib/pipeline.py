@@ -136,6 +136,7 @@ class ScoringPipeline:
             _add_counts(totals, part)
         summary.update(totals)
         summary.setdefault("users_scored", 0)
+        summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
         summary["status"] = "succeeded"
         return self._finish(summary, started)
 

@@ -8,7 +8,6 @@ import numpy as np
 
 from chalicelib.features import FEATURE_NAMES
 
-TIERS: tuple[str, ...] = ("high", "medium", "low")
 _NET_SPEND = FEATURE_NAMES.index("log_net_spend")
 _EVENTS = FEATURE_NAMES.index("log_events_total")
 

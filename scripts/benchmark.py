@@ -182,7 +182,7 @@ def aws_calls(users: int) -> dict[str, object]:
         return out
 
     return {
-        "users": users,
+        "users": s3_run["users_scored"],
         "s3_run": {
             "wall_s": round(s3_wall, 2),
             "calls": s3_calls,
