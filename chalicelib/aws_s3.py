@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 import boto3
 from botocore.config import Config
 
+from chalicelib.errors import ChurnGuardError
 from chalicelib.retry import MAX_ATTEMPTS
 
 BOTO_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": MAX_ATTEMPTS})
@@ -19,6 +20,10 @@ LEDGER_PREFIX = "ledger/"
 RUNS_PREFIX = "runs/"
 REJECTED_PREFIX = "rejected/"
 QUARANTINE_PREFIX = "quarantine/"
+
+
+class ObjectGoneError(ChurnGuardError):
+    """The object of an event was deleted before it could be read; retrying cannot help."""
 
 
 @dataclass
@@ -63,7 +68,12 @@ class BehaviourBucket:
         kwargs = {"Bucket": self.bucket, "Key": key}
         if version_id:
             kwargs["VersionId"] = version_id
-        resp = self.client.get_object(**kwargs)
+        try:
+            resp = self.client.get_object(**kwargs)
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404"):
+                raise ObjectGoneError(f"s3://{self.bucket}/{key} no longer exists") from exc
+            raise
         return S3Object(
             key=key,
             body=resp["Body"],

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from chalicelib.aws_dynamodb import BehaviourTables, risk_item, state_item
-from chalicelib.aws_s3 import QUARANTINE_PREFIX, REJECTED_PREFIX, RUNS_PREFIX, BehaviourBucket, ledger_key
+from chalicelib.aws_s3 import (
+    QUARANTINE_PREFIX,
+    REJECTED_PREFIX,
+    RUNS_PREFIX,
+    BehaviourBucket,
+    ObjectGoneError,
+    ledger_key,
+)
 from chalicelib.aws_sqs import RetentionQueues
 from chalicelib.config import Settings
 from chalicelib.errors import UnreadableFileError
@@ -63,7 +70,10 @@ class ScoringPipeline:
         source = f"s3://{self.bucket.bucket}/{key}"
         if not key.startswith(self.settings.incoming_prefix):
             return self._finish({"status": "ignored", "source": source, "why": "outside the incoming prefix"}, started)
-        obj = self.bucket.open(key, version_id)
+        try:
+            obj = self.bucket.open(key, version_id)
+        except ObjectGoneError as exc:
+            return self._finish({"status": "gone", "source": source, "why": str(exc)}, started)
         run_id = object_run_id(self.bucket.bucket, key, obj.etag)
         summary: dict[str, Any] = {
             "run_id": run_id,

@@ -225,3 +225,28 @@ def test_call_counts_are_at_the_lower_bound(aws, population, tmp_path):
     assert pipeline.tables.calls["BatchGetItem"] == -(-users // 100)
     assert pipeline.tables.calls["BatchWriteItem"] == 2 * -(-users // 25)
     assert pipeline.queues.calls == sum(-(-n // 10) for n in messages.values())
+
+
+def test_event_for_a_deleted_file_is_reported_not_retried(aws, client, population, tmp_path):
+    event = aws.land("incoming/gone.csv", csv_bytes(population, tmp_path))
+    aws.s3.delete_object(Bucket=aws.settings.behaviour_bucket, Key="incoming/gone.csv")
+    event["Records"][0]["s3"]["object"].pop("versionId")
+
+    [summary] = _invoke(client, "on_behaviour_file", event)
+
+    assert summary["status"] == "gone"
+    assert aws.items(aws.settings.risk_table) == []
+
+
+def test_run_summary_is_one_structured_log_line(aws, client, population, tmp_path, caplog):
+    from chalicelib.observability import logger
+
+    logger.setLevel("INFO")
+    [summary] = _invoke(client, "on_behaviour_file", aws.land("incoming/a.csv", csv_bytes(population, tmp_path)))
+
+    records = [r for r in caplog.records if r.getMessage() == "run summary"]
+    assert len(records) == 1
+    line = json.loads(logger.registered_formatter.format(records[0]))
+    assert line["service"] == "churnguard"
+    assert line["summary"]["run_id"] == summary["run_id"]
+    assert line["summary"]["rows"] == summary["rows"]
