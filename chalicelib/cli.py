@@ -82,15 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--horizon-days", type=_positive_float, required=True)
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--lookback-days", type=_positive_float, default=180.0)
-    train.add_argument("--high-threshold", type=_probability, default=0.6)
-    train.add_argument("--medium-threshold", type=_probability, default=0.3)
+    train.add_argument("--lookback-days", type=_positive_float, default=180.0, help="population: seen within this")
+    train.add_argument("--max-origins", type=_positive_int, default=4, help="rolling origins, one horizon apart")
+    tiers = train.add_argument_group("risk tiers (default: expected value)")
+    tiers.add_argument("--tier-mode", choices=("expected_value", "capacity", "fixed"), default="expected_value")
+    tiers.add_argument("--action-cost-high", type=_positive_float, default=20.0, help="cost of a high-tier action")
+    tiers.add_argument("--action-cost-medium", type=_positive_float, default=8.0, help="cost of a medium-tier action")
+    tiers.add_argument("--save-rate", type=_probability, default=0.2, help="share of churners an action wins back")
+    tiers.add_argument("--value-at-risk", type=_positive_float, default=None, help="default: median annual spend")
+    tiers.add_argument("--capacity-high", type=_probability, default=0.05, help="share of users in high (capacity)")
+    tiers.add_argument("--capacity-medium", type=_probability, default=0.15, help="share in medium (capacity)")
+    tiers.add_argument("--high-threshold", type=_probability, default=0.6, help="with --tier-mode fixed")
+    tiers.add_argument("--medium-threshold", type=_probability, default=0.3, help="with --tier-mode fixed")
 
     score = sub.add_parser("score", help="score an event log offline; one CSV row per user")
     score.add_argument("--model", type=Path, default=None, help="artifact directory (default model_artifacts/)")
     score.add_argument("--input", type=Path, required=True)
     score.add_argument("--as-of", type=_timestamp, default=None, help="default: the latest event in the file")
     score.add_argument("--out", type=Path, required=True)
+    score.add_argument(
+        "--allow-missing-signals", action="store_true", help="score even if the file lacks event types the model uses"
+    )
 
     ev = sub.add_parser("evaluate", help="print model metrics on a labelled history as JSON")
     ev.add_argument("--model", type=Path, default=None)
@@ -158,10 +170,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from chalicelib.training import train
+    from chalicelib.training import TierPolicy, train
 
     if args.medium_threshold >= args.high_threshold:
         raise InputError("--medium-threshold must be below --high-threshold")
+    if args.capacity_high + args.capacity_medium >= 1:
+        raise InputError("--capacity-high plus --capacity-medium must be below 1")
+    policy = TierPolicy(
+        mode=args.tier_mode,
+        cost_high=args.action_cost_high,
+        cost_medium=args.action_cost_medium,
+        save_rate=args.save_rate,
+        value_at_risk=args.value_at_risk,
+        capacity_high=args.capacity_high,
+        capacity_medium=args.capacity_medium,
+        fixed={"high": args.high_threshold, "medium": args.medium_threshold},
+    )
     result = _read(args.events)
     started = time.monotonic()
     manifest = train(
@@ -170,24 +194,35 @@ def cmd_train(args: argparse.Namespace) -> None:
         horizon_days=args.horizon_days,
         out_dir=args.out,
         seed=args.seed,
-        thresholds={"high": args.high_threshold, "medium": args.medium_threshold},
+        policy=policy,
         lookback_days=args.lookback_days,
+        max_origins=args.max_origins,
         source=args.events.name,
         progress=_say,
     )
     m = manifest["metrics"]
     _say(
-        f"{args.out}: {manifest['model_version']} ({manifest['estimator']}) in {time.monotonic() - started:.1f}s; "
-        f"validation AUC {m['auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, Brier {m['brier']:.4f}"
+        f"{args.out}: {manifest['model_version']} ({manifest['estimator']}, calibration {manifest['calibration']}) "
+        f"in {time.monotonic() - started:.1f}s; {manifest['validation']['kind'].replace('_', '-')} AUC "
+        f"{m['auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, Brier {m['brier']:.4f}"
     )
+    for name, b in manifest["baselines"].items():
+        _say(f"  baseline {name}: AUC {b['auc']:.4f}, PR-AUC {b['pr_auc']:.4f}, Brier {b['brier']:.4f}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from chalicelib.scoring import Scorer, write_scores_csv
+    from chalicelib.scoring import Scorer, missing_signals, write_scores_csv
     from chalicelib.state import build_state
 
     result, model = _read_and_load(args.input, args.as_of, args.model)
     events = result.events
+    missing = missing_signals(model.manifest, events) if len(events) else []
+    if missing and not args.allow_missing_signals:
+        raise InputError(
+            f"{args.input}: the model {model.model_version} was trained on logs with {', '.join(missing)} events "
+            "and this file has none; its scores would read the missing signals as disengagement. Score it with a "
+            "model trained on this kind of log, or pass --allow-missing-signals"
+        )
     if args.as_of is not None:
         as_of = args.as_of
     elif len(events):

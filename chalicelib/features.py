@@ -19,9 +19,11 @@ MAX_DAYS = 3650.0
 # Floors that keep trends finite and stop a single event from looking like a surge.
 _RATE_FLOOR = 1.0 / 60.0  # events per day
 _SPEND_FLOOR = 0.5  # currency units per day
-_ACTIVITY_TYPES = tuple(t for t in EVENT_TYPES if t != "unsubscribe")
-# Every event type but unsubscribe is activity, and gets its own rates.
-_RATE_TYPES = _ACTIVITY_TYPES
+# Every event type but unsubscribe gets its own rates.
+_RATE_TYPES = tuple(t for t in EVENT_TYPES if t != "unsubscribe")
+# Engagement is what a user does with the product. Complaints, tickets and refunds are signals about
+# the relationship; counted as activity they would make a complaint surge look like engagement.
+_ACTIVITY_TYPES = tuple(t for t in _RATE_TYPES if t not in ("complaint", "support_ticket", "refund"))
 
 # Feature name -> the reason code it speaks for, or None for context (how big or old a user is),
 # which is never a reason in itself. Order is the model's column order. Groups are kept small and

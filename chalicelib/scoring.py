@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
+from chalicelib.events import EVENT_TYPES, EventBatch
 from chalicelib.features import FEATURE_NAMES, compute_features
 from chalicelib.model import ChurnModel
 from chalicelib.playbook import Action, choose_action
@@ -113,6 +114,17 @@ class Scorer:
             opted_out=opted_out,
             model_version=self.model.model_version,
         )
+
+
+# An event type that made up at least this share of the training log is a signal the model relies on.
+MAJOR_SIGNAL_SHARE = 0.05
+
+
+def missing_signals(manifest: dict[str, Any], events: EventBatch) -> list[str]:
+    """Return the event types the model was trained on (each a major share) that a whole history lacks."""
+    shares = manifest.get("training_data", {}).get("event_type_shares", {})
+    present = {EVENT_TYPES[c] for c in np.unique(events.type_code)}
+    return [t for t, share in shares.items() if share >= MAJOR_SIGNAL_SHARE and t not in present]
 
 
 def write_scores_csv(scores: Scores, out: IO[str]) -> int:

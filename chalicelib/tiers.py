@@ -46,3 +46,25 @@ def value_tiers(features: np.ndarray, thresholds: dict[str, Any]) -> np.ndarray:
     value = value_basis(features, thresholds["basis"])
     high, medium = float(thresholds["high"]), float(thresholds["medium"])
     return np.where(value >= high, "high", np.where((value >= medium) & (value > 0), "medium", "low")).astype(object)
+
+
+def expected_value_thresholds(
+    cost_high: float, cost_medium: float, value_at_risk: float, save_rate: float
+) -> dict[str, float]:
+    """Return probability thresholds where acting pays: p x value at risk x save rate >= action cost.
+
+    A tier's action is worth its cost for a user whose churn probability p satisfies
+    p * value_at_risk * save_rate >= cost, so the threshold is cost / (value_at_risk * save_rate),
+    kept inside [0.05, 0.95] and with high above medium.
+    """
+    gain = max(value_at_risk * save_rate, 1e-9)
+    medium = float(np.clip(cost_medium / gain, 0.05, 0.9))
+    high = float(np.clip(cost_high / gain, medium + 0.05, 0.95))
+    return {"high": round(high, 4), "medium": round(medium, 4)}
+
+
+def capacity_thresholds(probability: np.ndarray, high_share: float, medium_share: float) -> dict[str, float]:
+    """Return thresholds that put the top `high_share` of users in high and the next `medium_share` in medium."""
+    high = float(np.quantile(probability, 1.0 - high_share))
+    medium = float(np.quantile(probability, max(0.0, 1.0 - high_share - medium_share)))
+    return {"high": round(high, 6), "medium": round(min(medium, high), 6)}

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from chalicelib.errors import InputError
-from chalicelib.events import SECONDS_PER_DAY, EventBatch
+from chalicelib.events import EVENT_TYPES, SECONDS_PER_DAY, EventBatch
 from chalicelib.features import FEATURE_NAMES, compute_features
 from chalicelib.metrics import classification_metrics, tier_performance
-from chalicelib.model import CARD_FILE, MANIFEST_FILE, MODEL_FILE, ChurnModel, library_versions, sha256_of
+from chalicelib.model import MANIFEST_FILE, MODEL_FILE, ChurnModel, library_versions, sha256_of
 from chalicelib.scoring import iso_time
 from chalicelib.state import LAYOUT_ID, build_state, col
-from chalicelib.tiers import fit_value_thresholds
+from chalicelib.tiers import capacity_thresholds, expected_value_thresholds, fit_value_thresholds
 
 MIN_CLASS_ROWS = 50
 DEFAULT_LOOKBACK_DAYS = 180
@@ -35,6 +35,7 @@ class LabelledSet:
     labels: np.ndarray  # 1 = no event in (cutoff, cutoff + horizon]
     cutoff: float
     horizon_days: float
+    values: np.ndarray  # the users' behaviour state rows at the cutoff (baselines read them)
 
 
 def labelled_set(
@@ -75,6 +76,7 @@ def labelled_set(
         labels=(~active_after[keep]).astype(int),
         cutoff=cutoff,
         horizon_days=horizon_days,
+        values=state.values[keep],
     )
 
 
@@ -137,6 +139,78 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
+def training_origins(
+    events: EventBatch, cutoff: float, horizon_days: float, max_origins: int, min_history_days: float
+) -> list[float]:
+    """Return cutoffs for rolling-origin training, latest first: cutoff, cutoff - horizon, ...
+
+    An origin needs `min_history_days` of data before it, so its features describe real behaviour.
+    """
+    start = float(events.time.min())
+    step = horizon_days * SECONDS_PER_DAY
+    origins = []
+    for k in range(max_origins):
+        origin = cutoff - k * step
+        if origin - start < min_history_days * SECONDS_PER_DAY:
+            break
+        origins.append(origin)
+    return origins or [cutoff]
+
+
+@dataclass
+class TierPolicy:
+    """How risk-tier thresholds are chosen: expected value (default), capacity, or fixed numbers."""
+
+    mode: str = "expected_value"
+    cost_high: float = 20.0  # a person-led or generous action
+    cost_medium: float = 8.0  # an automated message with an offer, plus the fatigue it causes
+    save_rate: float = 0.2  # share of contacted would-be churners an action wins back
+    value_at_risk: float | None = None  # None: learned as the median annual spend of paying users
+    capacity_high: float = 0.05
+    capacity_medium: float = 0.15
+    fixed: dict[str, float] | None = None
+
+    def thresholds(self, p_val: np.ndarray, features: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:
+        """Return (thresholds, the inputs that produced them) for the manifest."""
+        if self.mode == "fixed":
+            return dict(self.fixed or DEFAULT_THRESHOLDS), {"mode": "fixed"}
+        if self.mode == "capacity":
+            inputs = {"mode": "capacity", "high_share": self.capacity_high, "medium_share": self.capacity_medium}
+            return capacity_thresholds(p_val, self.capacity_high, self.capacity_medium), inputs
+        value, basis = self.value_at_risk, "given"
+        if value is None:
+            value, basis = annual_value(features)
+        inputs = {
+            "mode": "expected_value",
+            "cost_high": self.cost_high,
+            "cost_medium": self.cost_medium,
+            "save_rate": self.save_rate,
+            "value_at_risk": round(value, 2),
+            "value_at_risk_basis": basis,
+        }
+        return expected_value_thresholds(self.cost_high, self.cost_medium, value, self.save_rate), inputs
+
+
+def annual_value(features: np.ndarray) -> tuple[float, str]:
+    """Return the median yearly net spend of paying users (what a churner takes away) and its basis."""
+    spend = np.expm1(features[:, FEATURE_NAMES.index("log_net_spend")])
+    tenure = np.maximum(features[:, FEATURE_NAMES.index("tenure_days")], 30.0)
+    paying = spend > 0
+    if paying.sum() < 20:
+        return 100.0, "default (too few paying users)"
+    return float(np.median(spend[paying] / tenure[paying] * 365.0)), "median annual net spend of paying users"
+
+
+def _stack(sets: list[LabelledSet]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([d.features for d in sets]), np.concatenate([d.labels for d in sets])
+
+
+def _calibrated(estimator: Any, method: str) -> Any:
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return CalibratedClassifierCV(estimator, method=method, cv=3)
+
+
 def train(
     events: EventBatch,
     *,
@@ -144,45 +218,76 @@ def train(
     horizon_days: float,
     out_dir: Path,
     seed: int = 0,
-    thresholds: dict[str, float] | None = None,
+    policy: TierPolicy | None = None,
     lookback_days: float = DEFAULT_LOOKBACK_DAYS,
+    max_origins: int = 4,
+    min_history_days: float = 60.0,
     source: str = "",
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
-    """Fit every candidate, keep the best on held-out users, write the artifact; return its manifest."""
+    """Fit candidates on earlier origins, choose and calibrate out of time, write the artifact; return its manifest."""
     import joblib
-    from sklearn.model_selection import train_test_split
+    from sklearn.base import clone
 
-    thresholds = dict(thresholds or DEFAULT_THRESHOLDS)
-    progress("building features and labels")
-    data = labelled_set(events, cutoff, horizon_days, lookback_days)
-    check_learnable(data)
-    X, y = data.features, data.labels
-    X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
+    from chalicelib.model_card import write_model_card
+
+    policy = policy or TierPolicy()
+    origins = training_origins(events, cutoff, horizon_days, max_origins, min_history_days)
+    progress(
+        f"building features and labels at {len(origins)} origin(s): {', '.join(iso_time(o)[:10] for o in origins)}"
+    )
+    sets = [labelled_set(events, origin, horizon_days, lookback_days) for origin in origins]
+    check_learnable(sets[0])
+    validation, history = _split_out_of_time(sets, seed)
+    X_fit, y_fit = _stack(history)
+    check_learnable(LabelledSet([], X_fit, y_fit, cutoff, horizon_days, X_fit[:0]))
+    X_val, y_val = validation.features, validation.labels
 
     scores: dict[str, dict[str, float]] = {}
     fitted: dict[str, Any] = {}
     for name, pipeline in candidates(seed).items():
-        progress(f"fitting {name} on {len(y_fit)} users")
-        pipeline.fit(X_fit, y_fit)
-        fitted[name] = pipeline
+        progress(f"fitting {name} on {len(y_fit)} rows")
+        fitted[name] = pipeline.fit(X_fit, y_fit)
         scores[name] = _clean(classification_metrics(y_val, pipeline.predict_proba(X_val)[:, 1]))
     # PR-AUC decides: retention teams act on the top of the ranking, where PR-AUC looks.
     winner = max(scores, key=lambda n: (scores[n]["pr_auc"], -scores[n]["brier"]))
     runner_up = max((n for n in scores if n != winner), key=lambda n: scores[n]["pr_auc"])
-    p_val = fitted[winner].predict_proba(X_val)[:, 1]
 
-    progress(f"refitting {winner} on all {len(y)} users")
-    final = candidates(seed)[winner].fit(X, y)
+    # Calibrate only when it makes the probabilities better out of time (lower Brier score).
+    calibration = {"none": scores[winner]["brier"]}
+    chosen_model, calibration_method = fitted[winner], "none"
+    for method in ("sigmoid", "isotonic"):
+        progress(f"calibrating {winner} ({method})")
+        model = _calibrated(clone(candidates(seed)[winner]), method).fit(X_fit, y_fit)
+        calibration[method] = round(float(np.mean((model.predict_proba(X_val)[:, 1] - y_val) ** 2)), 6)
+        if calibration[method] < calibration[calibration_method]:
+            chosen_model, calibration_method = model, method
+    p_val = chosen_model.predict_proba(X_val)[:, 1]
+    metrics = _clean(classification_metrics(y_val, p_val))
+
+    baseline_p = _baseline_predictions(history[0], validation) if validation.cutoff > history[0].cutoff else {}
+    baselines = {name: _clean(classification_metrics(y_val, p)) for name, p in baseline_p.items()}
+    thresholds, tier_inputs = policy.thresholds(p_val, validation.features)
+    progress("measuring feature importance")
+    importance = _importance(chosen_model, X_val, y_val, seed)
+
+    progress(f"refitting {winner} on all {sum(len(d.labels) for d in sets)} rows")
+    final = candidates(seed)[winner]
+    if calibration_method != "none":
+        final = _calibrated(final, calibration_method)
+    X_all, y_all = _stack(sets)
+    final.fit(X_all, y_all)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
     joblib.dump(final, model_path, compress=3)
     digest = sha256_of(model_path)
     created = datetime.now(UTC)
+    latest = sets[0]
     manifest: dict[str, Any] = {
         "model_version": f"churn-{created:%Y%m%d}-{digest[:8]}",
         "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "estimator": winner,
+        "calibration": calibration_method,
         "feature_names": list(FEATURE_NAMES),
         "state_layout": LAYOUT_ID,
         "library_versions": library_versions(),
@@ -196,32 +301,110 @@ def train(
             "cutoff": iso_time(cutoff),
             "horizon_days": horizon_days,
             "lookback_days": lookback_days,
-            "users": int(y.size),
-            "churners": int(y.sum()),
-            "churn_rate": round(float(y.mean()), 6),
-            "validation_users": int(y_val.size),
+            "origins": [
+                {
+                    "cutoff": iso_time(d.cutoff),
+                    "users": int(d.labels.size),
+                    "churn_rate": round(float(d.labels.mean()), 6),
+                }
+                for d in sets
+            ],
+            "rows": int(y_all.size),
+            "users": int(latest.labels.size),
+            "churners": int(latest.labels.sum()),
+            "churn_rate": round(float(latest.labels.mean()), 6),
+            "event_type_shares": _type_shares(events),
             "seed": seed,
+        },
+        "validation": {
+            "kind": "out_of_time" if validation.cutoff > history[0].cutoff else "held_out_users",
+            "fit_origins": sorted({iso_time(d.cutoff) for d in history}),
+            "cutoff": iso_time(validation.cutoff),
+            "users": int(y_val.size),
+            "churn_rate": round(float(y_val.mean()), 6),
         },
         "candidates": scores,
         "selection": (
-            f"{winner} had the best validation PR-AUC ({scores[winner]['pr_auc']:.4f} against "
-            f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}) on {y_val.size} held-out users"
+            f"{winner} had the best out-of-time PR-AUC ({scores[winner]['pr_auc']:.4f} against "
+            f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}) on {y_val.size} users at "
+            f"{iso_time(validation.cutoff)[:10]}"
         ),
-        "metrics": scores[winner],
+        "calibration_brier": calibration,
+        "metrics": metrics,
+        "baselines": baselines,
         "risk_thresholds": thresholds,
+        "tier_policy": tier_inputs,
         "tier_performance": tier_performance(y_val, p_val, thresholds),
-        "value_thresholds": fit_value_thresholds(X),
-        "reference_features": {name: float(v) for name, v in zip(FEATURE_NAMES, np.median(X[y == 0], axis=0))},
+        "value_thresholds": fit_value_thresholds(latest.features),
+        "reference_features": {
+            name: float(v) for name, v in zip(FEATURE_NAMES, np.median(latest.features[latest.labels == 0], axis=0))
+        },
+        "feature_importance": importance,
     }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    (out_dir / CARD_FILE).write_text(model_card(manifest))
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    progress("writing the model card and plots")
+    write_model_card(out_dir, manifest, y_val, p_val, baseline_p)
     return manifest
+
+
+def _origin_record(data: LabelledSet) -> dict[str, Any]:
+    return {
+        "cutoff": iso_time(data.cutoff),
+        "users": int(data.labels.size),
+        "churn_rate": round(float(data.labels.mean()), 6),
+    }
+
+
+def _split_out_of_time(sets: list[LabelledSet], seed: int) -> tuple[LabelledSet, list[LabelledSet]]:
+    """Return (validation, fit sets): the latest origin validates models fitted on the earlier ones.
+
+    With a single origin there is no earlier time to fit on; then a quarter of its users is held out.
+    """
+    if len(sets) > 1:
+        return sets[0], sets[1:]
+    from sklearn.model_selection import train_test_split
+
+    data = sets[0]
+    fit, val = train_test_split(np.arange(data.labels.size), test_size=0.25, stratify=data.labels, random_state=seed)
+    part = lambda idx: LabelledSet(  # noqa: E731 - a local shorthand
+        [data.user_ids[i] for i in idx],
+        data.features[idx],
+        data.labels[idx],
+        data.cutoff,
+        data.horizon_days,
+        data.values[idx],
+    )
+    return part(val), [part(fit)]
+
+
+def _baseline_predictions(fit_set: LabelledSet, eval_set: LabelledSet) -> dict[str, np.ndarray]:
+    """Fit the baselines on an earlier origin and return their probabilities at the evaluation origin."""
+    from chalicelib.baselines import Baselines
+
+    fitted = Baselines().fit(fit_set.values, fit_set.features, fit_set.labels, fit_set.cutoff, fit_set.horizon_days)
+    return fitted.predict(eval_set.values, eval_set.features, eval_set.cutoff)
+
+
+def _importance(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, float]:
+    """Return permutation importance (fall in PR-AUC when a feature is shuffled), largest first."""
+    from sklearn.inspection import permutation_importance
+
+    result = permutation_importance(
+        model, X, y, scoring="average_precision", n_repeats=3, random_state=seed, max_samples=min(5000, len(y))
+    )
+    order = np.argsort(-result.importances_mean)
+    return {FEATURE_NAMES[i]: round(float(result.importances_mean[i]), 6) for i in order}
+
+
+def _type_shares(events: EventBatch) -> dict[str, float]:
+    counts = np.bincount(events.type_code.astype(np.int64), minlength=len(EVENT_TYPES))
+    return {t: round(float(c / max(len(events), 1)), 6) for t, c in zip(EVENT_TYPES, counts) if c}
 
 
 def evaluate(
     model: ChurnModel, events: EventBatch, cutoff: float, horizon_days: float, lookback_days: float | None = None
 ) -> dict[str, Any]:
-    """Return the contract's metrics for `model` on the users known at `cutoff`."""
+    """Return the contract's metrics for `model` at `cutoff`, with baselines fitted one horizon earlier."""
     lookback = lookback_days or model.manifest["training_data"].get("lookback_days", DEFAULT_LOOKBACK_DAYS)
     data = labelled_set(events, cutoff, horizon_days, lookback)
     if data.labels.size == 0:
@@ -232,68 +415,15 @@ def evaluate(
     out["cutoff"] = iso_time(cutoff)
     out["horizon_days"] = horizon_days
     out["tiers"] = tier_performance(data.labels, p, model.risk_thresholds)
+    earlier = cutoff - horizon_days * SECONDS_PER_DAY
+    if events.time.min() < earlier:
+        fit_set = labelled_set(events, earlier, horizon_days, lookback)
+        out["baselines"] = {}
+        for name, p_base in _baseline_predictions(fit_set, data).items():
+            m = classification_metrics(data.labels, p_base)
+            out["baselines"][name] = {"auc": round(m["auc"], 6), "brier": round(m["brier"], 6)}
+        out["baselines_fitted_at"] = iso_time(earlier)
+    else:
+        out["baselines"] = {}
+        out["baselines_note"] = "no history before cutoff - horizon to fit baselines on"
     return out
-
-
-def model_card(manifest: dict[str, Any]) -> str:
-    """Return the model card in Markdown."""
-    data, metrics = manifest["training_data"], manifest["metrics"]
-    lines = [
-        f"# Model card: {manifest['model_version']}",
-        "",
-        "Predicts the probability that a user has **no activity in the next "
-        f"{data['horizon_days']:g} days**, from their behaviour state up to the scoring date.",
-        "",
-        "## Data",
-        f"- Source: `{data['source']}` ({data['events']} events, {data['first_event']} to {data['last_event']})",
-        f"- Cutoff {data['cutoff']}, horizon {data['horizon_days']:g} days; population: users with an event "
-        f"in the {data['lookback_days']:g} days before the cutoff",
-        f"- Users: {data['users']}, churners: {data['churners']} (rate {data['churn_rate']:.3f}); "
-        f"{data['validation_users']} held out for validation",
-        "",
-        "## Candidates (validation, held-out users)",
-        "",
-        "| model | AUC | PR-AUC | Brier | log-loss | lift top decile |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in manifest["candidates"].items():
-        mark = " **(chosen)**" if name == manifest["estimator"] else ""
-        lines.append(
-            f"| {name}{mark} | {m['auc']:.4f} | {m['pr_auc']:.4f} | {m['brier']:.4f} | "
-            f"{m['log_loss']:.4f} | {m['lift_top_decile']:.2f} |"
-        )
-    lines += [
-        "",
-        f"Selection: {manifest['selection']}.",
-        "",
-        "## Risk tiers (validation)",
-        "",
-        "| tier | threshold | share of users | precision | recall |",
-        "|---|---|---|---|---|",
-    ]
-    for tier, perf in manifest["tier_performance"].items():
-        th = manifest["risk_thresholds"].get(tier)
-        lines.append(
-            f"| {tier} | {'p >= ' + format(th, 'g') if th is not None else '-'} | {perf['share']:.3f} | "
-            f"{perf['precision']:.3f} | {perf['recall']:.3f} |"
-        )
-    vt = manifest["value_thresholds"]
-    lines += [
-        "",
-        f"Value tiers by {vt['basis'].replace('_', ' ')}: high >= {vt['high']:.2f}, medium >= {vt['medium']:.2f}.",
-        "",
-        f"Chosen model: AUC {metrics['auc']:.4f}, PR-AUC {metrics['pr_auc']:.4f}, Brier {metrics['brier']:.4f}.",
-        "",
-        "## Limits",
-        "- Trained on one customer's history at one cutoff; behaviour that changes (a new product, a",
-        "  pricing change) needs retraining. Check `evaluate` on fresh data before trusting it.",
-        "- Churn means no event at all in the horizon; a user who only opens an email still counts as active",
-        "  if that open is sent as an event.",
-        "- Users silent for longer than the lookback window were not in training; their scores extrapolate.",
-        "- Probabilities are not recalibrated after training.",
-        "",
-        f"Libraries: {', '.join(f'{k} {v}' for k, v in manifest['library_versions'].items())}; "
-        f"python {manifest['python_version']}; model.joblib sha256 `{manifest['model_sha256']}`.",
-        "",
-    ]
-    return "\n".join(lines)

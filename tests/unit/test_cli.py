@@ -131,7 +131,23 @@ def test_rejected_rows_are_written_beside_the_scores(tmp_path, capsys):
         "user_id,event_time,event_type,value\nu1,2026-01-01T00:00:00Z,purchase,10\n"
         "u2,garbage,login,\n,2026-01-01,login,\n"
     )
-    assert main(["score", "--model", str(ARTIFACT), "--input", str(f), "--out", str(tmp_path / "s.csv")]) == 0
+    out = str(tmp_path / "s.csv")
+    assert main(["score", "--model", str(ARTIFACT), "--input", str(f), "--out", out, "--allow-missing-signals"]) == 0
     rejected = list(csv.DictReader((tmp_path / "s.csv.rejected.csv").open()))
     assert [r["reason"] for r in rejected] == ["bad_event_time", "missing_user_id"]
     assert len(list(csv.DictReader((tmp_path / "s.csv").open()))) == 1
+
+
+def test_score_refuses_a_log_without_the_signals_the_model_needs(tmp_path, capsys):
+    # GIVEN a purchases-only export and the packaged model, trained on logs with every signal
+    f = tmp_path / "orders.csv"
+    f.write_text("user_id,event_time,event_type,value\nu1,2026-01-01T00:00:00Z,purchase,10\n")
+    out = tmp_path / "s.csv"
+    # WHEN it is scored THEN it is refused, naming what is missing
+    assert main(["score", "--model", str(ARTIFACT), "--input", str(f), "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert "orders.csv" in line and "login" in line and "session" in line
+    # AND the user can insist
+    assert (
+        main(["score", "--model", str(ARTIFACT), "--input", str(f), "--out", str(out), "--allow-missing-signals"]) == 0
+    )

@@ -70,7 +70,8 @@ def test_reason_with_biggest_effect_comes_first():
 
     X = np.zeros((2, len(FEATURE_NAMES)))
     X[0, comp], X[0, rec] = 3.0, 5.0  # complaint surge, a little silence
-    X[1, comp], X[1, rec] = 0.0, 40.0  # long silence only
+    X[1, comp], X[1, rec] = 0.0, 40.0  # long silence only, for a user active every five days before
+    X[1, FEATURE_NAMES.index("activity_rate_long")] = 0.2
     p = predict(X)
     effects = reason_effects(X, p, np.zeros(len(FEATURE_NAMES)), predict)
     reasons = top_reasons(effects)
@@ -107,3 +108,22 @@ def test_message_validates_against_the_schema_and_id_is_stable():
 def test_message_with_bad_probability_is_refused():
     with pytest.raises(jsonschema.ValidationError):
         validate_message(_message(churn_probability=1.5))
+
+
+def test_expected_value_thresholds_are_where_acting_pays():
+    from chalicelib.tiers import expected_value_thresholds
+
+    # acting pays when p * 200 * 0.25 >= cost: medium at 5 / 50, high at 30 / 50
+    assert expected_value_thresholds(30, 5, 200, 0.25) == {"high": 0.6, "medium": 0.1}
+    # costs beyond the value at risk clip to the bounds, and high stays above medium
+    assert expected_value_thresholds(1000, 1000, 10, 0.1) == {"high": 0.95, "medium": 0.9}
+
+
+def test_capacity_thresholds_give_the_requested_shares():
+    from chalicelib.tiers import capacity_thresholds
+
+    p = np.random.default_rng(0).random(10_000)
+    th = capacity_thresholds(p, 0.05, 0.15)
+    tiers = risk_tiers(p, th)
+    assert abs((tiers == "high").mean() - 0.05) < 0.002
+    assert abs((tiers == "medium").mean() - 0.15) < 0.002
