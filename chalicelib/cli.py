@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lookback-days", type=_positive_float, default=180.0, help="population: seen within this")
-    train.add_argument("--max-origins", type=_positive_int, default=4, help="rolling origins, one horizon apart")
+    train.add_argument("--max-origins", type=_positive_int, default=8, help="rolling origins, one horizon apart")
     tiers = train.add_argument_group("risk tiers (default: expected value)")
     tiers.add_argument("--tier-mode", choices=("expected_value", "capacity", "fixed"), default="expected_value")
     tiers.add_argument("--action-cost-high", type=_positive_float, default=20.0, help="cost of a high-tier action")

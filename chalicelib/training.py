@@ -91,29 +91,36 @@ def check_learnable(data: LabelledSet) -> None:
         )
 
 
-def candidates(seed: int) -> dict[str, Any]:
-    """Return the candidate pipelines, each a scikit-learn Pipeline over the feature matrix."""
+def candidates(seed: int, horizon_days: float = 30.0) -> dict[str, Any]:
+    """Return the candidate pipelines: BG/NBD features appended to the behaviour features, then a classifier."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from chalicelib.btyd_features import BtydFeatures
+
+    def btyd() -> tuple[str, Any]:
+        return ("btyd", BtydFeatures(horizon_days=horizon_days))
+
     return {
         "logistic_regression": Pipeline(
-            [("scale", StandardScaler()), ("clf", LogisticRegression(C=0.5, max_iter=3000))]
+            [btyd(), ("scale", StandardScaler()), ("clf", LogisticRegression(C=0.5, max_iter=3000))]
         ),
         "random_forest": Pipeline(
             [
+                btyd(),
                 (
                     "clf",
                     RandomForestClassifier(
                         n_estimators=150, min_samples_leaf=30, max_features="sqrt", n_jobs=2, random_state=seed
                     ),
-                )
+                ),
             ]
         ),
         "hist_gradient_boosting": Pipeline(
             [
+                btyd(),
                 (
                     "clf",
                     HistGradientBoostingClassifier(
@@ -129,7 +136,7 @@ def candidates(seed: int) -> dict[str, Any]:
                         n_iter_no_change=20,
                         random_state=seed,
                     ),
-                )
+                ),
             ]
         ),
     }
@@ -220,7 +227,7 @@ def train(
     seed: int = 0,
     policy: TierPolicy | None = None,
     lookback_days: float = DEFAULT_LOOKBACK_DAYS,
-    max_origins: int = 4,
+    max_origins: int = 8,
     min_history_days: float = 60.0,
     source: str = "",
     progress: Callable[[str], None] = lambda _msg: None,
@@ -245,7 +252,7 @@ def train(
 
     scores: dict[str, dict[str, float]] = {}
     fitted: dict[str, Any] = {}
-    for name, pipeline in candidates(seed).items():
+    for name, pipeline in candidates(seed, horizon_days).items():
         progress(f"fitting {name} on {len(y_fit)} rows")
         fitted[name] = pipeline.fit(X_fit, y_fit)
         scores[name] = _clean(classification_metrics(y_val, pipeline.predict_proba(X_val)[:, 1]))
@@ -258,7 +265,7 @@ def train(
     chosen_model, calibration_method = fitted[winner], "none"
     for method in ("sigmoid", "isotonic"):
         progress(f"calibrating {winner} ({method})")
-        model = _calibrated(clone(candidates(seed)[winner]), method).fit(X_fit, y_fit)
+        model = _calibrated(clone(candidates(seed, horizon_days)[winner]), method).fit(X_fit, y_fit)
         calibration[method] = round(float(np.mean((model.predict_proba(X_val)[:, 1] - y_val) ** 2)), 6)
         if calibration[method] < calibration[calibration_method]:
             chosen_model, calibration_method = model, method
@@ -272,7 +279,7 @@ def train(
     importance = _importance(chosen_model, X_val, y_val, seed)
 
     progress(f"refitting {winner} on all {sum(len(d.labels) for d in sets)} rows")
-    final = candidates(seed)[winner]
+    final = candidates(seed, horizon_days)[winner]
     if calibration_method != "none":
         final = _calibrated(final, calibration_method)
     X_all, y_all = _stack(sets)
@@ -405,6 +412,8 @@ def evaluate(
     model: ChurnModel, events: EventBatch, cutoff: float, horizon_days: float, lookback_days: float | None = None
 ) -> dict[str, Any]:
     """Return the contract's metrics for `model` at `cutoff`, with baselines fitted one horizon earlier."""
+    from chalicelib.baselines import evaluate_baselines
+
     lookback = lookback_days or model.manifest["training_data"].get("lookback_days", DEFAULT_LOOKBACK_DAYS)
     data = labelled_set(events, cutoff, horizon_days, lookback)
     if data.labels.size == 0:
@@ -418,10 +427,7 @@ def evaluate(
     earlier = cutoff - horizon_days * SECONDS_PER_DAY
     if events.time.min() < earlier:
         fit_set = labelled_set(events, earlier, horizon_days, lookback)
-        out["baselines"] = {}
-        for name, p_base in _baseline_predictions(fit_set, data).items():
-            m = classification_metrics(data.labels, p_base)
-            out["baselines"][name] = {"auc": round(m["auc"], 6), "brier": round(m["brier"], 6)}
+        out["baselines"] = {name: _clean(m) for name, m in evaluate_baselines(fit_set, data).items()}
         out["baselines_fitted_at"] = iso_time(earlier)
     else:
         out["baselines"] = {}
