@@ -41,7 +41,11 @@ def choose_action(risk_tier: str, value_tier: str, reasons: list[str]) -> Action
     """Return the action for a user, or None when their risk does not call for one."""
     if risk_tier == "low":
         return None
-    reason = next((r for r in reasons if r in _BY_REASON), _DEFAULT_REASON)
+    reason = _DEFAULT_REASON
+    for code in reasons:
+        if code in _BY_REASON:
+            reason = code
+            break
     action_type, offer = _BY_REASON[reason]
     priority = _PRIORITY.get((risk_tier, value_tier), 4)
     if risk_tier == "high" and value_tier == "high":
