@@ -116,7 +116,15 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _read(path: Path, not_after: float | None = None) -> Any:
+def _not_after(as_of: float | None) -> float:
+    """Return the latest event time an offline read accepts: --as-of, else a day past the wall clock."""
+    from chalicelib.events import SECONDS_PER_DAY
+
+    # Without this bound a single year-9999 row would become everyone's as-of.
+    return as_of if as_of is not None else time.time() + SECONDS_PER_DAY
+
+
+def _read(path: Path, not_after: float | None) -> Any:
     from chalicelib.reader import read_event_file
 
     if not path.is_file():
@@ -186,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         capacity_medium=args.capacity_medium,
         fixed={"high": args.high_threshold, "medium": args.medium_threshold},
     )
-    result = _read(args.events)
+    result = _read(args.events, _not_after(None))
     started = time.monotonic()
     manifest = train(
         result.events,
@@ -214,7 +222,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from chalicelib.scoring import Scorer, missing_signals, write_scores_csv
     from chalicelib.state import build_state
 
-    result, model = _read_and_load(args.input, args.as_of, args.model)
+    result, model = _read_and_load(args.input, _not_after(args.as_of), args.model)
     events = result.events
     missing = missing_signals(model.manifest, events) if len(events) else []
     if missing and not args.allow_missing_signals:
@@ -241,7 +249,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from chalicelib.training import evaluate
 
-    result, model = _read_and_load(args.events, None, args.model)
+    result, model = _read_and_load(args.events, _not_after(None), args.model)
     print(json.dumps(evaluate(model, result.events, args.cutoff, args.horizon_days), indent=2))
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chalicelib.errors import ChurnGuardError
+from chalicelib.reader import DEFAULT_MAX_DECOMPRESSED_BYTES
 
 DEFAULT_INCOMING_PREFIX = "incoming/"
 DEFAULT_SCHEDULE = "rate(1 day)"
@@ -30,6 +31,8 @@ class Settings:
     sweep_min_age_seconds: float = 900.0
     # Events later than the file's landing time by more than this are rejected as future-dated.
     future_tolerance_seconds: float = 86400.0
+    # A gzip file inflating past this many bytes is quarantined instead of read.
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
 
     @property
     def snapshot_prefix(self) -> str:
@@ -56,6 +59,12 @@ class Settings:
             tolerance = float(env.get("FUTURE_TOLERANCE_SECONDS", "86400"))
         except ValueError as exc:
             raise ConfigError(f"SWEEP_MIN_AGE_SECONDS / FUTURE_TOLERANCE_SECONDS must be numbers: {exc}") from exc
+        try:
+            max_inflated = int(env.get("MAX_DECOMPRESSED_BYTES") or DEFAULT_MAX_DECOMPRESSED_BYTES)
+        except ValueError as exc:
+            raise ConfigError(f"MAX_DECOMPRESSED_BYTES must be a whole number of bytes: {exc}") from exc
+        if max_inflated < 1:
+            raise ConfigError(f"MAX_DECOMPRESSED_BYTES must be positive, not {max_inflated}")
         return cls(
             behaviour_bucket=env["BEHAVIOUR_BUCKET"],
             incoming_prefix=prefix,
@@ -65,4 +74,5 @@ class Settings:
             queue_medium=env["QUEUE_MEDIUM"],
             sweep_min_age_seconds=min_age,
             future_tolerance_seconds=tolerance,
+            max_decompressed_bytes=max_inflated,
         )

@@ -89,7 +89,12 @@ class ScoringPipeline:
 
         as_of_limit = landed_at + self.settings.future_tolerance_seconds
         try:
-            result = read_events(obj.body, source, not_after=as_of_limit)
+            result = read_events(
+                obj.body,
+                source,
+                not_after=as_of_limit,
+                max_decompressed_bytes=self.settings.max_decompressed_bytes,
+            )
         except UnreadableFileError as exc:
             dest = QUARANTINE_PREFIX + key
             self.bucket.move(key, obj.version_id, dest)

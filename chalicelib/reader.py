@@ -26,6 +26,8 @@ from chalicelib.errors import UnreadableFileError
 from chalicelib.events import MAX_USER_ID_LENGTH, REQUIRED_COLUMNS, TYPE_CODE, EventBatch, type_code
 
 __all__ = [
+    "DEFAULT_MAX_DECOMPRESSED_BYTES",
+    "MAX_ABS_VALUE",
     "REJECT_REASONS",
     "ReadResult",
     "RejectWriter",
@@ -44,10 +46,12 @@ REJECT_REASONS: tuple[str, ...] = (
     "user_id_control_chars",
     "missing_event_time",
     "bad_event_time",
+    "event_time_out_of_range",
     "future_event_time",
     "missing_event_type",
     "bad_value",
     "nonfinite_value",
+    "value_out_of_range",
     "negative_value",
 )
 _CODE = {reason: code for code, reason in enumerate(REJECT_REASONS, start=1)}  # 0 means accepted
@@ -78,6 +82,10 @@ _BYTES_PER_ROW = 64  # turns a row count into a read size; rows are ~40-60 bytes
 # Rows validated at a time at most, whatever chunk_rows allows: a piece's strings and arrays then stay in
 # the CPU caches, which measured ~1.5x faster than 65536-row pieces.
 _CACHE_ROWS = 4096
+# No real amount or duration is this large; such values are unit or parsing errors that would swamp features.
+MAX_ABS_VALUE = 1e9
+# A gzip upload may not inflate past this: a few KiB of "bomb" must not fill memory or /tmp.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 4 << 30
 _REJECT_FIELD_CHARS = 256
 _CACHE_LIMIT = 100_000
 
@@ -375,6 +383,8 @@ class _Builder:
         codes = self._type_codes(types)
         micros, time_code = self._times(times)
         seconds = micros / _US
+        # Before the epoch is never a real event here, only a default date (0001-01-01, 1900-01-01) or a typo.
+        time_code[(time_code == 0) & (micros < 0)] = _CODE["event_time_out_of_range"]
         if self.not_after is not None:
             time_code[(time_code == 0) & (seconds > self.not_after)] = _CODE["future_event_time"]
         users_before = len(self.user_ids)
@@ -382,6 +392,7 @@ class _Builder:
 
         # Assigned least serious first, so the most serious fault of a row is the one that stays.
         reason = value_code
+        reason[(np.abs(value) > MAX_ABS_VALUE) & (reason == 0)] = _CODE["value_out_of_range"]
         reason[(value < 0) & (codes != _REFUND) & (reason == 0)] = _CODE["negative_value"]
         reason[codes < 0] = _CODE["missing_event_type"]
         np.copyto(reason, time_code, where=time_code > 0)
@@ -594,6 +605,8 @@ def _detail(reason: str, fields: Mapping[str, object]) -> str:
         return "event_time is empty"
     if reason == "bad_event_time":
         return f"event_time {_short(fields.get('event_time'))} is not an ISO 8601 date or date-time"
+    if reason == "event_time_out_of_range":
+        return f"event_time {_short(fields.get('event_time'))} is before 1970-01-01T00:00:00Z, the earliest accepted"
     if reason == "missing_event_type":
         return "event_type is empty"
     value = _short(fields.get("value"))
@@ -601,6 +614,8 @@ def _detail(reason: str, fields: Mapping[str, object]) -> str:
         return f"value {value} is not a number"
     if reason == "nonfinite_value":
         return f"value {value} is not finite"
+    if reason == "value_out_of_range":
+        return f"value {value} is out of range; at most {MAX_ABS_VALUE:g} either way is accepted"
     return f"value {value} is negative; only refund values may be negative"
 
 
@@ -640,8 +655,10 @@ def _read_at_least(stream: BinaryIO, size: int) -> bytes:
 class _Blocks:
     """Hands out the (decompressed) input as runs of whole lines, counting physical lines."""
 
-    def __init__(self, stream: BinaryIO, source: str, block_bytes: int) -> None:
+    def __init__(self, stream: BinaryIO, source: str, block_bytes: int, max_inflated: int) -> None:
         self.source = source
+        self._max_inflated = max_inflated
+        self._inflated = 0
         self.line = 0  # physical lines handed out so far
         self._block = block_bytes
         self._eof = False
@@ -657,11 +674,19 @@ class _Blocks:
         if not self._gzip:
             return self._plain.read(size)  # type: ignore[union-attr]
         try:
-            return self._raw.read(size)  # type: ignore[union-attr]
+            # One byte past the limit is enough to know it is exceeded; asking for less bounds memory.
+            data = self._raw.read(min(size, self._max_inflated - self._inflated + 1))  # type: ignore[union-attr]
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
             reason = "gzip data ends early (truncated file)" if isinstance(exc, EOFError) else "corrupt gzip data"
             where = f" after line {self.line}" if self.line else ""
             raise UnreadableFileError(self.source, f"{reason}{where}: {exc}") from exc
+        self._inflated += len(data)
+        if self._inflated > self._max_inflated:
+            raise UnreadableFileError(
+                self.source,
+                f"gzip data decompresses to more than {self._max_inflated} bytes (a gzip bomb, or a file to split)",
+            )
+        return data
 
     def _fill_until(self, size: int) -> None:
         parts = [self._buf]
@@ -1164,9 +1189,11 @@ def _format_from_name(source: str) -> str | None:
     return None
 
 
-def _read(stream: BinaryIO, source: str, fmt: str | None, rows: int, builder: _Builder) -> EventBatch:
+def _read(
+    stream: BinaryIO, source: str, fmt: str | None, rows: int, builder: _Builder, max_inflated: int
+) -> EventBatch:
     """Detect compression and format, then feed every row to the builder; return the accepted events."""
-    blocks = _Blocks(stream, source, block_bytes=max(256, rows * _BYTES_PER_ROW))
+    blocks = _Blocks(stream, source, block_bytes=max(256, rows * _BYTES_PER_ROW), max_inflated=max_inflated)
     first = blocks.first_nonblank()
     if first is not None:
         kind = fmt or _format_from_name(source) or ("jsonl" if first.lstrip()[:1] in (b"{", b"[") else "csv")
@@ -1188,20 +1215,24 @@ def read_events(
     chunk_rows: int = 65536,
     rejects: RejectWriter | None = None,
     not_after: float | None = None,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
 ) -> ReadResult:
     """Read a behaviour file (CSV or JSON Lines, maybe gzip) into events; raise UnreadableFileError if unusable."""
     # chunk_rows caps the rows decoded and validated at a time; events later than not_after (epoch seconds)
-    # are rejected as future_event_time. The caller closes result.rejects.
+    # are rejected as future_event_time; gzip input inflating past max_decompressed_bytes is unreadable.
+    # The caller closes result.rejects.
     if fmt not in (None, *_FORMATS):
         raise ValueError(f"fmt must be one of {_FORMATS} or None, not {fmt!r}")
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
+    if max_decompressed_bytes < 1:
+        raise ValueError("max_decompressed_bytes must be at least 1")
     own_rejects = rejects is None
     rejects = RejectWriter() if rejects is None else rejects
     builder = _Builder(rejects, not_after)
     try:
         with _gc_paused():
-            events = _read(stream, source, fmt, min(chunk_rows, _CACHE_ROWS), builder)
+            events = _read(stream, source, fmt, min(chunk_rows, _CACHE_ROWS), builder, max_decompressed_bytes)
     except BaseException:
         if own_rejects:
             rejects.close()
@@ -1217,12 +1248,22 @@ def read_events(
 
 
 def read_event_file(
-    path: str | os.PathLike[str], *, chunk_rows: int = 65536, not_after: float | None = None
+    path: str | os.PathLike[str],
+    *,
+    chunk_rows: int = 65536,
+    not_after: float | None = None,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
 ) -> ReadResult:
     """Read a local behaviour file; see read_events."""
     source = os.fspath(path)
     try:
         with open(source, "rb") as stream:
-            return read_events(stream, source, chunk_rows=chunk_rows, not_after=not_after)
+            return read_events(
+                stream,
+                source,
+                chunk_rows=chunk_rows,
+                not_after=not_after,
+                max_decompressed_bytes=max_decompressed_bytes,
+            )
     except OSError as exc:  # missing, a directory, no permission, or a disk that fails mid-file
         raise UnreadableFileError(source, f"cannot read: {exc.strerror or exc}") from exc

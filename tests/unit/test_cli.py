@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import numpy as np
 import pytest
@@ -153,3 +154,69 @@ def test_score_refuses_a_log_without_the_signals_the_model_needs(tmp_path, capsy
     assert (
         main(["score", "--model", str(ARTIFACT), "--input", str(f), "--out", str(out), "--allow-missing-signals"]) == 0
     )
+
+
+def test_score_without_as_of_rejects_events_more_than_a_day_past_the_clock(tmp_path, capsys):
+    # GIVEN a log whose latest real event is in 2026, plus one row dated year 9999
+    f = tmp_path / "poisoned.csv"
+    f.write_text(
+        "user_id,event_time,event_type,value\nu1,2026-01-01T00:00:00Z,purchase,10\n"
+        "u2,2026-01-02T12:00:00Z,purchase,5\nu3,9999-12-31T00:00:00Z,purchase,7\n"
+    )
+    out = tmp_path / "s.csv"
+
+    # WHEN it is scored without --as-of
+    assert (
+        main(["score", "--model", str(ARTIFACT), "--input", str(f), "--out", str(out), "--allow-missing-signals"]) == 0
+    )
+
+    # THEN the year-9999 row is rejected as future-dated and the others are scored as of the latest real event
+    rejected = list(csv.DictReader((tmp_path / "s.csv.rejected.csv").open()))
+    assert [(r["user_id"], r["reason"]) for r in rejected] == [("u3", "future_event_time")]
+    rows = list(csv.DictReader(out.open()))
+    assert {r["user_id"] for r in rows} == {"u1", "u2"}
+    assert {r["as_of"] for r in rows} == {"2026-01-02T12:00:00Z"}
+
+
+def test_score_with_as_of_takes_it_as_the_limit_whatever_the_clock(tmp_path, capsys):
+    # GIVEN a log with events in the far future
+    f = tmp_path / "later.csv"
+    f.write_text("user_id,event_time,event_type,value\nu1,2090-01-01T00:00:00Z,purchase,10\n")
+    out = tmp_path / "s.csv"
+
+    # WHEN it is scored as of a date after them THEN they are all scored
+    args = ["score", "--model", str(ARTIFACT), "--input", str(f), "--out", str(out), "--allow-missing-signals"]
+    assert main([*args, "--as-of", "2090-06-01"]) == 0
+    assert [r["user_id"] for r in csv.DictReader(out.open())] == ["u1"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "train --events e.csv --cutoff 2026-01-01 --horizon-days 3 --out m",
+        "evaluate --events e.csv --cutoff 2026-01-01 --horizon-days 3",
+    ],
+    ids=["train", "evaluate"],
+)
+def test_train_and_evaluate_read_no_event_more_than_a_day_past_the_clock(argv, monkeypatch, capsys):
+    # GIVEN the offline reads stubbed to record the limit they are given
+    from chalicelib import cli
+    from chalicelib.errors import InputError
+
+    seen = []
+
+    def record(path, not_after, *rest):
+        seen.append(not_after)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(cli, "_read", record)
+    monkeypatch.setattr(cli, "_read_and_load", record)
+
+    # WHEN the command runs (it has no --as-of)
+    before = time.time()
+    assert main(argv.split()) == 2
+    after = time.time()
+
+    # THEN events later than a day past the wall clock are refused
+    [limit] = seen
+    assert before + 86400 <= limit <= after + 86400

@@ -332,6 +332,12 @@ def test_parse_timestamp_raises_value_error_on_anything_else(text: str) -> None:
         ("u1,2024-03-01,purchase,-inf", "nonfinite_value"),
         ("u1,2024-03-01,purchase,-3", "negative_value"),
         ("u1,2024-03-01", "malformed_row"),
+        ("u1,1969-12-31T23:59:59Z,login,", "event_time_out_of_range"),
+        ("u1,1970-01-01T01:00:00+02:00,login,", "event_time_out_of_range"),
+        ("u1,0001-01-01,login,", "event_time_out_of_range"),
+        ("u1,2024-03-01,purchase,1e12", "value_out_of_range"),
+        ("u1,2024-03-01,refund,-1000000001", "value_out_of_range"),
+        ("u1,2024-03-01,purchase,-1e10", "value_out_of_range"),
     ],
 )
 def test_each_bad_csv_row_is_rejected_with_its_reason_and_line(row: str, reason: str) -> None:
@@ -363,6 +369,36 @@ def test_events_later_than_not_after_are_rejected_as_future_event_time() -> None
     [reject] = rejects(result)
     assert (reject["line"], reject["reason"]) == ("3", "future_event_time")
     assert "2024-03-01T00:00:00Z" in reject["detail"]
+
+
+def test_the_epoch_and_values_of_a_billion_are_the_edges_of_the_accepted_range() -> None:
+    # given an event at exactly 1970-01-01T00:00:00Z and values of exactly plus and minus a billion
+    data = HEADER + "u1,1970-01-01,purchase,1e9\nu1,1970-01-01T00:00:00Z,refund,-1000000000\n"
+
+    # when it is read
+    result = read(data)
+
+    # then both rows are events
+    assert result.rows_rejected == 0
+    assert result.events.time.tolist() == [0.0, 0.0]
+    assert result.events.value.tolist() == [1e9, 1e9]
+
+
+def test_out_of_range_rejects_say_why() -> None:
+    result = read(HEADER + "u1,1969-07-20T20:17:00Z,login,\nu1,2024-03-01,purchase,5e15\n")
+
+    first, second = rejects(result)
+    assert first["reason"] == "event_time_out_of_range" and "before 1970-01-01" in first["detail"]
+    assert second["reason"] == "value_out_of_range" and "1e+09" in second["detail"]
+
+
+def test_json_lines_values_out_of_range_are_rejected_like_csv() -> None:
+    data = '{"user_id": "u1", "event_time": "1960-01-01", "event_type": "login"}\n'
+    data += '{"user_id": "u1", "event_time": "2024-03-01", "event_type": "purchase", "value": 1e300}\n'
+
+    result = read(data, "events.jsonl")
+
+    assert reasons_by_line(result) == {1: "event_time_out_of_range", 2: "value_out_of_range"}
 
 
 def test_reject_file_keeps_the_fields_as_they_appeared() -> None:
@@ -533,6 +569,30 @@ def test_corrupt_gzip_raises() -> None:
         read(bytes(data), "events.csv.gz")
 
 
+def test_a_gzip_bomb_stops_at_the_decompression_limit() -> None:
+    # given a gzip file of 8 MiB of rows that compresses to a few KiB, read as a stream with short reads
+    body = (HEADER + "u1,2024-03-01T00:00:00Z,login,\n" * 250_000).encode()
+    data = gzip.compress(body)
+    assert len(data) < len(body) // 100
+
+    # when it is read with a limit of 1 MiB
+    with pytest.raises(UnreadableFileError, match=r"decompresses to more than 1048576 bytes"):
+        read_events(ShortReadStream(data, most=4096), "bomb.csv.gz", max_decompressed_bytes=1 << 20)  # type: ignore[arg-type]
+
+    # then the same file is read whole under a limit it fits in
+    result = read(data, "bomb.csv.gz", max_decompressed_bytes=len(body))
+    assert result.rows_accepted == 250_000
+
+
+def test_the_decompression_limit_does_not_apply_to_uncompressed_input(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "u1,2024-03-01,login,\n" * 100)
+
+    assert read_event_file(path, max_decompressed_bytes=64).rows_accepted == 100
+    with pytest.raises(ValueError, match="max_decompressed_bytes"):
+        read(HEADER, max_decompressed_bytes=0)
+
+
 def test_read_event_file_reads_a_path_and_a_missing_path_is_unreadable(tmp_path: Path) -> None:
     path = tmp_path / "events.csv.gz"
     path.write_bytes(gzip.compress((HEADER + "u1,2024-03-01,login,\n").encode()))
@@ -661,6 +721,72 @@ def test_any_mix_of_rows_is_fully_accounted_and_every_valid_row_is_read_exactly(
     assert result.events.type_code.tolist() == [code for _, _, code, _ in valid]
     expected_values = np.array([np.nan if v is None else v for _, _, _, v in valid], dtype=np.float64)
     np.testing.assert_array_equal(result.events.value, expected_values)
+
+
+@st.composite
+def pre_epoch_times(draw: st.DrawFn) -> str:
+    """An ISO timestamp before 1970-01-01T00:00:00Z, in one of the accepted forms."""
+    when = draw(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(1969, 12, 31, 23, 59, 59)))
+    form = draw(st.sampled_from(["date", "z", "space", "ahead_of_utc"]))
+    if form == "date":
+        return when.date().isoformat()
+    if form == "space":
+        return when.isoformat(sep=" ", timespec="seconds")
+    # A positive offset only moves the instant earlier, so it stays before the epoch.
+    return when.isoformat(timespec="seconds") + ("Z" if form == "z" else "+05:30")
+
+
+@st.composite
+def out_of_range_rows(draw: st.DrawFn) -> tuple[list[str], str]:
+    """A row that is wrong only in its range (or in both, where time wins), and the reason it must get."""
+    fault = draw(st.sampled_from(["time", "value", "both"]))
+    kind = draw(st.sampled_from(["purchase", "refund", "session", "login"]))
+    when = draw(pre_epoch_times()) if fault in ("time", "both") else "2024-03-01T00:00:00Z"
+    value = ""
+    if fault in ("value", "both"):
+        size = draw(st.floats(min_value=1e9, max_value=1e300).filter(lambda v: v > 1e9))
+        value = repr(size if draw(st.booleans()) else -size)
+    elif draw(st.booleans()):
+        value = "12.5"
+    reason = "value_out_of_range" if fault == "value" else "event_time_out_of_range"
+    return [draw(st.sampled_from(["u1", "u2", " u3"])), when, kind, value], reason
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(st.one_of(valid_rows(), out_of_range_rows()), max_size=30),
+    chunk_rows=st.sampled_from([1, 4, 65536]),
+    as_jsonl=st.booleans(),
+)
+def test_rows_out_of_range_mixed_with_valid_ones_are_each_rejected_with_their_reason(
+    rows: list, chunk_rows: int, as_jsonl: bool
+) -> None:
+    # given valid rows mixed with rows dated before 1970 or holding values beyond a billion
+    lines = []
+    for fields, _ in rows:
+        if as_jsonl:
+            lines.append(_to_jsonl(fields))
+        else:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerow(fields)
+            lines.append(out.getvalue().rstrip("\n"))
+    text = ("" if as_jsonl else HEADER) + "".join(line + "\n" for line in lines)
+
+    # when it is read
+    result = read(text, "upload", fmt="jsonl" if as_jsonl else "csv", chunk_rows=chunk_rows)
+
+    # then every row is accounted for, each out-of-range row rejected at its line for its reason
+    first_line = 1 if as_jsonl else 2
+    expected = {first_line + i: row[1] for i, row in enumerate(rows) if isinstance(row[1], str)}
+    valid = [row[1] for row in rows if not isinstance(row[1], str)]
+    assert result.rows_read == len(rows) == result.rows_accepted + result.rows_rejected
+    assert result.rows_rejected == len(expected)
+    assert reasons_by_line(result) == expected
+    assert set(expected.values()) <= set(REJECT_REASONS)
+    assert user_of_each_event(result) == [user for user, _, _, _ in valid]
+    assert result.events.time.tolist() == [seconds for _, seconds, _, _ in valid]
+    assert (result.events.time >= 0).all()
+    assert not (np.abs(result.events.value) > 1e9).any()
 
 
 def test_read_result_and_errors_survive_a_process_boundary():
