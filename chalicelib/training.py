@@ -80,14 +80,14 @@ def labelled_set(
     )
 
 
-def check_learnable(data: LabelledSet) -> None:
+def check_learnable(labels: np.ndarray, where: str) -> None:
     """Raise InputError when there are too few churners or stayers to learn from."""
-    churners = int(data.labels.sum())
-    stayers = int(data.labels.size - churners)
+    churners = int(labels.sum())
+    stayers = int(labels.size - churners)
     if min(churners, stayers) < MIN_CLASS_ROWS:
         raise InputError(
-            f"too few examples to learn from at this cutoff: {churners} churners and {stayers} stayers "
-            f"among {data.labels.size} users (need at least {MIN_CLASS_ROWS} of each)"
+            f"too few examples to learn from {where}: {churners} churners and {stayers} stayers "
+            f"among {labels.size} rows (need at least {MIN_CLASS_ROWS} of each)"
         )
 
 
@@ -234,7 +234,6 @@ def train(
 ) -> dict[str, Any]:
     """Fit candidates on earlier origins, choose and calibrate out of time, write the artifact; return its manifest."""
     import joblib
-    from sklearn.base import clone
 
     from chalicelib.model_card import write_model_card
 
@@ -244,10 +243,10 @@ def train(
         f"building features and labels at {len(origins)} origin(s): {', '.join(iso_time(o)[:10] for o in origins)}"
     )
     sets = [labelled_set(events, origin, horizon_days, lookback_days) for origin in origins]
-    check_learnable(sets[0])
+    check_learnable(sets[0].labels, f"at the cutoff {iso_time(cutoff)[:10]}")
     validation, history = _split_out_of_time(sets, seed)
     X_fit, y_fit = _stack(history)
-    check_learnable(LabelledSet([], X_fit, y_fit, cutoff, horizon_days, X_fit[:0]))
+    check_learnable(y_fit, "before the validation origin")
     X_val, y_val = validation.features, validation.labels
 
     scores: dict[str, dict[str, float]] = {}
@@ -265,7 +264,7 @@ def train(
     chosen_model, calibration_method = fitted[winner], "none"
     for method in ("sigmoid", "isotonic"):
         progress(f"calibrating {winner} ({method})")
-        model = _calibrated(clone(candidates(seed, horizon_days)[winner]), method).fit(X_fit, y_fit)
+        model = _calibrated(candidates(seed, horizon_days)[winner], method).fit(X_fit, y_fit)
         calibration[method] = round(float(np.mean((model.predict_proba(X_val)[:, 1] - y_val) ** 2)), 6)
         if calibration[method] < calibration[calibration_method]:
             chosen_model, calibration_method = model, method
