@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import boto3
-from boto3.dynamodb.types import Binary
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 
 from chalicelib.aws_s3 import BOTO_CONFIG
 from chalicelib.errors import ChurnGuardError, RetryableError
@@ -92,28 +93,32 @@ class BehaviourTables:
         if ids:
             yield StateBatch.from_blobs(ids, blobs)
 
-    def write(self, state_items: list[dict[str, Any]], risk_items: list[dict[str, Any]]) -> None:
-        """Write state and risk items; on a shared table each user's two parts become one item."""
+    def write(self, state_items: list[dict[str, Any]], risk_items: list[dict[str, Any]]) -> list[tuple[str, dict]]:
+        """Write state and risk items; return (table, item) pairs still unprocessed after the retries.
+
+        On a shared table each user's state and risk become one item.
+        """
         if self.shared:
             by_user = {item["user_id"]: dict(item) for item in state_items}
             for item in risk_items:
                 by_user.setdefault(item["user_id"], {}).update(item)
-            self._batch_write(self.state_table, list(by_user.values()))
-            return
-        self._batch_write(self.state_table, state_items)
-        self._batch_write(self.risk_table, risk_items)
+            return self.put_items(self.state_table, list(by_user.values()))
+        return self.put_items(self.state_table, state_items) + self.put_items(self.risk_table, risk_items)
 
-    def _batch_write(self, table: str, items: list[dict[str, Any]]) -> None:
+    def put_items(self, table: str, items: list[dict[str, Any]]) -> list[tuple[str, dict]]:
+        """Put items 25 a call; return (table, item) pairs still unprocessed after the retries."""
         # Table.batch_writer would resend UnprocessedItems at once, without backoff; this waits.
+        left: list[tuple[str, dict]] = []
         for start in range(0, len(items), WRITE_BATCH):
             request = {table: [{"PutRequest": {"Item": item}} for item in items[start : start + WRITE_BATCH]]}
-            delays = backoff_delays()
-            while request:
+            for delay in (*backoff_delays(), None):
                 self.calls["BatchWriteItem"] += 1
-                resp = self.resource.batch_write_item(RequestItems=request)
-                request = resp.get("UnprocessedItems") or {}
-                if request:
-                    _wait(delays, "BatchWriteItem UnprocessedItems")
+                request = self.resource.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+                if not request or delay is None:
+                    break
+                sleep(delay)
+            left += [(name, r["PutRequest"]["Item"]) for name, reqs in request.items() for r in reqs]
+        return left
 
 
 def state_item(user_id: str, blob: bytes, first_seen: str, last_seen: str, events: int, run_id: str) -> dict[str, Any]:
@@ -150,3 +155,24 @@ def _wait(delays: Iterator[float], what: str) -> None:
         sleep(next(delays))
     except StopIteration:
         raise RetryableError(f"{what} still pending after retries") from None
+
+
+def encode_item(item: dict[str, Any]) -> dict[str, Any]:
+    """Return an item as JSON-safe DynamoDB JSON (binary as base64), for dead-letter records."""
+    serializer = TypeSerializer()
+    out = {}
+    for key, value in item.items():
+        typed = serializer.serialize(value)
+        if "B" in typed:
+            typed = {"B": base64.b64encode(bytes(typed["B"])).decode()}
+        out[key] = typed
+    return out
+
+
+def decode_item(encoded: dict[str, Any]) -> dict[str, Any]:
+    """Return the item that `encode_item` encoded."""
+    deserializer = TypeDeserializer()
+    return {
+        key: Binary(base64.b64decode(typed["B"])) if "B" in typed else deserializer.deserialize(typed)
+        for key, typed in encoded.items()
+    }

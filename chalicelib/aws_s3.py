@@ -20,6 +20,7 @@ LEDGER_PREFIX = "ledger/"
 RUNS_PREFIX = "runs/"
 REJECTED_PREFIX = "rejected/"
 QUARANTINE_PREFIX = "quarantine/"
+DEAD_LETTER_PREFIX = "dead-letter/"
 
 
 class ObjectGoneError(ChurnGuardError):
@@ -107,16 +108,24 @@ class BehaviourBucket:
         if version_id:
             source["VersionId"] = version_id
         self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
-        self.client.delete_object(Bucket=self.bucket, Key=key)
+        self.delete(key)
 
     # The ledger: one small object per processed object content, so a redelivered event,
     # a Lambda retry or the schedule's sweep finds it and does nothing.
-    def ledger_get(self, key: str, etag: str) -> dict[str, Any] | None:
-        """Return the ledger record of an object content, or None if never processed."""
+    def find_json(self, key: str) -> Any | None:
+        """Read a JSON object, or return None when there is none."""
         try:
-            return self.get_json(ledger_key(key, etag))
+            return self.get_json(key)
         except self.client.exceptions.NoSuchKey:
             return None
+
+    def delete(self, key: str) -> None:
+        """Delete an object."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def ledger_get(self, key: str, etag: str) -> dict[str, Any] | None:
+        """Return the ledger record of an object content, or None if never processed."""
+        return self.find_json(ledger_key(key, etag))
 
     def ledger_put(self, key: str, etag: str, record: dict[str, Any]) -> None:
         """Record that an object content was processed."""

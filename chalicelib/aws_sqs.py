@@ -8,7 +8,6 @@ from typing import Any
 import boto3
 
 from chalicelib.aws_s3 import BOTO_CONFIG
-from chalicelib.errors import RetryableError
 from chalicelib.retry import backoff_delays, sleep
 
 BATCH = 10
@@ -35,32 +34,32 @@ class RetentionQueues:
             self._urls[tier] = self.client.get_queue_url(QueueName=self.queue_names[tier])["QueueUrl"]
         return self._urls[tier]
 
-    def send(self, tier: str, messages: list[dict[str, Any]]) -> int:
-        """Send messages to the tier's queue; return how many were accepted."""
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """Send messages to the tier's queue; return (how many were accepted, the bodies still failing)."""
         url = self.url(tier) if messages else ""
-        sent = 0
+        sent, failed = 0, []
         for start in range(0, len(messages), BATCH):
-            entries = [_entry(str(i), m) for i, m in enumerate(messages[start : start + BATCH])]
-            sent += self._send_batch(url, entries)
-        return sent
+            batch = messages[start : start + BATCH]
+            left = self._send_batch(url, [_entry(str(i), m) for i, m in enumerate(batch)])
+            sent += len(batch) - len(left)
+            failed += [batch[int(i)] for i in left]
+        return sent, failed
 
-    def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> int:
+    def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> list[str]:
+        """Send one batch, resending failed entries with backoff; return the ids that never went through."""
         pending = entries
-        delays = backoff_delays()
-        while True:
+        for delay in (*backoff_delays(), None):
             self.calls += 1
             resp = self.client.send_message_batch(QueueUrl=url, Entries=pending)
-            failed = {f["Id"] for f in resp.get("Failed", []) if not f.get("SenderFault")}
             sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
             if sender_faults:
                 raise ValueError(f"SQS refused messages: {sender_faults}")
-            if not failed:
-                return len(entries)
+            failed = {f["Id"] for f in resp.get("Failed", [])}
             pending = [e for e in pending if e["Id"] in failed]
-            try:
-                sleep(next(delays))
-            except StopIteration:
-                raise RetryableError(f"{len(pending)} messages still failing after retries") from None
+            if not pending or delay is None:
+                break
+            sleep(delay)
+        return [e["Id"] for e in pending]
 
 
 def _entry(entry_id: str, message: dict[str, Any]) -> dict[str, Any]:

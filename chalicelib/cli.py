@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chalicelib.config import ConfigError
 from chalicelib.errors import InputError, ModelArtifactError
 
 EXIT_USAGE = 2
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--allow-missing-signals", action="store_true", help="score even if the file lacks event types the model uses"
     )
+
+    rep = sub.add_parser("replay", help="retry what a run left in its dead-letter record (on the configured AWS)")
+    rep.add_argument("run_id", help="the run id from the run summary, e.g. obj-… or sched-…")
 
     ev = sub.add_parser("evaluate", help="print model metrics on a labelled history as JSON")
     ev.add_argument("--model", type=Path, default=None)
@@ -253,6 +257,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(evaluate(model, result.events, args.cutoff, args.horizon_days), indent=2))
 
 
+def cmd_replay(args: argparse.Namespace) -> None:
+    from chalicelib import runtime
+
+    print(json.dumps(runtime.get_pipeline().replay(args.run_id), indent=2, default=str))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from chalicelib.demo import run_demo
 
@@ -270,6 +280,7 @@ COMMANDS = {
     "train": cmd_train,
     "score": cmd_score,
     "evaluate": cmd_evaluate,
+    "replay": cmd_replay,
 }
 
 
@@ -278,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (InputError, ModelArtifactError) as exc:
+    except (InputError, ModelArtifactError, ConfigError) as exc:
         print(f"python -m chalicelib {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from chalicelib.aws_dynamodb import BehaviourTables, risk_item, state_item
+from chalicelib.aws_dynamodb import BehaviourTables, decode_item, encode_item, risk_item, state_item
 from chalicelib.aws_s3 import (
+    DEAD_LETTER_PREFIX,
     QUARANTINE_PREFIX,
     REJECTED_PREFIX,
     RUNS_PREFIX,
@@ -22,7 +24,7 @@ from chalicelib.aws_s3 import (
 )
 from chalicelib.aws_sqs import RetentionQueues
 from chalicelib.config import Settings
-from chalicelib.errors import UnreadableFileError
+from chalicelib.errors import InputError, UnreadableFileError
 from chalicelib.events import EVENT_TYPES
 from chalicelib.messages import build_message, validate_message
 from chalicelib.observability import logger
@@ -31,6 +33,24 @@ from chalicelib.scoring import Scorer, Scores, iso_time
 from chalicelib.state import StateBatch, build_state, col, merge_rows
 
 MESSAGE_TIERS = ("high", "medium")
+
+
+@dataclass
+class DeadLetters:
+    """Writes and messages that still failed after their retries, kept so `replay` can finish the run."""
+
+    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.messages)
+
+    def to_json(self, run_id: str) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "items": [{"table": table, "item": encode_item(item)} for table, item in self.items],
+            "messages": [{"tier": tier, "body": body} for tier, body in self.messages],
+        }
 
 
 def object_run_id(bucket: str, key: str, etag: str) -> str:
@@ -131,9 +151,13 @@ class ScoringPipeline:
         summary["mode"] = "snapshot" if snapshot else "delta"
         latest = float(events.time.max()) if len(events) else landed_at
         as_of = max(landed_at, latest)
-        self._score_and_deliver(merged, as_of, run_id, source, summary, state_changed=True)
-        summary["status"] = "succeeded"
-        self.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": "succeeded", "as_of": iso_time(as_of)})
+        dead = DeadLetters()
+        self._score_and_deliver(merged, as_of, run_id, source, summary, state_changed=True, dead=dead)
+        self._settle(run_id, summary, dead)
+        # Even an incomplete run is recorded: its state is merged, and redoing it would count twice;
+        # `replay` finishes what is left.
+        record = {"run_id": run_id, "status": summary["status"], "as_of": iso_time(as_of)}
+        self.bucket.ledger_put(key, obj.etag, record)
         return self._finish(summary, started)
 
     # ---- the schedule ---------------------------------------------------------------------
@@ -145,15 +169,71 @@ class ScoringPipeline:
         summary: dict[str, Any] = {"run_id": run_id, "trigger": "schedule", "source": "schedule"}
         summary["swept_files"] = self._sweep(started)
         totals: dict[str, Any] = {}
+        dead = DeadLetters()
         for batch in self.tables.scan_states():
             part: dict[str, Any] = {}
-            self._score_and_deliver(batch, at, run_id, "schedule", part, state_changed=False)
+            self._score_and_deliver(batch, at, run_id, "schedule", part, state_changed=False, dead=dead)
             _add_counts(totals, part)
         summary.update(totals)
         summary.setdefault("users_scored", 0)
         summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
-        summary["status"] = "succeeded"
+        self._settle(run_id, summary, dead)
         return self._finish(summary, started)
+
+    # ---- finishing a run that left dead letters ------------------------------------------------
+    def replay(self, run_id: str) -> dict[str, Any]:
+        """Retry the writes and messages a run left in its dead-letter record; return the replay summary."""
+        started = self.clock()
+        key = f"{DEAD_LETTER_PREFIX}{run_id}.json"
+        record = self.bucket.find_json(key)
+        if record is None:
+            raise InputError(f"s3://{self.bucket.bucket}/{key}: run {run_id} has nothing left to replay")
+        dead = DeadLetters()
+        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in record["items"]:
+            by_table[entry["table"]].append(decode_item(entry["item"]))
+        for table, items in by_table.items():
+            dead.items += self.tables.put_items(table, items)
+        by_tier: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in record["messages"]:
+            by_tier[entry["tier"]].append(entry["body"])
+        sent = {}
+        for tier, bodies in by_tier.items():
+            sent[tier], failed = self.queues.send(tier, bodies)
+            dead.messages += [(tier, body) for body in failed]
+        summary: dict[str, Any] = {
+            "run_id": run_id,
+            "trigger": "replay",
+            "items_written": sum(len(v) for v in by_table.values()) - len(dead.items),
+            "messages_sent": sent,
+        }
+        if dead:
+            self._settle(run_id, summary, dead)
+        else:
+            self.bucket.delete(key)
+            summary["status"] = "replayed"
+        run = self.bucket.find_json(f"{RUNS_PREFIX}{run_id}.json") or {"run_id": run_id}
+        run["status"] = summary["status"]
+        run.setdefault("replays", []).append({k: v for k, v in summary.items() if k != "run_id"})
+        self.bucket.put_json(f"{RUNS_PREFIX}{run_id}.json", run)
+        summary["duration_s"] = round(self.clock() - started, 3)
+        logger.info("replay summary", extra={"summary": summary})
+        return summary
+
+    def _settle(self, run_id: str, summary: dict[str, Any], dead: DeadLetters) -> None:
+        """Mark the run succeeded, or keep what failed as a dead-letter record and mark it incomplete."""
+        if not dead:
+            summary["status"] = "succeeded"
+            return
+        key = f"{DEAD_LETTER_PREFIX}{run_id}.json"
+        self.bucket.put_json(key, dead.to_json(run_id))
+        summary["status"] = "incomplete"
+        summary["dead_letter"] = {
+            "key": f"s3://{self.bucket.bucket}/{key}",
+            "items": len(dead.items),
+            "messages": len(dead.messages),
+            "replay": f"python -m chalicelib replay {run_id}",
+        }
 
     def _sweep(self, now: float) -> list[dict[str, Any]]:
         """Process every incoming file that has no ledger entry and is older than the minimum age."""
@@ -170,15 +250,22 @@ class ScoringPipeline:
 
     # ---- shared by both -------------------------------------------------------------------
     def _score_and_deliver(
-        self, state: StateBatch, as_of: float, run_id: str, source: str, summary: dict[str, Any], state_changed: bool
+        self,
+        state: StateBatch,
+        as_of: float,
+        run_id: str,
+        source: str,
+        summary: dict[str, Any],
+        state_changed: bool,
+        dead: DeadLetters,
     ) -> None:
         scores = self.scorer.score(state, as_of)
         scored_at = iso_time(self.clock())
         risk_items = [risk_item(row, run_id=run_id, scored_at=scored_at, source=source) for row in scores.rows()]
         # State is rewritten when it changed, or when it shares the item with risk (a put replaces the item).
         state_items = _state_items(state, run_id) if (state_changed or self.tables.shared) else []
-        self.tables.write(state_items, risk_items)
-        sent, suppressed = self._send(scores, run_id, source)
+        dead.items += self.tables.write(state_items, risk_items)
+        sent, suppressed = self._send(scores, run_id, source, dead)
         summary["as_of"] = scores.as_of
         summary["model_version"] = scores.model_version
         summary["users_scored"] = len(scores)
@@ -187,7 +274,9 @@ class ScoringPipeline:
         summary["messages_sent"] = sent
         summary["suppressed"] = suppressed
 
-    def _send(self, scores: Scores, run_id: str, source: str) -> tuple[dict[str, int], dict[str, int]]:
+    def _send(
+        self, scores: Scores, run_id: str, source: str, dead: DeadLetters
+    ) -> tuple[dict[str, int], dict[str, int]]:
         by_tier: dict[str, list[dict[str, Any]]] = {tier: [] for tier in MESSAGE_TIERS}
         suppressed: Counter[str] = Counter()
         for i, user_id in enumerate(scores.user_ids):
@@ -212,7 +301,10 @@ class ScoringPipeline:
             )
             validate_message(body)
             by_tier[tier].append(body)
-        sent = {tier: self.queues.send(tier, messages) for tier, messages in by_tier.items()}
+        sent = {}
+        for tier, messages in by_tier.items():
+            sent[tier], failed = self.queues.send(tier, messages)
+            dead.messages += [(tier, body) for body in failed]
         return sent, dict(suppressed)
 
     def _finish(self, summary: dict[str, Any], started: float, write: bool = True) -> dict[str, Any]:

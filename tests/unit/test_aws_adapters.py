@@ -9,7 +9,6 @@ import pytest
 from chalicelib import aws_dynamodb, aws_sqs
 from chalicelib.aws_dynamodb import BehaviourTables
 from chalicelib.aws_sqs import RetentionQueues
-from chalicelib.errors import RetryableError
 
 
 class FakeResource:
@@ -59,16 +58,17 @@ def sleeps(monkeypatch):
 def test_unprocessed_items_are_retried_with_backoff_until_written(sleeps):
     resource = FakeResource(fail=2)
     tables = BehaviourTables(resource, "state", "risk")
-    tables.write([], [{"user_id": f"u{i}"} for i in range(30)])
+    assert tables.write([], [{"user_id": f"u{i}"} for i in range(30)]) == []
     assert sorted(i["user_id"] for i in resource.written) == sorted(f"u{i}" for i in range(30))
     assert len(sleeps) == 2
     assert tables.calls["BatchWriteItem"] == 2 + 2
 
 
-def test_unprocessed_items_that_never_clear_raise_a_retryable_error(sleeps):
+def test_unprocessed_items_that_never_clear_are_handed_back(sleeps):
     tables = BehaviourTables(FakeResource(fail=100), "state", "risk")
-    with pytest.raises(RetryableError, match="UnprocessedItems"):
-        tables.write([], [{"user_id": "u1"}, {"user_id": "u2"}])
+    left = tables.write([], [{"user_id": "u1"}, {"user_id": "u2"}])
+    assert left == [("risk", {"user_id": "u2"})]
+    assert tables.calls["BatchWriteItem"] == len(sleeps) + 1 == 8
 
 
 def _message(i: int) -> dict:
@@ -78,7 +78,14 @@ def _message(i: int) -> dict:
 def test_failed_message_entries_are_resent_once_each(sleeps):
     sqs = FakeSqs(fail=1)
     queues = RetentionQueues(sqs, {"high": "q-high"})
-    assert queues.send("high", [_message(i) for i in range(12)]) == 12
+    assert queues.send("high", [_message(i) for i in range(12)]) == (12, [])
     assert sorted(json.loads(b)["message_id"] for b in sqs.bodies) == sorted(str(i) for i in range(12))
     assert queues.calls == 3
     assert len(sleeps) == 1
+
+
+def test_message_entries_that_keep_failing_are_handed_back(sleeps):
+    sqs = FakeSqs(fail=100)
+    queues = RetentionQueues(sqs, {"high": "q-high"})
+    sent, failed = queues.send("high", [_message(i) for i in range(3)])
+    assert (sent, [m["message_id"] for m in failed]) == (2, ["0"])
