@@ -131,9 +131,17 @@ def _not_after(as_of: float | None) -> float:
 def _read(path: Path, not_after: float | None) -> Any:
     from chalicelib.reader import read_event_file
 
+    _check_exists(path)
+    return _reported(path, read_event_file(path, not_after=not_after))
+
+
+def _check_exists(path: Path) -> None:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    result = read_event_file(path, not_after=not_after)
+
+
+def _reported(path: Path, result: Any) -> Any:
+    """Say how the rows of a file were accounted for, and return the read result."""
     _say(f"{path}: read {result.rows_read} rows, accepted {result.rows_accepted}, rejected {result.rows_rejected}")
     return result
 
@@ -154,14 +162,12 @@ def _read_and_load(path: Path, not_after: float | None, model_dir: Path | None) 
     """
     from chalicelib.reader import read_event_file
 
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    _check_exists(path)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = pool.submit(read_event_file, path, not_after=not_after)
         model = _model(model_dir)
         result = pending.result()
-    _say(f"{path}: read {result.rows_read} rows, accepted {result.rows_accepted}, rejected {result.rows_rejected}")
-    return result, model
+    return _reported(path, result), model
 
 
 def _model(path: Path | None) -> Any:
