@@ -675,6 +675,19 @@ def _to_jsonl(fields: list[str]) -> str:
     return json.dumps(row)
 
 
+def _file_text(rows: list, as_jsonl: bool) -> str:
+    """Return rows of field values as a whole behaviour file: CSV with the header, or JSON Lines."""
+    lines = []
+    for fields in rows:
+        if as_jsonl:
+            lines.append(_to_jsonl(fields))
+        else:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerow(fields)
+            lines.append(out.getvalue().rstrip("\n"))
+    return ("" if as_jsonl else HEADER) + "".join(line + "\n" for line in lines)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(
@@ -689,16 +702,7 @@ def test_any_mix_of_rows_is_fully_accounted_and_every_valid_row_is_read_exactly(
     rows: list, chunk_rows: int, as_jsonl: bool, gzipped: bool
 ) -> None:
     # given a file mixing valid rows with rows that break one rule each
-    lines = []
-    for row in rows:
-        fields = INVALID_ROWS[row] if isinstance(row, str) else row[0]
-        if as_jsonl:
-            lines.append(_to_jsonl(fields))
-        else:
-            out = io.StringIO()
-            csv.writer(out, lineterminator="\n").writerow(fields)
-            lines.append(out.getvalue().rstrip("\n"))
-    text = ("" if as_jsonl else HEADER) + "".join(line + "\n" for line in lines)
+    text = _file_text([INVALID_ROWS[row] if isinstance(row, str) else row[0] for row in rows], as_jsonl)
     data = text.encode("utf-8", "surrogateescape")
     data = gzip.compress(data) if gzipped else data
 
@@ -762,15 +766,7 @@ def test_rows_out_of_range_mixed_with_valid_ones_are_each_rejected_with_their_re
     rows: list, chunk_rows: int, as_jsonl: bool
 ) -> None:
     # given valid rows mixed with rows dated before 1970 or holding values beyond a billion
-    lines = []
-    for fields, _ in rows:
-        if as_jsonl:
-            lines.append(_to_jsonl(fields))
-        else:
-            out = io.StringIO()
-            csv.writer(out, lineterminator="\n").writerow(fields)
-            lines.append(out.getvalue().rstrip("\n"))
-    text = ("" if as_jsonl else HEADER) + "".join(line + "\n" for line in lines)
+    text = _file_text([fields for fields, _ in rows], as_jsonl)
 
     # when it is read
     result = read(text, "upload", fmt="jsonl" if as_jsonl else "csv", chunk_rows=chunk_rows)
