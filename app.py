@@ -36,8 +36,12 @@ def observability(event: Any, get_response: Callable[[Any], Any]) -> Any:
     prefix=os.environ.get("INCOMING_PREFIX", DEFAULT_INCOMING_PREFIX),
 )
 def on_behaviour_file(event: Any) -> list[dict[str, Any]]:
-    """Merge each landed file into its users' state and re-score them."""
+    """Merge each landed file into its users' state and re-score them.
+
+    Near the end of its time a run checkpoints and raises RunInterrupted, so Lambda's retry continues it.
+    """
     pipeline = runtime.get_pipeline()
+    deadline = runtime.deadline(event.context)
     summaries = []
     for record in event.to_dict().get("Records", []):
         obj = record["s3"]["object"]
@@ -46,6 +50,7 @@ def on_behaviour_file(event: Any) -> list[dict[str, Any]]:
                 key=_unquote_key(obj["key"]),
                 version_id=obj.get("versionId"),
                 landed_at=_epoch(record.get("eventTime")),
+                deadline=deadline,
             )
         )
     return summaries
@@ -54,7 +59,9 @@ def on_behaviour_file(event: Any) -> list[dict[str, Any]]:
 @app.schedule(os.environ.get("SCORING_SCHEDULE", DEFAULT_SCHEDULE))
 def scheduled_scoring(event: Any) -> dict[str, Any]:
     """Re-score every known user as of the schedule's time, after processing missed files."""
-    return runtime.get_pipeline().run_schedule(at=_epoch(event.to_dict().get("time")))
+    return runtime.get_pipeline().run_schedule(
+        at=_epoch(event.to_dict().get("time")), deadline=runtime.deadline(event.context)
+    )
 
 
 def _unquote_key(key: str) -> str:

@@ -1,14 +1,26 @@
-"""DynamoDB adapter: per-user behaviour state and current risk, in one or two tables."""
+"""DynamoDB adapter: per-user behaviour state and current risk, written with per-item conditions.
+
+State and risk items each carry a version: a write names the version it read and fails if another
+run wrote in between (optimistic locking), and the writer reads again and decides again. State items
+also list the runs merged into them (so a redo never merges twice); risk items hold the `as_of` and
+state version they were scored from, and the claim of the last retention message. BatchWriteItem
+takes no conditions, so these are single-item calls, run concurrently: PutItem, or UpdateItem where
+state and risk share one item and a put would wipe the other half.
+"""
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import Binary
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from chalicelib.aws_s3 import BOTO_CONFIG
 from chalicelib.errors import ChurnGuardError, RetryableError
@@ -16,122 +28,305 @@ from chalicelib.retry import backoff_delays, sleep
 from chalicelib.state import LAYOUT_ID, StateBatch
 
 GET_BATCH = 100
-WRITE_BATCH = 25
-STATE_ATTRS = ("state", "state_layout", "first_seen", "last_seen", "events", "state_run_id")
+DEFAULT_CONCURRENCY = 16
+# Errors that survive botocore's own retries but may clear later: the user goes to the dead-letter record.
+TRANSIENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+    }
+)
+WRITTEN, CONFLICT, FAILED = "written", "conflict", "failed"
+PENDING, SENT = "pending", "sent"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class StateLayoutError(ChurnGuardError):
     """A stored state written by another state layout; it must be migrated, not misread."""
 
 
-class BehaviourTables:
-    """Reads behaviour state and writes state and risk items, in batches, retrying what DynamoDB left."""
+@dataclass
+class StoredStates:
+    """Stored state of some users, with each one's version and recently merged runs."""
 
-    def __init__(self, resource: Any, state_table: str, risk_table: str) -> None:
+    batch: StateBatch
+    versions: dict[str, int] = field(default_factory=dict)
+    applied: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """One user's new state, to be written only if the stored version is still `expected`."""
+
+    user_id: str
+    blob: bytes
+    first_seen: str
+    last_seen: str
+    events: int
+    run_id: str
+    expected: int  # 0: the user has no stored state yet
+    applied: list[str]
+
+    @property
+    def version(self) -> int:
+        return self.expected + 1
+
+
+@dataclass(frozen=True)
+class RiskWrite:
+    """One user's whole risk item, to be written only if the stored item is still at version `expected`."""
+
+    item: dict[str, Any]
+    expected: int  # 0: the user has no risk item yet
+
+    @property
+    def user_id(self) -> str:
+        return self.item["user_id"]
+
+
+class BehaviourTables:
+    """Reads behaviour state and writes state and risk items, each under its own condition."""
+
+    def __init__(
+        self, resource: Any, state_table: str, risk_table: str, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
         self.resource = resource
+        # Clients are thread-safe, resources are not; the resource's client speaks Python types.
+        self.client = resource.meta.client
         self.state_table = state_table
         self.risk_table = risk_table
-        self.calls = {"BatchGetItem": 0, "BatchWriteItem": 0, "Scan": 0}
+        self.concurrency = max(1, concurrency)
+        self.calls: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def create(cls, state_table: str, risk_table: str) -> BehaviourTables:
+    def create(cls, state_table: str, risk_table: str, concurrency: int = DEFAULT_CONCURRENCY) -> BehaviourTables:
         """Return an adapter with a default resource (honours AWS_ENDPOINT_URL)."""
-        return cls(boto3.resource("dynamodb", config=BOTO_CONFIG), state_table, risk_table)
+        return cls(boto3.resource("dynamodb", config=BOTO_CONFIG), state_table, risk_table, concurrency)
 
     @property
     def shared(self) -> bool:
         """True when state and risk live on the same item of one table."""
         return self.state_table == self.risk_table
 
-    def get_states(self, user_ids: list[str]) -> StateBatch:
-        """Return the stored state of the given users (users never seen are left out)."""
-        found: dict[str, bytes] = {}
+    # ---- reads -----------------------------------------------------------------------------
+    def get_states(self, user_ids: list[str]) -> StoredStates:
+        """Return the stored state of the given users, read strongly consistent (users never seen are left out)."""
+        found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(user_ids), GET_BATCH):
             keys = [{"user_id": uid} for uid in user_ids[start : start + GET_BATCH]]
-            request = {
-                self.state_table: {
-                    "Keys": keys,
-                    "ProjectionExpression": "user_id, #s, state_layout",
-                    "ExpressionAttributeNames": {"#s": "state"},
-                }
-            }
+            request = {self.state_table: {"Keys": keys, "ConsistentRead": True, **_STATE_PROJECTION}}
             delays = backoff_delays()
             while request:
-                self.calls["BatchGetItem"] += 1
-                resp = self.resource.batch_get_item(RequestItems=request)
+                resp = self._call("BatchGetItem", self.client.batch_get_item, RequestItems=request)
                 for item in resp["Responses"].get(self.state_table, []):
                     if "state" in item:
-                        found[item["user_id"]] = _blob(item)
+                        found[item["user_id"]] = item
                 request = resp.get("UnprocessedKeys") or {}
                 if request:
+                    self._note_retry("BatchGetItem.UnprocessedKeys")
                     _wait(delays, "BatchGetItem UnprocessedKeys")
-        ordered = [uid for uid in user_ids if uid in found]
-        return StateBatch.from_blobs(ordered, [found[uid] for uid in ordered])
+        return _stored([found[uid] for uid in user_ids if uid in found])
 
-    def scan_states(self, page_users: int = 5000) -> Iterator[StateBatch]:
-        """Yield every stored state, `page_users` users at a time."""
-        table = self.resource.Table(self.state_table)
-        kwargs: dict[str, Any] = {
-            "ProjectionExpression": "user_id, #s, state_layout",
-            "ExpressionAttributeNames": {"#s": "state"},
-        }
-        ids: list[str] = []
-        blobs: list[bytes] = []
+    def scan_states(
+        self, start_key: dict[str, Any] | None = None, page_items: int = 1000
+    ) -> Iterator[tuple[StoredStates, dict | None]]:
+        """Yield every stored state, a page of at most `page_items` at a time, with the key resuming after it."""
+        kwargs: dict[str, Any] = {"TableName": self.state_table, "Limit": page_items, **_STATE_PROJECTION}
+        if start_key:
+            kwargs["ExclusiveStartKey"] = start_key
         while True:
-            self.calls["Scan"] += 1
-            resp = table.scan(**kwargs)
-            for item in resp.get("Items", []):
-                if "state" in item:
-                    ids.append(item["user_id"])
-                    blobs.append(_blob(item))
-            if len(ids) >= page_users:
-                yield StateBatch.from_blobs(ids, blobs)
-                ids, blobs = [], []
-            if "LastEvaluatedKey" not in resp:
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        if ids:
-            yield StateBatch.from_blobs(ids, blobs)
+            resp = self._call("Scan", self.client.scan, **kwargs)
+            resume = resp.get("LastEvaluatedKey")
+            yield _stored([i for i in resp.get("Items", []) if "state" in i]), resume
+            if not resume:
+                return
+            kwargs["ExclusiveStartKey"] = resume
 
-    def write(self, state_items: list[dict[str, Any]], risk_items: list[dict[str, Any]]) -> list[tuple[str, dict]]:
-        """Write state and risk items; return (table, item) pairs still unprocessed after the retries.
+    def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Return the stored risk items of the given users (strongly consistent; users without one left out)."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(user_ids), GET_BATCH):
+            keys = [{"user_id": uid} for uid in user_ids[start : start + GET_BATCH]]
+            request = {self.risk_table: {"Keys": keys, "ConsistentRead": True}}
+            delays = backoff_delays()
+            while request:
+                resp = self._call("BatchGetItem", self.client.batch_get_item, RequestItems=request)
+                for item in resp["Responses"].get(self.risk_table, []):
+                    found[item["user_id"]] = {k: v for k, v in item.items() if k not in _STATE_ATTRS}
+                request = resp.get("UnprocessedKeys") or {}
+                if request:
+                    self._note_retry("BatchGetItem.UnprocessedKeys")
+                    _wait(delays, "BatchGetItem UnprocessedKeys")
+        return found
 
-        On a shared table each user's state and risk become one item.
+    # ---- conditional writes ----------------------------------------------------------------
+    def put_states(self, writes: list[StateWrite]) -> dict[str, str]:
+        """Write each state if its version is unchanged; return user -> written | conflict | failed."""
+        return dict(zip((w.user_id for w in writes), self._map(self._put_state, writes)))
+
+    def put_risks(self, writes: list[RiskWrite]) -> dict[str, str]:
+        """Write each risk item if its version is unchanged; return user -> written | conflict | failed."""
+        return dict(zip((w.user_id for w in writes), self._map(self._put_risk, writes)))
+
+    def confirm_sent(self, claims: list[tuple[str, str]]) -> int:
+        """Mark (user, message id) claims as sent; return how many were still this message's claim."""
+        return sum(self._map(self._confirm, claims))
+
+    def _put_state(self, w: StateWrite) -> str:
+        item = {
+            "user_id": w.user_id,
+            "state": Binary(w.blob),
+            "state_layout": LAYOUT_ID,
+            "first_seen": w.first_seen,
+            "last_seen": w.last_seen,
+            "events": w.events,
+            "state_run_id": w.run_id,
+            "state_version": w.version,
+            "applied_runs": w.applied,
+        }
+        return self._put(self.state_table, item, "state_version", w.expected)
+
+    def _put_risk(self, w: RiskWrite) -> str:
+        return self._put(self.risk_table, {**w.item, "risk_version": w.expected + 1}, "risk_version", w.expected)
+
+    def _put(self, table: str, item: dict[str, Any], version_attr: str, expected: int) -> str:
+        """Write `item` if its `version_attr` is still `expected` (absent when 0)."""
+        names = {"#v": version_attr}
+        values: dict[str, Any] = {}
+        if expected:
+            condition = "#v = :expected"
+            values[":expected"] = expected
+        else:
+            condition = "attribute_not_exists(#v)"
+        kwargs: dict[str, Any] = {"TableName": table, "ConditionExpression": condition}
+        try:
+            if self.shared:
+                expr, set_names, set_values = _set_expression({k: v for k, v in item.items() if k != "user_id"})
+                self._call(
+                    "UpdateItem",
+                    self.client.update_item,
+                    Key={"user_id": item["user_id"]},
+                    UpdateExpression=expr,
+                    ExpressionAttributeNames={**names, **set_names},
+                    ExpressionAttributeValues={**values, **set_values},
+                    **kwargs,
+                )
+            else:
+                extra = {"ExpressionAttributeValues": values} if values else {}
+                self._call(
+                    "PutItem", self.client.put_item, Item=item, ExpressionAttributeNames=names, **kwargs, **extra
+                )
+        except ClientError as exc:
+            return self._refused(exc, CONFLICT)
+        except (ConnectionError, HTTPClientError):
+            return FAILED
+        return WRITTEN
+
+    def _confirm(self, claim: tuple[str, str]) -> bool:
+        user_id, message_id = claim
+        try:
+            self._call(
+                "UpdateItem",
+                self.client.update_item,
+                TableName=self.risk_table,
+                Key={"user_id": user_id},
+                # The version moves too, so a writer that read the claim as pending cannot put it back.
+                UpdateExpression="SET contact_status = :sent, risk_version = risk_version + :one",
+                ConditionExpression="contact_message_id = :mid",
+                ExpressionAttributeValues={":sent": SENT, ":mid": message_id, ":one": 1},
+            )
+        except ClientError as exc:
+            # A newer claim replaced this one, or the mark could not be written: the message went out
+            # either way, and a redo would resend it under the same message id.
+            self._refused(exc, CONFLICT)
+            return False
+        except (ConnectionError, HTTPClientError):
+            return False
+        return True
+
+    # ---- plumbing ----------------------------------------------------------------------------
+    def _call(self, op: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """Call the API, counting the call and its retries; retry throttling once botocore has given up.
+
+        botocore retries throttling inside the call until its retry quota (shared by the client, spent
+        faster than it refills under sustained throttling) runs dry; then the error reaches us.
         """
-        if self.shared:
-            by_user = {item["user_id"]: dict(item) for item in state_items}
-            for item in risk_items:
-                by_user.setdefault(item["user_id"], {}).update(item)
-            return self.put_items(self.state_table, list(by_user.values()))
-        return self.put_items(self.state_table, state_items) + self.put_items(self.risk_table, risk_items)
-
-    def put_items(self, table: str, items: list[dict[str, Any]]) -> list[tuple[str, dict]]:
-        """Put items 25 a call; return (table, item) pairs still unprocessed after the retries."""
-        # Table.batch_writer would resend UnprocessedItems at once, without backoff; this waits.
-        left: list[tuple[str, dict]] = []
-        for start in range(0, len(items), WRITE_BATCH):
-            request = {table: [{"PutRequest": {"Item": item}} for item in items[start : start + WRITE_BATCH]]}
-            for delay in (*backoff_delays(), None):
-                self.calls["BatchWriteItem"] += 1
-                request = self.resource.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
-                if not request or delay is None:
-                    break
+        delays = backoff_delays()
+        while True:
+            try:
+                resp = fn(**kwargs)
+            except ClientError as exc:
+                self._count(op, exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+                delay = next(delays, None) if _code(exc) in TRANSIENT_CODES else None
+                if delay is None:
+                    raise
+                self._note_retry(f"{op}.{_code(exc)}")
                 sleep(delay)
-            left += [(name, r["PutRequest"]["Item"]) for name, reqs in request.items() for r in reqs]
-        return left
+                continue
+            self._count(op, resp.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+            return resp
+
+    def _count(self, op: str, retries: int) -> None:
+        with self._lock:
+            self.calls[op] += 1
+            if retries:
+                self.retries[op] += retries
+
+    def _note_retry(self, what: str) -> None:
+        with self._lock:
+            self.retries[what] += 1
+
+    def _refused(self, exc: ClientError, condition_outcome: str) -> str:
+        code = _code(exc)
+        if code == "ConditionalCheckFailedException":
+            return condition_outcome
+        if code in TRANSIENT_CODES:
+            return FAILED
+        raise exc
+
+    def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        if len(items) < 2 or self.concurrency == 1:
+            return [fn(i) for i in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="ddb-write")
+        return list(self._pool.map(fn, items))
 
 
-def state_item(user_id: str, blob: bytes, first_seen: str, last_seen: str, events: int, run_id: str) -> dict[str, Any]:
-    """Return the DynamoDB attributes of one user's behaviour state."""
-    return {
-        "user_id": user_id,
-        "state": Binary(blob),
-        "state_layout": LAYOUT_ID,
-        "first_seen": first_seen,
-        "last_seen": last_seen,
-        "events": events,
-        "state_run_id": run_id,
-    }
+_STATE_ATTRS = frozenset(
+    {"state", "state_layout", "first_seen", "last_seen", "events", "state_run_id", "state_version", "applied_runs"}
+)
+_STATE_PROJECTION = {
+    "ProjectionExpression": "user_id, #s, state_layout, state_version, applied_runs",
+    "ExpressionAttributeNames": {"#s": "state"},
+}
+
+
+def _stored(items: list[dict[str, Any]]) -> StoredStates:
+    ids = [i["user_id"] for i in items]
+    return StoredStates(
+        batch=StateBatch.from_blobs(ids, [_blob(i) for i in items]),
+        versions={i["user_id"]: int(i.get("state_version", 0)) for i in items},
+        applied={i["user_id"]: list(i.get("applied_runs", [])) for i in items},
+    )
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _set_expression(values: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """Return a SET expression for `values`, with every name and value behind a placeholder."""
+    names = {f"#{k}": k for k in values}
+    vals = {f":{k}": v for k, v in values.items()}
+    return "SET " + ", ".join(f"#{k} = :{k}" for k in values), names, vals
 
 
 def risk_item(row: dict[str, Any], *, run_id: str, scored_at: str, source: str) -> dict[str, Any]:
@@ -155,24 +350,3 @@ def _wait(delays: Iterator[float], what: str) -> None:
         sleep(next(delays))
     except StopIteration:
         raise RetryableError(f"{what} still pending after retries") from None
-
-
-def encode_item(item: dict[str, Any]) -> dict[str, Any]:
-    """Return an item as JSON-safe DynamoDB JSON (binary as base64), for dead-letter records."""
-    serializer = TypeSerializer()
-    out = {}
-    for key, value in item.items():
-        typed = serializer.serialize(value)
-        if "B" in typed:
-            typed = {"B": base64.b64encode(bytes(typed["B"])).decode()}
-        out[key] = typed
-    return out
-
-
-def decode_item(encoded: dict[str, Any]) -> dict[str, Any]:
-    """Return the item that `encode_item` encoded."""
-    deserializer = TypeDeserializer()
-    return {
-        key: Binary(base64.b64decode(typed["B"])) if "B" in typed else deserializer.deserialize(typed)
-        for key, typed in encoded.items()
-    }

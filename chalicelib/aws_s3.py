@@ -15,12 +15,15 @@ from botocore.config import Config
 from chalicelib.errors import ChurnGuardError
 from chalicelib.retry import MAX_ATTEMPTS
 
-BOTO_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": MAX_ATTEMPTS})
+# Adaptive mode retries throttling and 5xx errors with backoff and rate-limits the client; the pool
+# is sized for the concurrent conditional writes.
+BOTO_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": MAX_ATTEMPTS}, max_pool_connections=32)
 LEDGER_PREFIX = "ledger/"
 RUNS_PREFIX = "runs/"
 REJECTED_PREFIX = "rejected/"
 QUARANTINE_PREFIX = "quarantine/"
 DEAD_LETTER_PREFIX = "dead-letter/"
+CHECKPOINT_PREFIX = "checkpoints/"
 
 
 class ObjectGoneError(ChurnGuardError):
@@ -130,6 +133,19 @@ class BehaviourBucket:
     def ledger_put(self, key: str, etag: str, record: dict[str, Any]) -> None:
         """Record that an object content was processed."""
         self.put_json(ledger_key(key, etag), record)
+
+    # Checkpoints: where an unfinished run stands, so its next attempt continues instead of starting over.
+    def checkpoint_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the checkpoint of an unfinished run, or None."""
+        return self.find_json(f"{CHECKPOINT_PREFIX}{run_id}.json")
+
+    def checkpoint_put(self, run_id: str, record: dict[str, Any]) -> None:
+        """Record where an unfinished run stands."""
+        self.put_json(f"{CHECKPOINT_PREFIX}{run_id}.json", record)
+
+    def checkpoint_delete(self, run_id: str) -> None:
+        """Forget the checkpoint of a run that finished (no-op when there is none)."""
+        self.delete(f"{CHECKPOINT_PREFIX}{run_id}.json")
 
     def ledger_keys(self) -> set[str]:
         """Return every ledger entry key (for the sweep)."""

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
 from chalicelib.aws_s3 import BOTO_CONFIG
 from chalicelib.retry import backoff_delays, sleep
 
 BATCH = 10
+# Whole-call errors worth another try once botocore's own retries are spent.
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "RequestThrottled",
+        "AWS.SimpleQueueService.RequestThrottled",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
 MAX_BODY_BYTES = 256 * 1024
 
 
@@ -22,6 +34,7 @@ class RetentionQueues:
         self.queue_names = dict(queue_names)
         self._urls: dict[str, str] = {}
         self.calls = 0
+        self.retries: Counter[str] = Counter()
 
     @classmethod
     def create(cls, queue_names: dict[str, str]) -> RetentionQueues:
@@ -50,7 +63,20 @@ class RetentionQueues:
         pending = entries
         for delay in (*backoff_delays(), None):
             self.calls += 1
-            resp = self.client.send_message_batch(QueueUrl=url, Entries=pending)
+            try:
+                resp = self.client.send_message_batch(QueueUrl=url, Entries=pending)
+            except ClientError as exc:
+                # Throttling that outlived botocore's retry quota: the whole batch failed, try it again.
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in TRANSIENT_CODES:
+                    raise
+                if delay is None:
+                    break  # the whole batch goes back as failed, to the dead-letter record
+                self.retries[f"SendMessageBatch.{code}"] += 1
+                sleep(delay)
+                continue
+            # Throttling and 5xx are retried inside botocore; count those too.
+            self.retries["SendMessageBatch"] += resp.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
             if sender_faults:
                 raise ValueError(f"SQS refused messages: {sender_faults}")
@@ -58,6 +84,7 @@ class RetentionQueues:
             pending = [e for e in pending if e["Id"] in failed]
             if not pending or delay is None:
                 break
+            self.retries["SendMessageBatch.Failed"] += 1
             sleep(delay)
         return [e["Id"] for e in pending]
 

@@ -33,6 +33,13 @@ class Settings:
     future_tolerance_seconds: float = 86400.0
     # A gzip file inflating past this many bytes is quarantined instead of read.
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    # How many recently merged runs a state item remembers, and for how long (see applied_runs).
+    applied_runs_keep: int = 32
+    applied_runs_max_age: float = 7 * 86400.0
+    # Conditional writes in flight at once (each is one UpdateItem call).
+    write_concurrency: int = 16
+    # Seconds an invocation keeps free at its end to write its checkpoint.
+    checkpoint_reserve_seconds: float = 20.0
 
     @property
     def snapshot_prefix(self) -> str:
@@ -54,11 +61,12 @@ class Settings:
         prefix = env.get("INCOMING_PREFIX") or DEFAULT_INCOMING_PREFIX
         if not prefix.endswith("/"):
             prefix += "/"
-        try:
-            min_age = float(env.get("SWEEP_MIN_AGE_SECONDS", "900"))
-            tolerance = float(env.get("FUTURE_TOLERANCE_SECONDS", "86400"))
-        except ValueError as exc:
-            raise ConfigError(f"SWEEP_MIN_AGE_SECONDS / FUTURE_TOLERANCE_SECONDS must be numbers: {exc}") from exc
+        min_age = _number(env, "SWEEP_MIN_AGE_SECONDS", 900.0)
+        tolerance = _number(env, "FUTURE_TOLERANCE_SECONDS", 86400.0)
+        keep = int(_number(env, "APPLIED_RUNS_KEEP", 32, minimum=1))
+        max_age_days = _number(env, "APPLIED_RUNS_MAX_AGE_DAYS", 7.0, minimum=1.0)
+        concurrency = int(_number(env, "WRITE_CONCURRENCY", 16, minimum=1))
+        reserve = _number(env, "CHECKPOINT_RESERVE_SECONDS", 20.0, minimum=0.0)
         try:
             max_inflated = int(env.get("MAX_DECOMPRESSED_BYTES") or DEFAULT_MAX_DECOMPRESSED_BYTES)
         except ValueError as exc:
@@ -75,4 +83,20 @@ class Settings:
             sweep_min_age_seconds=min_age,
             future_tolerance_seconds=tolerance,
             max_decompressed_bytes=max_inflated,
+            applied_runs_keep=keep,
+            applied_runs_max_age=max_age_days * 86400.0,
+            write_concurrency=concurrency,
+            checkpoint_reserve_seconds=reserve,
         )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
+    """Return a numeric setting; raise ConfigError naming it when it is not a number or too small."""
+    text = env.get(name)
+    try:
+        value = float(text) if text else float(default)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {text!r}") from exc
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, not {value:g}")
+    return value

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.events import SECONDS_PER_DAY, EventBatch
-from chalicelib.lambda_events import s3_object_created, scheduled
+from chalicelib.lambda_events import s3_object_created, scheduled, stage_timeout
 from chalicelib.scoring import iso_time
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +28,13 @@ BAD_ROWS = (
 )
 
 
+def _stage_config() -> dict[str, Any]:
+    return json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]
+
+
 def _stage_environment() -> None:
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
-    env = {**config.get("environment_variables", {}), **config["stages"]["dev"]["environment_variables"]}
+    env = {**config.get("environment_variables", {}), **_stage_config()["environment_variables"]}
     for key, value in env.items():
         os.environ.setdefault(key, value)
     # An embedded AWS needs a region and some credentials, never real ones; the run summaries are
@@ -140,7 +144,8 @@ def run_demo(users: int = 3000, seed: int = 11) -> None:
                 version_id=resp.get("VersionId"),
             )
 
-        with Client(app, stage_name="dev", project_dir=str(ROOT)) as client:
+        timeout = _stage_config()["lambda_timeout"]
+        with stage_timeout(timeout), Client(app, stage_name="dev", project_dir=str(ROOT)) as client:
             first = land(f"{settings.incoming_prefix}backfill/history.csv.gz", _csv_gz(backfill))
             result = client.lambda_.invoke("on_behaviour_file", first).payload
             _print("S3 trigger: backfill of a year", _brief(result[0]))

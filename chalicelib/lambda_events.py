@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -48,3 +51,20 @@ def scheduled(at: float) -> dict[str, Any]:
         "resources": ["arn:aws:events:us-east-1:123456789012:rule/churnguard-scheduled_scoring"],
         "detail": {},
     }
+
+
+@contextmanager
+def stage_timeout(seconds: float) -> Iterator[None]:
+    """Give handlers invoked through chalice.test.Client a context with `seconds` to run.
+
+    The test client always builds a 3-second LambdaContext, whatever the stage's `lambda_timeout`,
+    and the handlers checkpoint by the time their context says is left.
+    """
+    import chalice.test
+
+    original = chalice.test.LambdaContext
+    chalice.test.LambdaContext = functools.partial(original, max_runtime_ms=int(seconds * 1000))
+    try:
+        yield
+    finally:
+        chalice.test.LambdaContext = original

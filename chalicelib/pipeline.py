@@ -1,10 +1,18 @@
-"""One scoring job from source to sinks: a landed behaviour file, or the scheduled re-score of everyone."""
+"""One scoring job from source to sinks: a landed behaviour file, the scheduled re-score, or a replay.
+
+Every effect is safe to repeat. A run works through its users in chunks; after each chunk it writes a
+checkpoint, so a redo (an event delivered again, a Lambda retry, the schedule's sweep) continues where
+the last attempt stopped. Within the chunk in flight, the state item says which runs it already holds
+(no double merge), the risk item only takes a score at least as new (no roll-back), and the message
+claim on the risk item lets one run send a given message once (no duplicate messages).
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,7 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from chalicelib.aws_dynamodb import BehaviourTables, decode_item, encode_item, risk_item, state_item
+from chalicelib import applied_runs
+from chalicelib.aws_dynamodb import (
+    CONFLICT,
+    FAILED,
+    PENDING,
+    WRITTEN,
+    BehaviourTables,
+    RiskWrite,
+    StateWrite,
+    risk_item,
+)
 from chalicelib.aws_s3 import (
     DEAD_LETTER_PREFIX,
     QUARANTINE_PREFIX,
@@ -22,35 +40,27 @@ from chalicelib.aws_s3 import (
     ObjectGoneError,
     ledger_key,
 )
+from chalicelib.aws_sqs import BATCH as SQS_BATCH
 from chalicelib.aws_sqs import RetentionQueues
 from chalicelib.config import Settings
+from chalicelib.deadline import Deadline, RunInterrupted
 from chalicelib.errors import InputError, UnreadableFileError
 from chalicelib.events import EVENT_TYPES
 from chalicelib.messages import build_message, validate_message
 from chalicelib.observability import logger
 from chalicelib.reader import read_events
+from chalicelib.retry import backoff_delays, sleep
 from chalicelib.scoring import Scorer, Scores, iso_time
-from chalicelib.state import StateBatch, build_state, col, merge_rows
+from chalicelib.state import StateBatch, build_state, col, empty_rows, merge_rows
 
 MESSAGE_TIERS = ("high", "medium")
-
-
-@dataclass
-class DeadLetters:
-    """Writes and messages that still failed after their retries, kept so `replay` can finish the run."""
-
-    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.items or self.messages)
-
-    def to_json(self, run_id: str) -> dict[str, Any]:
-        return {
-            "run_id": run_id,
-            "items": [{"table": table, "item": encode_item(item)} for table, item in self.items],
-            "messages": [{"tier": tier, "body": body} for tier, body in self.messages],
-        }
+# Users per chunk: the unit of checkpointing, of reads (BatchGetItem takes 100) and of concurrent writes.
+CHUNK_USERS = 1000
+# Rounds of re-reading and re-writing users whose conditional write lost a race, before giving up on them.
+MAX_WRITE_ROUNDS = 8
+FINAL = ("succeeded", "incomplete", "replayed")
+# The message claim on a risk item: carried over when a score replaces the item without a new message.
+CONTACT_ATTRS = ("contact_message_id", "contact_status", "contact_run_id", "contact_claimed_at")
 
 
 def object_run_id(bucket: str, key: str, etag: str) -> str:
@@ -61,6 +71,53 @@ def object_run_id(bucket: str, key: str, etag: str) -> str:
 def schedule_run_id(at: float) -> str:
     """Return the run id of the scheduled run at epoch time `at`."""
     return "sched-" + datetime.fromtimestamp(at, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass
+class DeadLetters:
+    """Users and messages that still failed after their retries, kept so `replay` can finish the run.
+
+    A user is kept as work to redo (the file's delta for that user, or just a re-score), not as the
+    item that failed: redone through the same conditional path, it can never overwrite newer state.
+    """
+
+    users: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.messages)
+
+    def add_user(self, user_id: str, as_of: float, delta: np.ndarray | None = None, snapshot: bool = False) -> None:
+        mode = "score" if delta is None else ("snapshot" if snapshot else "delta")
+        blob = None if delta is None else base64.b64encode(delta.astype("<f8").tobytes()).decode()
+        self.users.append({"user_id": user_id, "mode": mode, "as_of": as_of, "delta": blob})
+
+    def to_json(self, run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, "users": self.users, "messages": self.messages}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any] | None) -> DeadLetters:
+        record = record or {}
+        return cls(users=list(record.get("users", [])), messages=list(record.get("messages", [])))
+
+
+@dataclass
+class Run:
+    """The counts and leftovers of one run, carried across chunks and across checkpoints."""
+
+    run_id: str
+    source: str
+    totals: dict[str, Any] = field(default_factory=dict)
+    dead: DeadLetters = field(default_factory=DeadLetters)
+
+    def add(self, counts: dict[str, Any]) -> None:
+        _add_counts(self.totals, counts)
+
+    def count(self, *path: str, n: int = 1) -> None:
+        node = self.totals.setdefault("delivery", {})
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = node.get(path[-1], 0) + n
 
 
 class ScoringPipeline:
@@ -83,9 +140,19 @@ class ScoringPipeline:
         self.clock = clock
 
     # ---- an S3 object landed -------------------------------------------------------------
-    def process_object(self, key: str, version_id: str | None = None, landed_at: float | None = None) -> dict[str, Any]:
-        """Merge one landed behaviour file into its users' state and re-score them; return the run summary."""
+    def process_object(
+        self,
+        key: str,
+        version_id: str | None = None,
+        landed_at: float | None = None,
+        deadline: Deadline | None = None,
+    ) -> dict[str, Any]:
+        """Merge one landed behaviour file into its users' state and re-score them; return the run summary.
+
+        Raises RunInterrupted after writing a checkpoint when `deadline` leaves no room for another chunk.
+        """
         started = self.clock()
+        deadline = deadline or Deadline()
         landed_at = started if landed_at is None else landed_at
         source = f"s3://{self.bucket.bucket}/{key}"
         if not key.startswith(self.settings.incoming_prefix):
@@ -120,6 +187,7 @@ class ScoringPipeline:
             self.bucket.move(key, obj.version_id, dest)
             self.bucket.put_json(dest + ".reason.json", {"source": source, "reason": str(exc), "run_id": run_id})
             summary.update(status="unreadable", reason=str(exc), moved_to=dest)
+            logger.warning("file rejected", extra={"run_id": run_id, "source": source, "reason": str(exc)})
             self.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": "unreadable"})
             return self._finish(summary, started)
         finally:
@@ -135,107 +203,362 @@ class ScoringPipeline:
             rejected_key = f"{REJECTED_PREFIX}{key}.csv"
             self.bucket.put_bytes(rejected_key, result.rejects.to_bytes(), "text/csv")
             summary["rejected_file"] = f"s3://{self.bucket.bucket}/{rejected_key}"
+            logger.warning(
+                "rows rejected",
+                extra={"run_id": run_id, "source": source, "rejected_by_reason": summary["rows"]["rejected_by_reason"]},
+            )
         result.rejects.close()
 
         events = result.events
         delta = build_state(events)
         snapshot = key.startswith(self.settings.snapshot_prefix)
-        if snapshot or len(delta) == 0:
-            merged = delta
-            summary["users_new"] = len(delta) if snapshot else 0
-        else:
-            stored = self.tables.get_states(delta.user_ids)
-            base = stored.subset(delta.user_ids).values
-            merged = StateBatch(delta.user_ids, merge_rows(base, delta.values))
-            summary["users_new"] = len(delta) - len(stored)
         summary["mode"] = "snapshot" if snapshot else "delta"
         latest = float(events.time.max()) if len(events) else landed_at
         as_of = max(landed_at, latest)
-        dead = DeadLetters()
-        self._score_and_deliver(merged, as_of, run_id, source, summary, state_changed=True, dead=dead)
-        self._settle(run_id, summary, dead)
-        # Even an incomplete run is recorded: its state is merged, and redoing it would count twice;
-        # `replay` finishes what is left.
-        record = {"run_id": run_id, "status": summary["status"], "as_of": iso_time(as_of)}
-        self.bucket.ledger_put(key, obj.etag, record)
+        n_chunks = -(-len(delta) // CHUNK_USERS)
+        summary["chunks"] = n_chunks
+
+        run, checkpoint = self._resume(run_id, source)
+        done = int(checkpoint.get("done", 0))
+        if done:
+            summary["resumed_after_chunks"] = done
+        for i in range(done, n_chunks):
+            if not deadline.room_for_another():
+                self._checkpoint(run, i, {"as_of": as_of})
+                raise RunInterrupted(run_id, i, n_chunks)
+            deadline.start_chunk()
+            users = delta.user_ids[i * CHUNK_USERS : (i + 1) * CHUNK_USERS]
+            rows = delta.values[i * CHUNK_USERS : (i + 1) * CHUNK_USERS]
+            self._merge_score_deliver(run, users, rows, snapshot, as_of)
+            deadline.end_chunk()
+            if i + 1 < n_chunks:
+                self._checkpoint(run, i + 1, {"as_of": as_of})
+        summary.update(run.totals)
+        summary["as_of"] = iso_time(as_of)
+        for name in ("users_new", "users_scored"):
+            summary.setdefault(name, 0)
+        summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
+        summary.setdefault("model_version", self.scorer.model.model_version)
+        self._settle(run, summary)
+        # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
+        self.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": summary["status"], "as_of": iso_time(as_of)})
+        self.bucket.checkpoint_delete(run_id)
         return self._finish(summary, started)
 
     # ---- the schedule ---------------------------------------------------------------------
-    def run_schedule(self, at: float | None = None) -> dict[str, Any]:
-        """Process missed files, then re-score every known user as of `at` (default now); return the summary."""
+    def run_schedule(self, at: float | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
+        """Process missed files, then re-score every known user as of `at` (default now); return the summary.
+
+        Raises RunInterrupted after writing a checkpoint when `deadline` leaves no room for another page.
+        """
         started = self.clock()
+        deadline = deadline or Deadline()
         at = started if at is None else at
         run_id = schedule_run_id(at)
         summary: dict[str, Any] = {"run_id": run_id, "trigger": "schedule", "source": "schedule"}
-        summary["swept_files"] = self._sweep(started)
-        totals: dict[str, Any] = {}
-        dead = DeadLetters()
-        for batch in self.tables.scan_states():
-            part: dict[str, Any] = {}
-            self._score_and_deliver(batch, at, run_id, "schedule", part, state_changed=False, dead=dead)
-            _add_counts(totals, part)
-        summary.update(totals)
+        previous = self.bucket.find_json(f"{RUNS_PREFIX}{run_id}.json")
+        if previous is not None and previous.get("status") in FINAL:
+            summary.update(status="duplicate", first_run={"run_id": run_id, "status": previous["status"]})
+            return self._finish(summary, started, write=False)
+        summary["swept_files"] = self._sweep(started, deadline)
+        run, checkpoint = self._resume(run_id, "schedule")
+        pages_done = int(checkpoint.get("done", 0))
+        page_start = checkpoint.get("scan_key")
+        for stored, resume in self.tables.scan_states(page_start, CHUNK_USERS):
+            if not deadline.room_for_another():
+                self._checkpoint(run, pages_done, {"scan_key": page_start})
+                raise RunInterrupted(run_id, pages_done, None)
+            deadline.start_chunk()
+            self._score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, at))
+            deadline.end_chunk()
+            pages_done += 1
+            page_start = resume
+            if resume:
+                self._checkpoint(run, pages_done, {"scan_key": resume})
+        summary.update(run.totals)
+        summary["as_of"] = iso_time(at)
         summary.setdefault("users_scored", 0)
         summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
-        self._settle(run_id, summary, dead)
+        self._settle(run, summary)
+        self.bucket.checkpoint_delete(run_id)
         return self._finish(summary, started)
 
     # ---- finishing a run that left dead letters ------------------------------------------------
     def replay(self, run_id: str) -> dict[str, Any]:
-        """Retry the writes and messages a run left in its dead-letter record; return the replay summary."""
+        """Redo the users and resend the messages a run left in its dead-letter record; return the summary."""
         started = self.clock()
         key = f"{DEAD_LETTER_PREFIX}{run_id}.json"
         record = self.bucket.find_json(key)
         if record is None:
             raise InputError(f"s3://{self.bucket.bucket}/{key}: run {run_id} has nothing left to replay")
-        dead = DeadLetters()
-        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for entry in record["items"]:
-            by_table[entry["table"]].append(decode_item(entry["item"]))
-        for table, items in by_table.items():
-            dead.items += self.tables.put_items(table, items)
-        by_tier: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for entry in record["messages"]:
-            by_tier[entry["tier"]].append(entry["body"])
-        sent = {}
-        for tier, bodies in by_tier.items():
-            sent[tier], failed = self.queues.send(tier, bodies)
-            dead.messages += [(tier, body) for body in failed]
-        summary: dict[str, Any] = {
-            "run_id": run_id,
-            "trigger": "replay",
-            "items_written": sum(len(v) for v in by_table.values()) - len(dead.items),
-            "messages_sent": sent,
-        }
-        if dead:
-            self._settle(run_id, summary, dead)
+        left = DeadLetters.from_json(record)
+        run = Run(run_id, "replay")
+        for (mode, as_of), entries in _group_users(left.users).items():
+            users = [e["user_id"] for e in entries]
+            if mode == "score":
+                stored = self.tables.get_states(users)
+                self._score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, as_of))
+            else:
+                rows = np.stack([np.frombuffer(base64.b64decode(e["delta"]), dtype="<f8") for e in entries])
+                self._merge_score_deliver(run, users, rows, mode == "snapshot", as_of)
+        self._resend(run, left.messages)
+        summary: dict[str, Any] = {"run_id": run_id, "trigger": "replay", **run.totals}
+        if run.dead:
+            self._settle(run, summary)
         else:
             self.bucket.delete(key)
             summary["status"] = "replayed"
-        run = self.bucket.find_json(f"{RUNS_PREFIX}{run_id}.json") or {"run_id": run_id}
-        run["status"] = summary["status"]
-        run.setdefault("replays", []).append({k: v for k, v in summary.items() if k != "run_id"})
-        self.bucket.put_json(f"{RUNS_PREFIX}{run_id}.json", run)
+        stored_run = self.bucket.find_json(f"{RUNS_PREFIX}{run_id}.json") or {"run_id": run_id}
+        stored_run["status"] = summary["status"]
+        stored_run.setdefault("replays", []).append({k: v for k, v in summary.items() if k != "run_id"})
+        self.bucket.put_json(f"{RUNS_PREFIX}{run_id}.json", stored_run)
         summary["duration_s"] = round(self.clock() - started, 3)
         logger.info("replay summary", extra={"summary": summary})
         return summary
 
-    def _settle(self, run_id: str, summary: dict[str, Any], dead: DeadLetters) -> None:
+    # ---- one chunk: merge, score, deliver --------------------------------------------------------
+    def _merge_score_deliver(self, run: Run, users: list[str], rows: np.ndarray, snapshot: bool, as_of: float) -> None:
+        retries_before = self._retries()
+        batch, versions = self._merge_states(run, users, rows, snapshot, as_of)
+        self._score_deliver(run, batch, versions, dict.fromkeys(batch.user_ids, as_of), retries_before)
+
+    def _merge_states(
+        self, run: Run, users: list[str], rows: np.ndarray, snapshot: bool, as_of: float
+    ) -> tuple[StateBatch, dict[str, int]]:
+        """Merge each user's delta into their stored state under optimistic locking; return what is stored."""
+        pending = {uid: rows[i] for i, uid in enumerate(users)}
+        final: dict[str, np.ndarray] = {}
+        versions: dict[str, int] = {}
+        delays = backoff_delays()
+        now = self.clock()
+        for _ in range(MAX_WRITE_ROUNDS):
+            ids = list(pending)
+            stored = self.tables.get_states(ids)
+            base = stored.batch.subset(ids).values
+            delta = np.stack([pending[uid] for uid in ids])
+            merged = delta if snapshot else merge_rows(base, delta)
+            writes, rows_of = [], {}
+            for j, uid in enumerate(ids):
+                applied = stored.applied.get(uid, [])
+                version = stored.versions.get(uid, 0)
+                if applied_runs.was_applied(applied, run.run_id):
+                    run.count("duplicates_suppressed", "state")
+                    final[uid], versions[uid] = base[j], version
+                    del pending[uid]
+                    continue
+                new_list = applied_runs.record(
+                    applied, run.run_id, now, self.settings.applied_runs_keep, self.settings.applied_runs_max_age
+                )
+                writes.append(_state_write(uid, merged[j], run.run_id, version, new_list))
+                rows_of[uid] = merged[j]
+            outcomes = self.tables.put_states(writes)
+            for w in writes:
+                outcome = outcomes[w.user_id]
+                if outcome == WRITTEN:
+                    final[w.user_id], versions[w.user_id] = rows_of[w.user_id], w.version
+                    run.add({"users_new": int(w.expected == 0)})
+                elif outcome == FAILED:
+                    run.dead.add_user(w.user_id, as_of, pending[w.user_id], snapshot)
+                else:  # another run wrote this user since we read it: read again and merge again
+                    run.count("write_conflicts")
+                    continue
+                del pending[w.user_id]
+            if not pending:
+                break
+            sleep(next(delays, 0.0))
+        for uid, row in pending.items():
+            run.dead.add_user(uid, as_of, row, snapshot)
+        ordered = [uid for uid in users if uid in final]
+        values = np.stack([final[uid] for uid in ordered]) if ordered else empty_rows(0)
+        return StateBatch(ordered, values), versions
+
+    def _score_deliver(
+        self,
+        run: Run,
+        batch: StateBatch,
+        versions: dict[str, int],
+        targets: dict[str, float],
+        retries_before: Counter[str] | None = None,
+    ) -> None:
+        """Score users, write each score unless a newer one is stored, then send and confirm their messages."""
+        retries_before = self._retries() if retries_before is None else retries_before
+        claimed: dict[str, list[tuple[str, dict[str, Any]]]] = {tier: [] for tier in MESSAGE_TIERS}
+        delays = backoff_delays()
+        for _ in range(MAX_WRITE_ROUNDS):
+            if not len(batch):
+                break
+            again: dict[str, float] = {}
+            for as_of, idx in _by_target(batch.user_ids, targets).items():
+                part = StateBatch([batch.user_ids[i] for i in idx], batch.values[idx])
+                self._score_part(run, part, versions, as_of, claimed, again)
+            if not again:
+                break
+            # Read the users' freshest state and score them again, as of the newest time seen.
+            sleep(next(delays, 0.0))
+            stored = self.tables.get_states(list(again))
+            batch, targets = stored.batch, {uid: again[uid] for uid in stored.batch.user_ids}
+            versions = {**versions, **stored.versions}
+        else:
+            for uid in batch.user_ids:
+                run.dead.add_user(uid, targets[uid])
+        for tier, entries in claimed.items():
+            self._send(run, tier, entries)
+        self._log_retries(run, retries_before)
+
+    def _score_part(
+        self,
+        run: Run,
+        part: StateBatch,
+        versions: dict[str, int],
+        as_of: float,
+        claimed: dict[str, list[tuple[str, dict[str, Any]]]],
+        again: dict[str, float],
+    ) -> None:
+        """Score users as of one time and write each score unless the stored one is newer; fill `again`."""
+        scores = self.scorer.score(part, as_of)
+        stored = self.tables.get_risks(part.user_ids)
+        scored_at = iso_time(self.clock())
+        writes, bodies, index = [], {}, {}
+        for i, row in enumerate(scores.rows()):
+            uid = scores.user_ids[i]
+            old = stored.get(uid, {})
+            basis = versions.get(uid, 0)
+            old_as_of, old_basis = old.get("as_of"), int(old.get("scored_state_version", 0))
+            if old_as_of is not None and (old_as_of > scores.as_of or old_basis > basis):
+                if old_as_of >= scores.as_of and old_basis >= basis:
+                    run.count("skipped_as_older")  # the stored score already knows all this one does
+                else:
+                    run.count("rescored_at_newer_as_of")  # newer time there, newer state here: use both
+                    again[uid] = max(as_of, _epoch(old_as_of))
+                continue
+            item = risk_item(row, run_id=run.run_id, scored_at=scored_at, source=run.source)
+            item["scored_state_version"] = basis
+            item.update({k: old[k] for k in CONTACT_ATTRS if k in old})
+            body = self._message(run, scores, i)
+            if body is not None and _already_claimed(old, body["message_id"], run.run_id):
+                run.count("duplicates_suppressed", "messages")
+                body = None
+            if body is not None:
+                item.update(
+                    contact_message_id=body["message_id"],
+                    contact_status="pending",
+                    contact_run_id=run.run_id,
+                    contact_claimed_at=scored_at,
+                )
+                bodies[uid] = body
+            writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
+            index[uid] = i
+        outcomes = self.tables.put_risks(writes)
+        counts: dict[str, Any] = {"users_scored": 0, "risk_tier": {}, "value_tier": {}, "risk_x_value": {}}
+        counts.update(actions={}, suppressed={})
+        for uid, outcome in outcomes.items():
+            if outcome == CONFLICT:  # another run wrote this user's risk since we read it: decide again
+                run.count("write_conflicts")
+                again[uid] = as_of
+                continue
+            if outcome == FAILED:
+                run.dead.add_user(uid, as_of)
+                continue
+            i = index[uid]
+            risk, value, action = scores.risk_tier[i], scores.value_tier[i], scores.actions[i]
+            _bump(counts, "users_scored")
+            _bump(counts["risk_tier"], risk)
+            _bump(counts["value_tier"], value)
+            _bump(counts["risk_x_value"], f"{risk}/{value}")
+            if action is not None:
+                _bump(counts["actions"], action.code)
+            elif risk in MESSAGE_TIERS:
+                _bump(counts["suppressed"], "opted_out" if scores.opted_out[i] else "no_action")
+            if uid in bodies:
+                claimed[risk].append((uid, bodies[uid]))
+        run.add(counts)
+
+    @staticmethod
+    def _message(run: Run, scores: Scores, i: int) -> dict[str, Any] | None:
+        """Return the retention message of user `i`, or None when their tier or action calls for none."""
+        action = scores.actions[i]
+        if scores.risk_tier[i] not in MESSAGE_TIERS or action is None:
+            return None
+        body = build_message(
+            user_id=scores.user_ids[i],
+            risk_tier=scores.risk_tier[i],
+            value_tier=scores.value_tier[i],
+            churn_probability=float(scores.probability[i]),
+            reasons=scores.reasons[i],
+            action=action,
+            model_version=scores.model_version,
+            as_of=scores.as_of,
+            run_id=run.run_id,
+            source=run.source,
+        )
+        validate_message(body)
+        return body
+
+    def _send(self, run: Run, tier: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send claimed messages a batch at a time, marking each batch sent at once; keep what SQS never took."""
+        run.add({"messages_sent": {tier: 0}})
+        for start in range(0, len(entries), SQS_BATCH):
+            batch = entries[start : start + SQS_BATCH]
+            sent, failed = self.queues.send(tier, [body for _, body in batch])
+            run.add({"messages_sent": {tier: sent}})
+            lost = {body["message_id"] for body in failed}
+            run.dead.messages += [{"tier": tier, "body": body} for body in failed]
+            # Marked right after each batch: a crash in between resends at most this batch, same message ids.
+            delivered = [(uid, body["message_id"]) for uid, body in batch if body["message_id"] not in lost]
+            confirmed = self.tables.confirm_sent(delivered)
+            if confirmed < len(delivered):
+                run.count("claims_unconfirmed", n=len(delivered) - confirmed)
+
+    def _resend(self, run: Run, messages: list[dict[str, Any]]) -> None:
+        """Resend dead-lettered messages whose claim is still pending; drop the ones superseded or sent."""
+        by_tier: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for entry in messages:
+            body = entry["body"]
+            contact = self.tables.get_risks([body["user_id"]]).get(body["user_id"], {})
+            if contact.get("contact_message_id") == body["message_id"] and contact.get("contact_status") == PENDING:
+                by_tier.setdefault(entry["tier"], []).append((body["user_id"], body))
+            else:
+                run.count("superseded_messages")
+        for tier, entries in by_tier.items():
+            self._send(run, tier, entries)
+
+    # ---- checkpoints, dead letters, summaries --------------------------------------------------
+    def _resume(self, run_id: str, source: str) -> tuple[Run, dict[str, Any]]:
+        """Return the run as its last checkpoint left it (a fresh one when there is none) and the checkpoint."""
+        checkpoint = self.bucket.checkpoint_get(run_id)
+        run = Run(run_id, source)
+        if checkpoint is None:
+            return run, {}
+        run.totals = checkpoint.get("totals", {})
+        run.dead = DeadLetters.from_json(self.bucket.find_json(f"{DEAD_LETTER_PREFIX}{run_id}.json"))
+        return run, checkpoint
+
+    def _checkpoint(self, run: Run, done: int, extra: dict[str, Any]) -> None:
+        if run.dead:
+            self.bucket.put_json(f"{DEAD_LETTER_PREFIX}{run.run_id}.json", run.dead.to_json(run.run_id))
+        record = {"run_id": run.run_id, "done": done, "totals": run.totals, "at": iso_time(self.clock()), **extra}
+        self.bucket.checkpoint_put(run.run_id, record)
+        logger.info("checkpoint", extra={"run_id": run.run_id, "done": done})
+
+    def _settle(self, run: Run, summary: dict[str, Any]) -> None:
         """Mark the run succeeded, or keep what failed as a dead-letter record and mark it incomplete."""
-        if not dead:
+        delivery = summary.setdefault("delivery", {})
+        delivery["dead_lettered"] = {"users": len(run.dead.users), "messages": len(run.dead.messages)}
+        if not run.dead:
             summary["status"] = "succeeded"
             return
-        key = f"{DEAD_LETTER_PREFIX}{run_id}.json"
-        self.bucket.put_json(key, dead.to_json(run_id))
+        key = f"{DEAD_LETTER_PREFIX}{run.run_id}.json"
+        self.bucket.put_json(key, run.dead.to_json(run.run_id))
         summary["status"] = "incomplete"
         summary["dead_letter"] = {
             "key": f"s3://{self.bucket.bucket}/{key}",
-            "items": len(dead.items),
-            "messages": len(dead.messages),
-            "replay": f"python -m chalicelib replay {run_id}",
+            "users": len(run.dead.users),
+            "messages": len(run.dead.messages),
+            "replay": f"python -m chalicelib replay {run.run_id}",
         }
+        logger.warning("run incomplete", extra={"run_id": run.run_id, "dead_letter": summary["dead_letter"]})
 
-    def _sweep(self, now: float) -> list[dict[str, Any]]:
+    def _sweep(self, now: float, deadline: Deadline) -> list[dict[str, Any]]:
         """Process every incoming file that has no ledger entry and is older than the minimum age."""
         done = self.bucket.ledger_keys()
         swept = []
@@ -244,68 +567,21 @@ class ScoringPipeline:
                 continue
             if now - item.last_modified.timestamp() < self.settings.sweep_min_age_seconds:
                 continue  # its own S3 trigger is probably still running
-            result = self.process_object(item.key, None, item.last_modified.timestamp())
+            result = self.process_object(item.key, None, item.last_modified.timestamp(), deadline)
             swept.append({"key": item.key, "run_id": result.get("run_id"), "status": result["status"]})
         return swept
 
-    # ---- shared by both -------------------------------------------------------------------
-    def _score_and_deliver(
-        self,
-        state: StateBatch,
-        as_of: float,
-        run_id: str,
-        source: str,
-        summary: dict[str, Any],
-        state_changed: bool,
-        dead: DeadLetters,
-    ) -> None:
-        scores = self.scorer.score(state, as_of)
-        scored_at = iso_time(self.clock())
-        risk_items = [risk_item(row, run_id=run_id, scored_at=scored_at, source=source) for row in scores.rows()]
-        # State is rewritten when it changed, or when it shares the item with risk (a put replaces the item).
-        state_items = _state_items(state, run_id) if (state_changed or self.tables.shared) else []
-        dead.items += self.tables.write(state_items, risk_items)
-        sent, suppressed = self._send(scores, run_id, source, dead)
-        summary["as_of"] = scores.as_of
-        summary["model_version"] = scores.model_version
-        summary["users_scored"] = len(scores)
-        summary.update(scores.counts())
-        summary["actions"] = dict(Counter(a.code for a in scores.actions if a is not None))
-        summary["messages_sent"] = sent
-        summary["suppressed"] = suppressed
+    def _retries(self) -> Counter[str]:
+        return self.tables.retries + self.queues.retries
 
-    def _send(
-        self, scores: Scores, run_id: str, source: str, dead: DeadLetters
-    ) -> tuple[dict[str, int], dict[str, int]]:
-        by_tier: dict[str, list[dict[str, Any]]] = {tier: [] for tier in MESSAGE_TIERS}
-        suppressed: Counter[str] = Counter()
-        for i, user_id in enumerate(scores.user_ids):
-            tier = scores.risk_tier[i]
-            if tier not in by_tier:
-                continue
-            action = scores.actions[i]
-            if action is None:
-                suppressed["opted_out" if scores.opted_out[i] else "no_action"] += 1
-                continue
-            body = build_message(
-                user_id=user_id,
-                risk_tier=tier,
-                value_tier=scores.value_tier[i],
-                churn_probability=float(scores.probability[i]),
-                reasons=scores.reasons[i],
-                action=action,
-                model_version=scores.model_version,
-                as_of=scores.as_of,
-                run_id=run_id,
-                source=source,
-            )
-            validate_message(body)
-            by_tier[tier].append(body)
-        sent = {}
-        for tier, messages in by_tier.items():
-            sent[tier], failed = self.queues.send(tier, messages)
-            dead.messages += [(tier, body) for body in failed]
-        return sent, dict(suppressed)
+    def _log_retries(self, run: Run, before: Counter[str]) -> None:
+        """Add the retries since `before` to the run, with one log line for the burst."""
+        burst = self._retries() - before
+        if not burst:
+            return
+        for op, n in burst.items():
+            run.count("retries", op, n=n)
+        logger.warning("retries", extra={"run_id": run.run_id, "retries": dict(burst)})
 
     def _finish(self, summary: dict[str, Any], started: float, write: bool = True) -> dict[str, Any]:
         summary["duration_s"] = round(self.clock() - started, 3)
@@ -316,18 +592,51 @@ class ScoringPipeline:
         return summary
 
 
-def _state_items(state: StateBatch, run_id: str) -> list[dict[str, Any]]:
-    values = state.values
-    first, last = values[:, col("first_seen")], values[:, col("last_seen")]
-    events = values[:, [col(f"count_{t}") for t in EVENT_TYPES]].sum(axis=1)
-    return [
-        state_item(uid, state.blob(i), iso_time(first[i]), iso_time(last[i]), int(events[i]), run_id)
-        for i, uid in enumerate(state.user_ids)
-    ]
+def _state_write(uid: str, row: np.ndarray, run_id: str, expected: int, applied: list[str]) -> StateWrite:
+    events = int(row[[col(f"count_{t}") for t in EVENT_TYPES]].sum())
+    return StateWrite(
+        user_id=uid,
+        blob=row.astype("<f8").tobytes(),
+        first_seen=iso_time(row[col("first_seen")]),
+        last_seen=iso_time(row[col("last_seen")]),
+        events=events,
+        run_id=run_id,
+        expected=expected,
+        applied=applied,
+    )
+
+
+def _already_claimed(old: dict[str, Any], message_id: str, run_id: str) -> bool:
+    """Return True when this message was sent, or is claimed by another run that will send it."""
+    if old.get("contact_message_id") != message_id:
+        return False
+    return not (old.get("contact_status") == PENDING and old.get("contact_run_id") == run_id)
+
+
+def _by_target(user_ids: list[str], targets: dict[str, float]) -> dict[float, list[int]]:
+    out: dict[float, list[int]] = {}
+    for i, uid in enumerate(user_ids):
+        out.setdefault(targets[uid], []).append(i)
+    return out
+
+
+def _group_users(entries: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    out: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for e in entries:
+        out.setdefault((e["mode"], float(e["as_of"])), []).append(e)
+    return out
+
+
+def _epoch(iso: str | None) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else 0.0
+
+
+def _bump(counts: dict[str, Any], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 def _add_counts(totals: dict[str, Any], part: dict[str, Any]) -> None:
-    """Add one page's counts into the run totals (nested dicts of ints are summed)."""
+    """Add one chunk's counts into the run totals (nested dicts of ints are summed)."""
     for key, value in part.items():
         if isinstance(value, dict):
             _add_counts(totals.setdefault(key, {}), value)

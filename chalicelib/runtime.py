@@ -8,6 +8,7 @@ from chalicelib.aws_dynamodb import BehaviourTables
 from chalicelib.aws_s3 import BehaviourBucket
 from chalicelib.aws_sqs import RetentionQueues
 from chalicelib.config import Settings
+from chalicelib.deadline import Deadline
 from chalicelib.model import MODEL_CACHE
 from chalicelib.pipeline import ScoringPipeline
 from chalicelib.scoring import Scorer
@@ -20,10 +21,15 @@ def get_pipeline() -> ScoringPipeline:
     return ScoringPipeline(
         settings=settings,
         bucket=BehaviourBucket.create(settings.behaviour_bucket),
-        tables=BehaviourTables.create(settings.state_table, settings.risk_table),
+        tables=BehaviourTables.create(settings.state_table, settings.risk_table, settings.write_concurrency),
         queues=RetentionQueues.create(settings.queues),
         scorer=Scorer(MODEL_CACHE.get()),
     )
+
+
+def deadline(context: object) -> Deadline:
+    """Return the time budget of one invocation, read from its Lambda context."""
+    return Deadline.from_lambda_context(context, get_pipeline().settings.checkpoint_reserve_seconds)
 
 
 def clear() -> None:

@@ -18,10 +18,11 @@ from chalicelib.bootstrap import ensure_resources
 from chalicelib.config import Settings
 from chalicelib.events import EventBatch
 from chalicelib.generate import generate_events, write_event_log
-from chalicelib.lambda_events import s3_object_created
+from chalicelib.lambda_events import s3_object_created, stage_timeout
 from tests.conftest import ROOT
 
-STAGE_ENV = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]["environment_variables"]
+STAGE = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]
+STAGE_ENV = STAGE["environment_variables"]
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 
 
@@ -122,7 +123,7 @@ def aws(stage_env) -> Aws:
 def client(aws) -> Client:
     from app import app
 
-    with Client(app, stage_name="dev", project_dir=str(ROOT)) as c:
+    with stage_timeout(STAGE["lambda_timeout"]), Client(app, stage_name="dev", project_dir=str(ROOT)) as c:
         yield c
 
 

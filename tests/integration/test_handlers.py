@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,14 +146,19 @@ def test_schedule_raises_the_risk_of_users_who_went_silent(aws, client, populati
 
 
 def test_schedule_processes_a_file_whose_trigger_never_came(aws, client, population, tmp_path):
+    # GIVEN a file that landed without its S3 event (moto stamps it with the real time)
     aws.land("incoming/missed.csv", csv_bytes(population, tmp_path))
+    fired = time.time() + 60
 
-    summary = _invoke(client, "scheduled_scoring", scheduled(AS_OF.timestamp()))
-    again = _invoke(client, "scheduled_scoring", scheduled(AS_OF.timestamp() + 3600))
+    # WHEN the schedule fires after it, and once more an hour later
+    summary = _invoke(client, "scheduled_scoring", scheduled(fired))
+    again = _invoke(client, "scheduled_scoring", scheduled(fired + 3600))
 
+    # THEN the first sweeps the file and both re-score everyone it brought in
     assert [f["status"] for f in summary["swept_files"]] == ["succeeded"]
     assert summary["users_scored"] == len(population.user_ids)
     assert again["swept_files"] == []
+    assert again["users_scored"] == len(population.user_ids)
 
 
 def test_split_and_shuffled_files_give_the_same_state_as_one_file(aws, client, population, tmp_path):
@@ -199,7 +205,9 @@ def test_shared_table_keeps_state_and_risk_on_one_item(monkeypatch, stage_env, p
         ensure_resources()
         aws = Aws(Settings.from_env())
         pipeline = runtime.get_pipeline()
-        aws.land("incoming/a.csv", csv_bytes(population, tmp_path))
+        # (a hundred users: moto is slow at the UpdateItem calls a shared item needs)
+        few = population.select(population.user_index < 100)
+        aws.land("incoming/a.csv", csv_bytes(few, tmp_path))
 
         # WHEN a file is scored and then the schedule re-scores everyone
         pipeline.process_object("incoming/a.csv", None, AS_OF.timestamp())
@@ -207,13 +215,16 @@ def test_shared_table_keeps_state_and_risk_on_one_item(monkeypatch, stage_env, p
 
         # THEN each user is one item holding both the state and the latest risk
         items = aws.items(stage_env["RISK_TABLE"])
+        stored = _stored_state(aws).subset(few.user_ids)
         runtime.clear()
-    assert len(items) == len(population.user_ids) == summary["users_scored"]
+    assert len(items) == len(few.user_ids) == summary["users_scored"]
     assert all("state" in i and i["as_of"] == "2026-07-01T00:00:00Z" for i in items)
-    assert pipeline.tables.calls["BatchWriteItem"] == 2 * -(-len(items) // 25)
+    # AND the schedule's score kept the state the file wrote (an update, not a put, on a shared item)
+    np.testing.assert_array_equal(stored.values, build_state(few).values)
+    assert pipeline.tables.calls["PutItem"] == 0
 
 
-def test_call_counts_are_at_the_lower_bound(aws, population, tmp_path):
+def test_each_user_costs_one_conditional_write_per_item_and_one_per_message(aws, population, tmp_path):
     runtime.clear()
     pipeline = runtime.get_pipeline()
     aws.land("incoming/a.csv", csv_bytes(population, tmp_path))
@@ -222,8 +233,9 @@ def test_call_counts_are_at_the_lower_bound(aws, population, tmp_path):
 
     users = len(population.user_ids)
     messages = summary["messages_sent"]
-    assert pipeline.tables.calls["BatchGetItem"] == -(-users // 100)
-    assert pipeline.tables.calls["BatchWriteItem"] == 2 * -(-users // 25)
+    sent = sum(messages.values())
+    # state and risk read 100 users a call; one put per state and risk item; one mark per message sent
+    assert pipeline.tables.calls == {"BatchGetItem": 2 * -(-users // 100), "PutItem": 2 * users, "UpdateItem": sent}
     assert pipeline.queues.calls == sum(-(-n // 10) for n in messages.values())
 
 

@@ -1,31 +1,40 @@
-"""Adapters retry what a batch call left undone, with backoff, and give up loudly."""
+"""Adapters retry what a batch call left undone, with backoff, and tell conflicts from faults."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from botocore.exceptions import ClientError
 
 from chalicelib import aws_dynamodb, aws_sqs
-from chalicelib.aws_dynamodb import BehaviourTables
+from chalicelib.aws_dynamodb import BehaviourTables, RiskWrite
 from chalicelib.aws_sqs import RetentionQueues
+from chalicelib.errors import RetryableError
 
 
-class FakeResource:
-    """A DynamoDB resource whose first `fail` batch writes leave the last item unprocessed."""
+class FakeDynamo:
+    """A DynamoDB client: BatchGetItem leaves keys unprocessed `unprocessed` times; PutItem fails with `put_error`."""
 
-    def __init__(self, fail: int) -> None:
-        self.fail = fail
-        self.written: list[dict] = []
+    def __init__(self, unprocessed: int = 0, put_error: str | None = None) -> None:
+        self.unprocessed = unprocessed
+        self.put_error = put_error
+        self.meta = self  # the adapter reaches the client as resource.meta.client
+        self.client = self
 
-    def batch_write_item(self, RequestItems):
-        ((table, requests),) = RequestItems.items()
-        if self.fail:
-            self.fail -= 1
-            self.written += [r["PutRequest"]["Item"] for r in requests[:-1]]
-            return {"UnprocessedItems": {table: requests[-1:]}}
-        self.written += [r["PutRequest"]["Item"] for r in requests]
-        return {"UnprocessedItems": {}}
+    def batch_get_item(self, RequestItems):
+        ((table, request),) = RequestItems.items()
+        keys = request["Keys"]
+        if self.unprocessed:
+            self.unprocessed -= 1
+            return {"Responses": {table: []}, "UnprocessedKeys": {table: {**request, "Keys": keys}}}
+        items = [{"user_id": k["user_id"], "as_of": "2026-01-01T00:00:00Z"} for k in keys]
+        return {"Responses": {table: items}, "UnprocessedKeys": {}}
+
+    def put_item(self, **kwargs):
+        if self.put_error:
+            raise ClientError({"Error": {"Code": self.put_error, "Message": "no"}}, "PutItem")
+        return {}
 
 
 class FakeSqs:
@@ -55,20 +64,38 @@ def sleeps(monkeypatch):
     return slept
 
 
-def test_unprocessed_items_are_retried_with_backoff_until_written(sleeps):
-    resource = FakeResource(fail=2)
-    tables = BehaviourTables(resource, "state", "risk")
-    assert tables.write([], [{"user_id": f"u{i}"} for i in range(30)]) == []
-    assert sorted(i["user_id"] for i in resource.written) == sorted(f"u{i}" for i in range(30))
+def test_unprocessed_keys_are_retried_with_backoff_until_read(sleeps):
+    tables = BehaviourTables(FakeDynamo(unprocessed=2), "state", "risk")
+    assert sorted(tables.get_risks([f"u{i}" for i in range(3)])) == ["u0", "u1", "u2"]
     assert len(sleeps) == 2
-    assert tables.calls["BatchWriteItem"] == 2 + 2
+    assert tables.calls["BatchGetItem"] == 3
+    assert tables.retries["BatchGetItem.UnprocessedKeys"] == 2
 
 
-def test_unprocessed_items_that_never_clear_are_handed_back(sleeps):
-    tables = BehaviourTables(FakeResource(fail=100), "state", "risk")
-    left = tables.write([], [{"user_id": "u1"}, {"user_id": "u2"}])
-    assert left == [("risk", {"user_id": "u2"})]
-    assert tables.calls["BatchWriteItem"] == len(sleeps) + 1 == 8
+def test_unprocessed_keys_that_never_clear_raise_a_retryable_error(sleeps):
+    tables = BehaviourTables(FakeDynamo(unprocessed=100), "state", "risk")
+    with pytest.raises(RetryableError, match="UnprocessedKeys"):
+        tables.get_risks(["u1"])
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"),
+    [
+        ("ConditionalCheckFailedException", aws_dynamodb.CONFLICT),
+        ("ProvisionedThroughputExceededException", aws_dynamodb.FAILED),
+        ("ThrottlingException", aws_dynamodb.FAILED),
+        ("InternalServerError", aws_dynamodb.FAILED),
+    ],
+)
+def test_a_refused_conditional_write_is_a_conflict_and_a_lasting_fault_a_failure(code, outcome):
+    tables = BehaviourTables(FakeDynamo(put_error=code), "state", "risk")
+    assert tables.put_risks([RiskWrite({"user_id": "u1", "as_of": "x"}, expected=3)]) == {"u1": outcome}
+
+
+def test_a_malformed_write_is_a_bug_and_raises():
+    tables = BehaviourTables(FakeDynamo(put_error="ValidationException"), "state", "risk")
+    with pytest.raises(ClientError):
+        tables.put_risks([RiskWrite({"user_id": "u1"}, expected=0)])
 
 
 def _message(i: int) -> dict:

@@ -105,7 +105,9 @@ def test_fit_matches_lifetimes_on_generated_behaviour_in_days(origins):
     x, t_x, T = btyd_inputs(fit_set.values, fit_set.cutoff)
     # When both implementations fit them
     ours = BgNbd().fit(x, t_x, T)
-    reference = BetaGeoFitter().fit(x, t_x, T)
+    # (at lifetimes' default tol of 1e-7 its BFGS can end on "precision loss" at the optimum itself,
+    # depending on the floating-point path of the machine; 1e-6 still pins the parameters to 1e-5)
+    reference = BetaGeoFitter().fit(x, t_x, T, tol=1e-6)
     # Then parameters and probabilities of being alive agree
     for name, value in reference.params_.items():
         assert ours.params_[name] == pytest.approx(value, rel=1e-2)
