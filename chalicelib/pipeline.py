@@ -263,6 +263,8 @@ class ScoringPipeline:
         summary["swept_files"] = self._sweep(started, deadline)
         run, checkpoint = self._resume(run_id, "schedule")
         pages_done = int(checkpoint.get("done", 0))
+        if pages_done:
+            summary["resumed_after_chunks"] = pages_done
         page_start = checkpoint.get("scan_key")
         for stored, resume in self.tables.scan_states(page_start, CHUNK_USERS):
             if not deadline.room_for_another():
@@ -434,18 +436,22 @@ class ScoringPipeline:
             item = risk_item(row, run_id=run.run_id, scored_at=scored_at, source=run.source)
             item["scored_state_version"] = basis
             item.update({k: old[k] for k in CONTACT_ATTRS if k in old})
+            # Message ids embed as_of, and a stored as_of never moves back: ids of older times cannot recur.
+            claimed_now = list(old.get("contact_ids", [])) if old_as_of == scores.as_of else []
             body = self._message(run, scores, i)
-            if body is not None and _already_claimed(old, body["message_id"], run.run_id):
+            if body is not None and _already_claimed(old, claimed_now, body["message_id"], run.run_id):
                 run.count("duplicates_suppressed", "messages")
                 body = None
             if body is not None:
                 item.update(
                     contact_message_id=body["message_id"],
-                    contact_status="pending",
+                    contact_status=PENDING,
                     contact_run_id=run.run_id,
                     contact_claimed_at=scored_at,
                 )
+                claimed_now = list(dict.fromkeys([*claimed_now, body["message_id"]]))
                 bodies[uid] = body
+            item["contact_ids"] = claimed_now
             writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
             index[uid] = i
         outcomes = self.tables.put_risks(writes)
@@ -606,11 +612,14 @@ def _state_write(uid: str, row: np.ndarray, run_id: str, expected: int, applied:
     )
 
 
-def _already_claimed(old: dict[str, Any], message_id: str, run_id: str) -> bool:
-    """Return True when this message was sent, or is claimed by another run that will send it."""
-    if old.get("contact_message_id") != message_id:
-        return False
-    return not (old.get("contact_status") == PENDING and old.get("contact_run_id") == run_id)
+def _already_claimed(old: dict[str, Any], claimed_now: list[str], message_id: str, run_id: str) -> bool:
+    """Return True when this message was claimed before: sent, or to be sent by the run that claimed it.
+
+    The one exception is this run's own claim still pending: a redo after a crash sends it (same id).
+    """
+    if old.get("contact_message_id") == message_id:
+        return not (old.get("contact_status") == PENDING and old.get("contact_run_id") == run_id)
+    return message_id in claimed_now
 
 
 def _by_target(user_ids: list[str], targets: dict[str, float]) -> dict[float, list[int]]:

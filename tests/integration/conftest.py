@@ -5,20 +5,34 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections import Counter
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
+import botocore.endpoint
+import numpy as np
 import pytest
+from botocore.config import Config
 from chalice.test import Client
 from moto import mock_aws
 
-from chalicelib import runtime
+from chalicelib import aws_dynamodb, aws_sqs, runtime
+from chalicelib import pipeline as pipeline_module
+from chalicelib.aws_dynamodb import BehaviourTables
+from chalicelib.aws_s3 import BehaviourBucket
+from chalicelib.aws_sqs import RetentionQueues
 from chalicelib.bootstrap import ensure_resources
 from chalicelib.config import Settings
 from chalicelib.events import EventBatch
 from chalicelib.generate import generate_events, write_event_log
 from chalicelib.lambda_events import s3_object_created, stage_timeout
+from chalicelib.model import MODEL_CACHE
+from chalicelib.pipeline import ScoringPipeline
+from chalicelib.retry import MAX_ATTEMPTS
+from chalicelib.scoring import Scorer
+from chalicelib.state import StateBatch, build_state
 from tests.conftest import ROOT
 
 STAGE = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]
@@ -138,3 +152,61 @@ def gz_bytes(text: str) -> bytes:
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as fh:
         fh.write(text.encode())
     return buf.getvalue()
+
+
+# The clients of a pipeline built for a test use botocore's "standard" retry mode: the same retries and
+# error classes as the deployed "adaptive" mode, without its client-side rate limiter, which would slow
+# a throttled test to a crawl.
+STANDARD = Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS}, max_pool_connections=32)
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    for module in (aws_dynamodb, aws_sqs, pipeline_module):
+        monkeypatch.setattr(module, "sleep", lambda _s: None)
+    # botocore's own wait before a retry
+    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=lambda _s: None))
+
+
+@pytest.fixture
+def small(population):
+    """About two hundred users, in chunks of fifty, so a run has several checkpoints."""
+    return population.select(population.user_index < 200)
+
+
+@pytest.fixture
+def chunks_of_fifty(monkeypatch):
+    monkeypatch.setattr(pipeline_module, "CHUNK_USERS", 50)
+
+
+def make_pipeline(settings) -> ScoringPipeline:
+    """A pipeline with its own clients, like one Lambda container."""
+    return ScoringPipeline(
+        settings=settings,
+        bucket=BehaviourBucket(boto3.client("s3", config=STANDARD), settings.behaviour_bucket),
+        tables=BehaviourTables(boto3.resource("dynamodb", config=STANDARD), settings.state_table, settings.risk_table),
+        queues=RetentionQueues(boto3.client("sqs", config=STANDARD), settings.queues),
+        scorer=Scorer(MODEL_CACHE.get()),
+    )
+
+
+def assert_every_user_once_and_every_message_once(aws, batch, summaries=()):
+    """State equals the offline build of `batch`; one risk item per user, scored from its stored state; no dupes."""
+    states = {i["user_id"]: i for i in aws.items(aws.settings.state_table)}
+    risks = {i["user_id"]: i for i in aws.items(aws.settings.risk_table)}
+    expected = build_state(batch)
+    assert set(states) == set(risks) == set(expected.user_ids)
+    stored = StateBatch.from_blobs(expected.user_ids, [bytes(states[u]["state"].value) for u in expected.user_ids])
+    np.testing.assert_allclose(stored.values, expected.values, rtol=1e-12)  # counts exact: nothing merged twice
+    for uid, risk in risks.items():
+        assert risk["scored_state_version"] == states[uid]["state_version"]
+    bodies = [m["body"] for tier in ("high", "medium") for m in aws.drain(tier)]
+    ids = Counter(b["message_id"] for b in bodies)
+    assert bodies and ids.most_common(1)[0][1] == 1
+    claimed = {r["contact_message_id"] for r in risks.values() if "contact_message_id" in r}
+    # one run leaves a claim per message; several runs may each have messaged a user, the last claim stays
+    assert set(ids) == claimed if len(summaries) <= 1 else claimed <= set(ids)
+    assert all(r["contact_status"] == "sent" for r in risks.values() if "contact_message_id" in r)
+    for summary in summaries:
+        assert summary["status"] in ("succeeded", "replayed")
+    return bodies

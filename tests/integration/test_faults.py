@@ -11,65 +11,20 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from types import SimpleNamespace
 
-import boto3
-import botocore.endpoint
-import numpy as np
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.core.botocore_stubber import BotocoreStubber, MockRawResponse
 
-from chalicelib import aws_dynamodb, aws_sqs
-from chalicelib import pipeline as pipeline_module
-from chalicelib.aws_dynamodb import BehaviourTables
-from chalicelib.aws_s3 import BehaviourBucket
-from chalicelib.aws_sqs import RetentionQueues
+from chalicelib import aws_sqs
 from chalicelib.cli import main
-from chalicelib.model import MODEL_CACHE
-from chalicelib.pipeline import ScoringPipeline
-from chalicelib.retry import MAX_ATTEMPTS
-from chalicelib.scoring import Scorer
-from chalicelib.state import StateBatch, build_state
-from tests.integration.conftest import AS_OF, csv_bytes
-
-STANDARD = Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS}, max_pool_connections=32)
+from chalicelib.state import build_state
+from tests.integration.conftest import AS_OF, assert_every_user_once_and_every_message_once, csv_bytes, make_pipeline
 
 
 class Crash(Exception):
     """The process dies here (a Lambda timeout or an out-of-memory kill, seen from the code)."""
-
-
-@pytest.fixture
-def no_sleep(monkeypatch):
-    for module in (aws_dynamodb, aws_sqs, pipeline_module):
-        monkeypatch.setattr(module, "sleep", lambda _s: None)
-    # botocore's own wait before a retry
-    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=lambda _s: None))
-
-
-@pytest.fixture
-def small(population):
-    """About two hundred users, in chunks of fifty, so a run has several checkpoints."""
-    return population.select(population.user_index < 200)
-
-
-@pytest.fixture
-def chunks_of_fifty(monkeypatch):
-    monkeypatch.setattr(pipeline_module, "CHUNK_USERS", 50)
-
-
-def make_pipeline(settings) -> ScoringPipeline:
-    """A pipeline with its own clients, like one Lambda container."""
-    return ScoringPipeline(
-        settings=settings,
-        bucket=BehaviourBucket(boto3.client("s3", config=STANDARD), settings.behaviour_bucket),
-        tables=BehaviourTables(boto3.resource("dynamodb", config=STANDARD), settings.state_table, settings.risk_table),
-        queues=RetentionQueues(boto3.client("sqs", config=STANDARD), settings.queues),
-        scorer=Scorer(MODEL_CACHE.get()),
-    )
 
 
 @pytest.fixture
@@ -123,27 +78,6 @@ def _body(entry) -> dict:
     return json.loads(entry["MessageBody"])
 
 
-def assert_every_user_once_and_every_message_once(aws, batch, summaries=()):
-    """State equals the offline build of `batch`; one risk item per user, scored from its stored state; no dupes."""
-    states = {i["user_id"]: i for i in aws.items(aws.settings.state_table)}
-    risks = {i["user_id"]: i for i in aws.items(aws.settings.risk_table)}
-    expected = build_state(batch)
-    assert set(states) == set(risks) == set(expected.user_ids)
-    stored = StateBatch.from_blobs(expected.user_ids, [bytes(states[u]["state"].value) for u in expected.user_ids])
-    np.testing.assert_allclose(stored.values, expected.values, rtol=1e-12)  # counts exact: nothing merged twice
-    for uid, risk in risks.items():
-        assert risk["scored_state_version"] == states[uid]["state_version"]
-    bodies = [m["body"] for tier in ("high", "medium") for m in aws.drain(tier)]
-    ids = Counter(b["message_id"] for b in bodies)
-    assert bodies and ids.most_common(1)[0][1] == 1
-    claimed = {r["contact_message_id"] for r in risks.values() if "contact_message_id" in r}
-    assert set(ids) == claimed
-    assert all(r["contact_status"] == "sent" for r in risks.values() if "contact_message_id" in r)
-    for summary in summaries:
-        assert summary["status"] in ("succeeded", "replayed")
-    return bodies
-
-
 THROTTLED = {
     "dynamodb": (400, b'{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"}'),
     "sqs": (400, b'{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}'),
@@ -153,7 +87,7 @@ THROTTLED = {
 
 @pytest.fixture
 def throttle_every_third(monkeypatch):
-    """Moto answers every third request of each service with a throttling error, without executing it."""
+    """Moto answers every third request of each operation with a throttling error, without executing it."""
     real = BotocoreStubber.__call__
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -162,8 +96,8 @@ def throttle_every_third(monkeypatch):
     def call(self, event_name, request, **kwargs):
         service = event_name.split(".")[1]
         with lock:
-            seen[service] += 1
-            hit = switch["on"] and service in THROTTLED and seen[service] % 3 == 0
+            seen[event_name] += 1
+            hit = switch["on"] and service in THROTTLED and seen[event_name] % 3 == 0
         if hit:
             status, body = THROTTLED[service]
             return AWSResponse(request.url, status, {}, MockRawResponse(body))
@@ -174,7 +108,7 @@ def throttle_every_third(monkeypatch):
 
 
 def test_throttling_on_every_third_call_is_retried_and_every_user_lands_once(
-    aws, pipeline, small, tmp_path, caplog, throttle_every_third
+    aws, pipeline, small, tmp_path, caplog, throttle_every_third, chunks_of_fifty
 ):
     # GIVEN DynamoDB, SQS and S3 that throttle every third request
     aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
