@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="run the whole event path on an embedded AWS (moto)")
-    demo.add_argument("--users", type=_positive_int, default=3000, help="users in the demo data (default 3000)")
+    demo.add_argument("--users", type=_positive_int, default=1500, help="users in the demo data (default 1500)")
     demo.add_argument("--seed", type=int, default=11)
 
     gen = sub.add_parser("generate", help="write a synthetic behaviour event log")

@@ -81,6 +81,7 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
         "messages_sent",
         "suppressed",
         "swept_files",
+        "delivery",
         "model_version",
         "duration_s",
     )
@@ -96,7 +97,7 @@ def _table(counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(users: int = 3000, seed: int = 11) -> None:
+def run_demo(users: int = 1500, seed: int = 11) -> None:
     """Run the demo and print what landed in DynamoDB and each queue."""
     _stage_environment()
     import boto3

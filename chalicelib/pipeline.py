@@ -238,7 +238,7 @@ class ScoringPipeline:
         for name in ("users_new", "users_scored"):
             summary.setdefault(name, 0)
         summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
-        summary.setdefault("model_version", self.scorer.model.model_version)
+        summary["model_version"] = self.scorer.model.model_version
         self._settle(run, summary)
         # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
         self.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": summary["status"], "as_of": iso_time(as_of)})
@@ -279,6 +279,7 @@ class ScoringPipeline:
                 self._checkpoint(run, pages_done, {"scan_key": resume})
         summary.update(run.totals)
         summary["as_of"] = iso_time(at)
+        summary["model_version"] = self.scorer.model.model_version
         summary.setdefault("users_scored", 0)
         summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
         self._settle(run, summary)

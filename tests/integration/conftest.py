@@ -124,6 +124,20 @@ def stage_env(monkeypatch) -> dict[str, str]:
 
 
 @pytest.fixture
+def warnings_logged(monkeypatch) -> list[tuple[str, dict[str, Any]]]:
+    """The structured warnings the pipeline logs during the test: (message, extra keys) each."""
+    logged: list[tuple[str, dict[str, Any]]] = []
+    real = pipeline_module.logger.warning
+
+    def warning(msg, *args, extra=None, **kwargs):
+        logged.append((msg, dict(extra or {})))
+        return real(msg, *args, extra=extra, **kwargs)
+
+    monkeypatch.setattr(pipeline_module.logger, "warning", warning)
+    return logged
+
+
+@pytest.fixture
 def aws(stage_env) -> Aws:
     with mock_aws():
         runtime.clear()

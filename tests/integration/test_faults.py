@@ -108,7 +108,7 @@ def throttle_every_third(monkeypatch):
 
 
 def test_throttling_on_every_third_call_is_retried_and_every_user_lands_once(
-    aws, pipeline, small, tmp_path, caplog, throttle_every_third, chunks_of_fifty
+    aws, pipeline, small, tmp_path, warnings_logged, throttle_every_third, chunks_of_fifty
 ):
     # GIVEN DynamoDB, SQS and S3 that throttle every third request
     aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
@@ -121,7 +121,8 @@ def test_throttling_on_every_third_call_is_retried_and_every_user_lands_once(
     retries = summary["delivery"]["retries"]
     assert retries["PutItem"] > 0 and retries["SendMessageBatch"] > 0 and retries["BatchGetItem"] > 0
     assert "write_conflicts" not in summary["delivery"]
-    assert any(r.getMessage() == "retries" for r in caplog.records)
+    bursts = [extra for msg, extra in warnings_logged if msg == "retries"]
+    assert bursts and all(b["run_id"] == summary["run_id"] and b["retries"] for b in bursts)
     assert_every_user_once_and_every_message_once(aws, small, [summary])
 
 

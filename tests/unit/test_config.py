@@ -1,0 +1,50 @@
+"""Settings are read once from the environment; a bad value names the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.config import ConfigError, Settings
+
+BASE = {"BEHAVIOUR_BUCKET": "b", "RISK_TABLE": "risk", "QUEUE_HIGH": "qh", "QUEUE_MEDIUM": "qm"}
+
+
+def test_defaults_fill_what_the_environment_leaves_out():
+    settings = Settings.from_env(BASE)
+    assert settings.state_table == "risk" and settings.incoming_prefix == "incoming/"
+    assert (settings.applied_runs_keep, settings.applied_runs_max_age) == (32, 7 * 86400.0)
+    assert (settings.write_concurrency, settings.checkpoint_reserve_seconds) == (16, 20.0)
+
+
+def test_delivery_settings_are_read():
+    env = {
+        **BASE,
+        "APPLIED_RUNS_KEEP": "8",
+        "APPLIED_RUNS_MAX_AGE_DAYS": "2",
+        "WRITE_CONCURRENCY": "4",
+        "CHECKPOINT_RESERVE_SECONDS": "45",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.applied_runs_keep, settings.applied_runs_max_age) == (8, 2 * 86400.0)
+    assert (settings.write_concurrency, settings.checkpoint_reserve_seconds) == (4, 45.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("WRITE_CONCURRENCY", "many", "WRITE_CONCURRENCY must be a number, not 'many'"),
+        ("WRITE_CONCURRENCY", "0", "WRITE_CONCURRENCY must be at least 1"),
+        ("APPLIED_RUNS_KEEP", "0", "APPLIED_RUNS_KEEP must be at least 1"),
+        ("APPLIED_RUNS_MAX_AGE_DAYS", "0.5", "APPLIED_RUNS_MAX_AGE_DAYS must be at least 1"),
+        ("CHECKPOINT_RESERVE_SECONDS", "-1", "CHECKPOINT_RESERVE_SECONDS must be at least 0"),
+        ("SWEEP_MIN_AGE_SECONDS", "soon", "SWEEP_MIN_AGE_SECONDS must be a number"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(name, value, says):
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env({**BASE, name: value})
+
+
+def test_missing_required_variables_are_named():
+    with pytest.raises(ConfigError, match="QUEUE_HIGH, QUEUE_MEDIUM"):
+        Settings.from_env({"BEHAVIOUR_BUCKET": "b", "RISK_TABLE": "r"})
