@@ -117,8 +117,13 @@ class BehaviourBucket:
     # a Lambda retry or the schedule's sweep finds it and does nothing.
     def find_json(self, key: str) -> Any | None:
         """Read a JSON object, or return None when there is none."""
+        data = self.find_bytes(key)
+        return None if data is None else json.loads(data)
+
+    def find_bytes(self, key: str) -> bytes | None:
+        """Read an object, or return None when there is none."""
         try:
-            return self.get_json(key)
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.client.exceptions.NoSuchKey:
             return None
 

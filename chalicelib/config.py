@@ -40,6 +40,9 @@ class Settings:
     write_concurrency: int = 16
     # Seconds an invocation keeps free at its end to write its checkpoint.
     checkpoint_reserve_seconds: float = 20.0
+    # The playbook file (None: the packaged default) and the S3 key of the opt-out list.
+    playbook_file: str | None = None
+    opt_out_key: str = "suppression/opt-out.csv"
 
     @property
     def snapshot_prefix(self) -> str:
@@ -87,6 +90,8 @@ class Settings:
             applied_runs_max_age=max_age_days * 86400.0,
             write_concurrency=concurrency,
             checkpoint_reserve_seconds=reserve,
+            playbook_file=env.get("PLAYBOOK_FILE") or None,
+            opt_out_key=env.get("OPT_OUT_KEY") or "suppression/opt-out.csv",
         )
 
 

@@ -79,6 +79,7 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
         "risk_tier",
         "value_tier",
         "messages_sent",
+        "messages_by_channel",
         "suppressed",
         "swept_files",
         "delivery",
@@ -158,6 +159,12 @@ def run_demo(users: int = 1500, seed: int = 11) -> None:
 
             result = client.lambda_.invoke("on_behaviour_file", second).payload
             _print("S3 trigger: the same event delivered again", _brief(result[0]))
+
+            result = client.lambda_.invoke("scheduled_scoring", scheduled(now.timestamp() + 3600)).payload
+            _print(
+                "schedule, an hour later (inside every cooldown): nobody contacted above is contacted again",
+                _brief(result),
+            )
 
             s3.put_object(
                 Bucket=bucket,

@@ -60,7 +60,7 @@ CHUNK_USERS = 1000
 MAX_WRITE_ROUNDS = 8
 FINAL = ("succeeded", "incomplete", "replayed")
 # The message claim on a risk item: carried over when a score replaces the item without a new message.
-CONTACT_ATTRS = ("contact_message_id", "contact_status", "contact_run_id", "contact_claimed_at")
+CONTACT_ATTRS = ("contact_message_id", "contact_status", "contact_run_id", "contact_claimed_at", "contact_as_of")
 
 
 def object_run_id(bucket: str, key: str, etag: str) -> str:
@@ -109,6 +109,7 @@ class Run:
     source: str
     totals: dict[str, Any] = field(default_factory=dict)
     dead: DeadLetters = field(default_factory=DeadLetters)
+    opt_outs: frozenset[str] = frozenset()
 
     def add(self, counts: dict[str, Any]) -> None:
         _add_counts(self.totals, counts)
@@ -295,7 +296,7 @@ class ScoringPipeline:
         if record is None:
             raise InputError(f"s3://{self.bucket.bucket}/{key}: run {run_id} has nothing left to replay")
         left = DeadLetters.from_json(record)
-        run = Run(run_id, "replay")
+        run = Run(run_id, "replay", opt_outs=self._opt_outs())
         for (mode, as_of), entries in _group_users(left.users).items():
             users = [e["user_id"] for e in entries]
             if mode == "score":
@@ -422,6 +423,7 @@ class ScoringPipeline:
         stored = self.tables.get_risks(part.user_ids)
         scored_at = iso_time(self.clock())
         writes, bodies, index = [], {}, {}
+        held: dict[str, str] = {}  # user -> why an actionable user gets no message
         for i, row in enumerate(scores.rows()):
             uid = scores.user_ids[i]
             old = stored.get(uid, {})
@@ -436,23 +438,30 @@ class ScoringPipeline:
                 continue
             item = risk_item(row, run_id=run.run_id, scored_at=scored_at, source=run.source)
             item["scored_state_version"] = basis
+            item["playbook_version"] = self.scorer.playbook.version
             item.update({k: old[k] for k in CONTACT_ATTRS if k in old})
             # Message ids embed as_of, and a stored as_of never moves back: ids of older times cannot recur.
             claimed_now = list(old.get("contact_ids", [])) if old_as_of == scores.as_of else []
             body = self._message(run, scores, i)
-            if body is not None and _already_claimed(old, claimed_now, body["message_id"], run.run_id):
-                run.count("duplicates_suppressed", "messages")
-                body = None
+            if body is not None:
+                why = self._why_not(run, old, claimed_now, body, len(bodies))
+                if why is not None:
+                    held[uid] = why
+                    if why == "opted_out":
+                        item["action"] = ""
+                    body = None
             if body is not None:
                 item.update(
                     contact_message_id=body["message_id"],
                     contact_status=PENDING,
                     contact_run_id=run.run_id,
                     contact_claimed_at=scored_at,
+                    contact_as_of=scores.as_of,
                 )
                 claimed_now = list(dict.fromkeys([*claimed_now, body["message_id"]]))
                 bodies[uid] = body
             item["contact_ids"] = claimed_now
+            item["holdout"] = held.get(uid) == "holdout"
             writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
             index[uid] = i
         outcomes = self.tables.put_risks(writes)
@@ -476,12 +485,43 @@ class ScoringPipeline:
                 _bump(counts["actions"], action.code)
             elif risk in MESSAGE_TIERS:
                 _bump(counts["suppressed"], "opted_out" if scores.opted_out[i] else "no_action")
+            if uid in held:
+                _bump(counts["suppressed"], held[uid])
+                if held[uid] == "duplicate":
+                    run.count("duplicates_suppressed", "messages")
             if uid in bodies:
                 claimed[risk].append((uid, bodies[uid]))
+                _bump(counts, "messages_claimed")
         run.add(counts)
 
-    @staticmethod
-    def _message(run: Run, scores: Scores, i: int) -> dict[str, Any] | None:
+    def _why_not(
+        self, run: Run, old: dict[str, Any], claimed_now: list[str], body: dict[str, Any], claimed_here: int
+    ) -> str | None:
+        """Return why an actionable user gets no message now (None: send it), by the contact policy.
+
+        Decided on the risk item that the claim is written to, under its version, so two runs at once
+        cannot both contact a user.
+        """
+        uid, mid, tier = body["user_id"], body["message_id"], body["risk_tier"]
+        if uid in run.opt_outs:
+            return "opted_out"
+        if old.get("contact_message_id") == mid:
+            # Claimed before: this run's own pending claim is a redo after a crash (same id); else sent.
+            own = old.get("contact_status") == PENDING and old.get("contact_run_id") == run.run_id
+            return None if own else "duplicate"
+        if mid in claimed_now:
+            return "duplicate"
+        playbook = self.scorer.playbook
+        if playbook.in_holdout(uid, tier):
+            return "holdout"
+        last = old.get("contact_as_of")
+        if last and _epoch(body["as_of"]) - _epoch(last) < playbook.contact_policy.cooldown_seconds(tier):
+            return "cooldown"
+        if run.totals.get("messages_claimed", 0) + claimed_here >= playbook.contact_policy.max_messages_per_run:
+            return "run_cap"
+        return None
+
+    def _message(self, run: Run, scores: Scores, i: int) -> dict[str, Any] | None:
         """Return the retention message of user `i`, or None when their tier or action calls for none."""
         action = scores.actions[i]
         if scores.risk_tier[i] not in MESSAGE_TIERS or action is None:
@@ -497,6 +537,7 @@ class ScoringPipeline:
             as_of=scores.as_of,
             run_id=run.run_id,
             source=run.source,
+            playbook_version=self.scorer.playbook.version,
         )
         validate_message(body)
         return body
@@ -509,6 +550,8 @@ class ScoringPipeline:
             sent, failed = self.queues.send(tier, [body for _, body in batch])
             run.add({"messages_sent": {tier: sent}})
             lost = {body["message_id"] for body in failed}
+            channels = Counter(body["action"]["channel"] for _, body in batch if body["message_id"] not in lost)
+            run.add({"messages_by_channel": dict(channels)})
             run.dead.messages += [{"tier": tier, "body": body} for body in failed]
             # Marked right after each batch: a crash in between resends at most this batch, same message ids.
             delivered = [(uid, body["message_id"]) for uid, body in batch if body["message_id"] not in lost]
@@ -533,12 +576,20 @@ class ScoringPipeline:
     def _resume(self, run_id: str, source: str) -> tuple[Run, dict[str, Any]]:
         """Return the run as its last checkpoint left it (a fresh one when there is none) and the checkpoint."""
         checkpoint = self.bucket.checkpoint_get(run_id)
-        run = Run(run_id, source)
+        run = Run(run_id, source, opt_outs=self._opt_outs())
         if checkpoint is None:
             return run, {}
         run.totals = checkpoint.get("totals", {})
         run.dead = DeadLetters.from_json(self.bucket.find_json(f"{DEAD_LETTER_PREFIX}{run_id}.json"))
         return run, checkpoint
+
+    def _opt_outs(self) -> frozenset[str]:
+        """Return the user ids of the opt-out list in the bucket (one per line, optional `user_id` header)."""
+        data = self.bucket.find_bytes(self.settings.opt_out_key)
+        if data is None:
+            return frozenset()
+        lines = (line.strip().strip('"') for line in data.decode("utf-8", errors="replace").splitlines())
+        return frozenset(line for line in lines if line and line != "user_id")
 
     def _checkpoint(self, run: Run, done: int, extra: dict[str, Any]) -> None:
         if run.dead:
@@ -611,16 +662,6 @@ def _state_write(uid: str, row: np.ndarray, run_id: str, expected: int, applied:
         expected=expected,
         applied=applied,
     )
-
-
-def _already_claimed(old: dict[str, Any], claimed_now: list[str], message_id: str, run_id: str) -> bool:
-    """Return True when this message was claimed before: sent, or to be sent by the run that claimed it.
-
-    The one exception is this run's own claim still pending: a redo after a crash sends it (same id).
-    """
-    if old.get("contact_message_id") == message_id:
-        return not (old.get("contact_status") == PENDING and old.get("contact_run_id") == run_id)
-    return message_id in claimed_now
 
 
 def _by_target(user_ids: list[str], targets: dict[str, float]) -> dict[float, list[int]]:

@@ -1,34 +1,40 @@
-"""Default retention playbook: risk tier x value tier x top reason decides the action."""
+"""Retention playbook: risk tier x value tier x top reason decides the action; who is held out; contact limits.
+
+The playbook is a versioned JSON file (default: chalicelib/playbooks/default.json, or PLAYBOOK_FILE),
+checked against schemas/playbook.schema.json when it is loaded, so a broken playbook stops a deployment
+with a message naming the file and the place, not a user's message half-way through a run.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-# What each reason calls for: (action type, offer). The design source's rules: a coupon or rebate
-# for price sensitivity, a tutorial for feature difficulty, a service callback for complaints,
-# new-content news for content exhaustion, an exclusive invitation for long silence.
-_BY_REASON: dict[str, tuple[str, str]] = {
-    "inactivity": ("win_back", "exclusive_invitation"),
-    "engagement_drop": ("re_engage", "new_content_digest"),
-    "spend_drop": ("rebate", "loyalty_points_boost"),
-    "complaints": ("service_callback", "priority_service_callback"),
-    "price_sensitivity": ("coupon", "coupon_10pct"),
-    "feature_difficulty": ("tutorial", "guided_tutorial"),
-    "new_user": ("onboarding", "onboarding_tips"),
-}
-_DEFAULT_REASON = "inactivity"
-_PRIORITY = {("high", "high"): 1, ("high", "medium"): 2, ("medium", "high"): 2, ("high", "low"): 3}
+from chalicelib.errors import InputError
+from chalicelib.json_schemas import validator
+
+DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "default.json"
+SCHEMA_FILE = "playbook.schema.json"
+
+
+class PlaybookError(InputError):
+    """A playbook file that cannot be used."""
 
 
 @dataclass(frozen=True)
 class Action:
-    """A retention action: what to do, through which channel, with which offer."""
+    """A retention action: what to do, through which channel, with which offer and message template."""
 
     code: str
     type: str
     channel: str
     offer: str
     priority: int
+    template: str
 
     def to_message(self) -> dict[str, object]:
         """Return the action object of a retention message."""
@@ -37,25 +43,100 @@ class Action:
         return out
 
 
-def choose_action(risk_tier: str, value_tier: str, reasons: list[str]) -> Action | None:
-    """Return the action for a user, or None when their risk does not call for one."""
-    if risk_tier == "low":
-        return None
-    reason = _DEFAULT_REASON
-    for code in reasons:
-        if code in _BY_REASON:
-            reason = code
-            break
-    action_type, offer = _BY_REASON[reason]
-    priority = _PRIORITY.get((risk_tier, value_tier), 4)
-    if risk_tier == "high" and value_tier == "high":
-        # High-value users at high risk get a person, one to one, whatever the reason.
-        return Action("account_manager_task", "account_manager_task", "account_manager", offer, priority)
-    if action_type == "service_callback":
-        channel = "sms"
-    elif value_tier == "low":
-        # Low-value users are handled by automated batch pushes to keep the cost down.
-        channel = "push"
-    else:
-        channel = "email"
-    return Action(f"{action_type}_{channel}", action_type, channel, offer, priority)
+@dataclass(frozen=True)
+class ContactPolicy:
+    """Whom not to contact again yet: a cooldown per risk tier, and a cap on messages per run."""
+
+    cooldown_days: dict[str, float]
+    max_messages_per_run: int
+
+    def cooldown_seconds(self, risk_tier: str) -> float:
+        return float(self.cooldown_days.get(risk_tier, 0.0)) * 86400.0
+
+
+class Playbook:
+    """A validated playbook: chooses actions, draws the holdout group, carries the contact policy."""
+
+    def __init__(self, spec: dict[str, Any], source: str) -> None:
+        self.source = source
+        self.spec = spec
+        self.version: str = spec["playbook_version"]
+        self.act_on = frozenset(spec["act_on_risk_tiers"])
+        self.reasons: dict[str, dict[str, str]] = spec["reasons"]
+        self.default_reason: str = spec["default_reason"]
+        self.rules: list[dict[str, Any]] = spec["rules"]
+        self.priority: dict[str, int] = spec["priority"]
+        self.contact_policy = ContactPolicy(
+            cooldown_days=dict(spec["contact_policy"]["cooldown_days"]),
+            max_messages_per_run=int(spec["contact_policy"]["max_messages_per_run"]),
+        )
+        self.holdout_share: dict[str, float] = dict(spec["holdout"]["share"])
+        self.holdout_salt: str = spec["holdout"]["salt"]
+
+    @classmethod
+    def load(cls, path: Path) -> Playbook:
+        """Read and check a playbook file; raise PlaybookError naming the file and what is wrong."""
+        try:
+            spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PlaybookError(f"{path}: cannot read the playbook: {exc.strerror}") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlaybookError(f"{path}: not a JSON playbook: {exc}") from exc
+        return cls.from_spec(spec, str(path))
+
+    @classmethod
+    def from_spec(cls, spec: Any, source: str) -> Playbook:
+        """Check a playbook held in memory; raise PlaybookError naming `source` and what is wrong."""
+        errors = sorted(validator(SCHEMA_FILE).iter_errors(spec), key=lambda e: list(e.absolute_path))
+        if errors:
+            first = errors[0]
+            where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise PlaybookError(f"{source}: {where}: {first.message}{more}")
+        if spec["default_reason"] not in spec["reasons"]:
+            raise PlaybookError(f"{source}: default_reason: {spec['default_reason']!r} is not one of reasons")
+        if spec["rules"][-1]["when"]:
+            raise PlaybookError(f"{source}: rules: the last rule must match everyone (an empty 'when')")
+        return cls(spec, source)
+
+    def choose(self, risk_tier: str, value_tier: str, reasons: list[str]) -> Action | None:
+        """Return the action for a user, or None when their risk tier calls for none."""
+        if risk_tier not in self.act_on:
+            return None
+        reason = next((code for code in reasons if code in self.reasons), self.default_reason)
+        base = self.reasons[reason]
+        then = next(r["then"] for r in self.rules if _matches(r["when"], risk_tier, value_tier, reason))
+        action_type = then.get("type", base["type"])
+        channel = then["channel"]
+        priority = self.priority.get(f"{risk_tier}/{value_tier}", self.priority["default"])
+        return Action(
+            code=then.get("code", f"{action_type}_{channel}"),
+            type=action_type,
+            channel=channel,
+            offer=then.get("offer", base["offer"]),
+            priority=priority,
+            template=then.get("template", base["template"]),
+        )
+
+    def holdout_draw(self, user_id: str) -> float:
+        """Return the user's stable draw in [0, 1): the same on every run while the salt stays."""
+        digest = hashlib.sha256(f"{self.holdout_salt}\x1f{user_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def in_holdout(self, user_id: str, risk_tier: str) -> bool:
+        """Return True when the user is in the holdout share of their risk tier (kept from messages)."""
+        return self.holdout_draw(user_id) < self.holdout_share.get(risk_tier, 0.0)
+
+
+def _matches(when: dict[str, list[str]], risk_tier: str, value_tier: str, reason: str) -> bool:
+    return (
+        risk_tier in when.get("risk_tier", [risk_tier])
+        and value_tier in when.get("value_tier", [value_tier])
+        and reason in when.get("reason", [reason])
+    )
+
+
+@lru_cache(maxsize=8)
+def load_playbook(path: str | None = None) -> Playbook:
+    """Return the playbook at `path` (the packaged default when None), loaded once per container."""
+    return Playbook.load(Path(path) if path else DEFAULT_PLAYBOOK)

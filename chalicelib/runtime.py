@@ -11,6 +11,7 @@ from chalicelib.config import Settings
 from chalicelib.deadline import Deadline
 from chalicelib.model import MODEL_CACHE
 from chalicelib.pipeline import ScoringPipeline
+from chalicelib.playbook import load_playbook
 from chalicelib.scoring import Scorer
 
 
@@ -23,7 +24,7 @@ def get_pipeline() -> ScoringPipeline:
         bucket=BehaviourBucket.create(settings.behaviour_bucket),
         tables=BehaviourTables.create(settings.state_table, settings.risk_table, settings.write_concurrency),
         queues=RetentionQueues.create(settings.queues),
-        scorer=Scorer(MODEL_CACHE.get()),
+        scorer=Scorer(MODEL_CACHE.get(), load_playbook(settings.playbook_file)),
     )
 
 
@@ -35,4 +36,5 @@ def deadline(context: object) -> Deadline:
 def clear() -> None:
     """Drop the cached pipeline and model (a new environment, a new artifact, or a new moto mock)."""
     get_pipeline.cache_clear()
+    load_playbook.cache_clear()
     MODEL_CACHE.clear()

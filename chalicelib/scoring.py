@@ -14,7 +14,7 @@ import numpy as np
 from chalicelib.events import EVENT_TYPES, EventBatch
 from chalicelib.features import FEATURE_NAMES, compute_features
 from chalicelib.model import ChurnModel
-from chalicelib.playbook import Action, choose_action
+from chalicelib.playbook import Action, Playbook, load_playbook
 from chalicelib.reasons import reason_effects, top_reasons
 from chalicelib.state import StateBatch
 from chalicelib.tiers import risk_tiers, value_tiers
@@ -81,10 +81,11 @@ class Scores:
 
 
 class Scorer:
-    """Scores behaviour state with an injected model (tests pass one with a fixed predict_proba)."""
+    """Scores behaviour state with an injected model (tests pass one with a fixed predict_proba) and playbook."""
 
-    def __init__(self, model: ChurnModel) -> None:
+    def __init__(self, model: ChurnModel, playbook: Playbook | None = None) -> None:
         self.model = model
+        self.playbook = playbook or load_playbook()
 
     def score(self, state: StateBatch, as_of: float) -> Scores:
         """Return the scores of every user in `state` as of epoch time `as_of`."""
@@ -102,7 +103,8 @@ class Scorer:
             for i, codes in zip(at_risk, top_reasons(effects)):
                 reasons[i] = codes
         opted_out = features[:, _UNSUBSCRIBED] > 0
-        actions = [None if opted_out[i] else choose_action(risk[i], value[i], reasons[i]) for i in range(len(state))]
+        choose = self.playbook.choose
+        actions = [None if opted_out[i] else choose(risk[i], value[i], reasons[i]) for i in range(len(state))]
         return Scores(
             user_ids=list(state.user_ids),
             as_of=iso_time(as_of),

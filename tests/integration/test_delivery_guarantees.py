@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -177,7 +178,9 @@ def test_overlapping_files_processed_at_once_lose_no_update(aws, small, tmp_path
     assert [s["status"] for s in summaries] == ["succeeded"] * 4
     assert sum(s["delivery"].get("write_conflicts", 0) for s in summaries) > 0  # the runs did race
     assert_same_outcome(aws, sequential)
-    assert_every_user_once_and_every_message_once(aws, small, summaries)
+    bodies = assert_every_user_once_and_every_message_once(aws, small, summaries)
+    # AND the claim on the risk item let only one of the four runs contact each user (the cooldown)
+    assert max(Counter(b["user_id"] for b in bodies).values()) == 1
 
 
 class Budget:

@@ -216,7 +216,12 @@ def test_a_crash_between_send_and_mark_resends_one_batch_under_the_same_ids(
 def test_failures_that_outlive_retries_are_dead_lettered_and_replayed_exactly_once(aws, pipeline, small, tmp_path):
     # GIVEN three users whose state write, risk write and message keep failing after botocore's retries
     scores = pipeline.scorer.score(build_state(small), AS_OF.timestamp())
-    actionable = [u for u, a in zip(scores.user_ids, scores.actions) if a is not None]
+    playbook = pipeline.scorer.playbook
+    actionable = [
+        u
+        for u, a, tier in zip(scores.user_ids, scores.actions, scores.risk_tier)
+        if a is not None and not playbook.in_holdout(u, tier)
+    ]
     state_victim, risk_victim, message_victim = actionable[:3]
     faults = {"on": True}
     tables, sqs = pipeline.tables.client, pipeline.queues.client

@@ -58,8 +58,11 @@ def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, cl
             assert m["body"]["risk_tier"] == tier == risk[m["body"]["user_id"]]["risk_tier"]
             assert m["attributes"]["channel"] == m["body"]["action"]["channel"]
             assert m["attributes"]["value_tier"] == m["body"]["value_tier"]
-    expected = sum(1 for i in risk.values() if i["risk_tier"] != "low" and i["action"])
-    assert sum(summary["messages_sent"].values()) == expected > 0
+    actionable = [i for i in risk.values() if i["risk_tier"] != "low" and i["action"]]
+    held_out = [i for i in actionable if i["holdout"]]
+    assert sum(summary["messages_sent"].values()) == len(actionable) - len(held_out) > 0
+    # AND the holdout got no message but is recorded, and counted
+    assert summary["suppressed"]["holdout"] == len(held_out) > 0
 
     # AND the run summary is in the bucket, with rows that add up
     stored = json.loads(aws.get(f"runs/{summary['run_id']}.json"))

@@ -8,7 +8,7 @@ import pytest
 
 from chalicelib.features import FEATURE_NAMES, REASON_CODES
 from chalicelib.messages import build_message, message_id, validate_message
-from chalicelib.playbook import choose_action
+from chalicelib.playbook import load_playbook
 from chalicelib.reasons import reason_effects, top_reasons
 from chalicelib.tiers import fit_value_thresholds, risk_tiers, value_tiers
 
@@ -52,12 +52,12 @@ def test_value_falls_back_to_activity_when_nobody_buys():
     ],
 )
 def test_default_playbook_rules(risk, value, reasons, expected):
-    action = choose_action(risk, value, reasons)
+    action = load_playbook().choose(risk, value, reasons)
     assert (action.type, action.channel, action.offer) == expected
 
 
 def test_low_risk_users_get_no_action():
-    assert choose_action("low", "high", ["complaints"]) is None
+    assert load_playbook().choose("low", "high", ["complaints"]) is None
 
 
 def test_reason_with_biggest_effect_comes_first():
@@ -87,11 +87,12 @@ def _message(**over):
         value_tier="low",
         churn_probability=0.8,
         reasons=["inactivity"],
-        action=choose_action("high", "low", ["inactivity"]),
+        action=load_playbook().choose("high", "low", ["inactivity"]),
         model_version="m1",
         as_of="2026-06-01T00:00:00Z",
         run_id="r1",
         source="schedule",
+        playbook_version="p1",
     )
     args.update(over)
     return build_message(**args)

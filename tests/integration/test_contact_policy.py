@@ -1,0 +1,95 @@
+"""Contact policy on moto: cooldown, opt-out list, cap per run and the holdout, enforced on the risk items."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from chalicelib.events import SECONDS_PER_DAY
+from chalicelib.playbook import DEFAULT_PLAYBOOK, Playbook
+from chalicelib.state import build_state
+from tests.integration.conftest import AS_OF, csv_bytes, make_pipeline
+
+T0 = AS_OF.timestamp()
+
+
+def _messages(aws) -> list[dict]:
+    return [m["body"] for tier in ("high", "medium") for m in aws.drain(tier)]
+
+
+def _scored(aws, pipeline, small, tmp_path) -> tuple[dict, list[dict]]:
+    aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
+    summary = pipeline.process_object("incoming/a.csv", None, T0)
+    return summary, _messages(aws)
+
+
+def test_no_user_is_contacted_again_within_the_cooldown(aws, small, tmp_path, no_sleep):
+    # GIVEN users messaged by a file's run
+    pipeline = make_pipeline(aws.settings)
+    _, first = _scored(aws, pipeline, small, tmp_path)
+    contacted = {m["user_id"] for m in first}
+
+    # WHEN the schedule re-scores everyone three days later
+    soon = pipeline.run_schedule(T0 + 3 * SECONDS_PER_DAY)
+
+    # THEN none of them gets a second message, and the run counts them as held by the cooldown
+    again = _messages(aws)
+    assert contacted and not contacted & {m["user_id"] for m in again}
+    assert soon["suppressed"]["cooldown"] >= len(contacted & set(small.user_ids)) * 0.5
+
+    # WHEN the schedule runs after the longest cooldown (14 days) has passed for both runs' messages
+    later = pipeline.run_schedule(T0 + 18 * SECONDS_PER_DAY)
+
+    # THEN contacted users still at risk are messaged again
+    assert "cooldown" not in later["suppressed"]
+    assert contacted & {m["user_id"] for m in _messages(aws)}
+
+
+def test_users_on_the_opt_out_list_get_no_message(aws, small, tmp_path, no_sleep):
+    # GIVEN an opt-out list in the bucket naming some users who would be messaged
+    pipeline = make_pipeline(aws.settings)
+    scored = pipeline.scorer.score(build_state(small), T0)
+    would = [u for u, a in zip(scored.user_ids, scored.actions) if a is not None][:8]
+    aws.s3.put_object(
+        Bucket=aws.settings.behaviour_bucket,
+        Key=aws.settings.opt_out_key,
+        Body=("user_id\n" + "\n".join(would) + "\n").encode(),
+    )
+
+    # WHEN a file is scored
+    summary, messages = _scored(aws, pipeline, small, tmp_path)
+
+    # THEN none of them is messaged, their items carry no action, and the run counts them
+    assert not set(would) & {m["user_id"] for m in messages}
+    risk = {i["user_id"]: i for i in aws.items(aws.settings.risk_table)}
+    assert all(risk[u]["action"] == "" for u in would)
+    assert summary["suppressed"]["opted_out"] >= len(would)
+
+
+def test_a_run_sends_no_more_than_its_cap(aws, small, tmp_path, no_sleep):
+    # GIVEN a playbook capping messages at seven a run
+    capped = copy.deepcopy(json.loads(DEFAULT_PLAYBOOK.read_text()))
+    capped["contact_policy"]["max_messages_per_run"] = 7
+    pipeline = make_pipeline(aws.settings)
+    pipeline.scorer.playbook = Playbook.from_spec(capped, "capped")
+
+    # WHEN a file with many actionable users is scored
+    summary, messages = _scored(aws, pipeline, small, tmp_path)
+
+    # THEN seven go out and the rest are counted as held by the cap
+    assert len(messages) == sum(summary["messages_sent"].values()) == 7
+    assert summary["suppressed"]["run_cap"] > 0
+
+
+def test_the_holdout_is_recorded_and_stays_the_same_across_runs(aws, small, tmp_path, no_sleep):
+    pipeline = make_pipeline(aws.settings)
+    playbook = pipeline.scorer.playbook
+    summary, messages = _scored(aws, pipeline, small, tmp_path)
+    pipeline.run_schedule(T0 + 30 * SECONDS_PER_DAY)
+
+    risk = aws.items(aws.settings.risk_table)
+    actionable = [i for i in risk if i["action"] and i["risk_tier"] in ("high", "medium")]
+    held = {i["user_id"] for i in actionable if i["holdout"]}
+    assert held == {i["user_id"] for i in actionable if playbook.in_holdout(i["user_id"], i["risk_tier"])}
+    assert held and not held & {m["user_id"] for m in messages + _messages(aws)}
+    assert summary["suppressed"]["holdout"] > 0
