@@ -32,9 +32,10 @@ def build_message(
     run_id: str,
     source: str,
     playbook_version: str,
+    content: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Return the retention message body for one user."""
-    return {
+    """Return the retention message body for one user (`content`: the rendered text and its locale)."""
+    body = {
         "schema_version": SCHEMA_VERSION,
         "message_id": message_id(user_id, as_of, action.code),
         "user_id": user_id,
@@ -49,6 +50,9 @@ def build_message(
         "source": source,
         "playbook_version": playbook_version,
     }
+    if content is not None:
+        body["content"] = content
+    return body
 
 
 def validate_message(body: dict[str, Any]) -> None:

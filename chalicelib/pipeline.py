@@ -462,11 +462,15 @@ class ScoringPipeline:
                 bodies[uid] = body
             item["contact_ids"] = claimed_now
             item["holdout"] = held.get(uid) == "holdout"
+            if scores.discounted is not None and scores.discounted[i]:
+                item["promotion"] = scores.promotion
             writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
             index[uid] = i
         outcomes = self.tables.put_risks(writes)
         counts: dict[str, Any] = {"users_scored": 0, "risk_tier": {}, "value_tier": {}, "risk_x_value": {}}
         counts.update(actions={}, suppressed={})
+        if scores.promotion is not None:
+            counts["promotion"] = {"name": scores.promotion, "users_discounted": 0}
         for uid, outcome in outcomes.items():
             if outcome == CONFLICT:  # another run wrote this user's risk since we read it: decide again
                 run.count("write_conflicts")
@@ -481,6 +485,8 @@ class ScoringPipeline:
             _bump(counts["risk_tier"], risk)
             _bump(counts["value_tier"], value)
             _bump(counts["risk_x_value"], f"{risk}/{value}")
+            if scores.discounted is not None and scores.discounted[i]:
+                _bump(counts["promotion"], "users_discounted")
             if action is not None:
                 _bump(counts["actions"], action.code)
             elif risk in MESSAGE_TIERS:
@@ -526,6 +532,9 @@ class ScoringPipeline:
         action = scores.actions[i]
         if scores.risk_tier[i] not in MESSAGE_TIERS or action is None:
             return None
+        playbook = self.scorer.playbook
+        locale = playbook.default_locale
+        text = playbook.render(action, locale, scores.user_ids[i], scores.risk_tier[i], scores.value_tier[i])
         body = build_message(
             user_id=scores.user_ids[i],
             risk_tier=scores.risk_tier[i],
@@ -537,7 +546,8 @@ class ScoringPipeline:
             as_of=scores.as_of,
             run_id=run.run_id,
             source=run.source,
-            playbook_version=self.scorer.playbook.version,
+            playbook_version=playbook.version,
+            content={"locale": locale, "text": text},
         )
         validate_message(body)
         return body

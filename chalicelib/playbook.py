@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from chalicelib.json_schemas import validator
 
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "default.json"
 SCHEMA_FILE = "playbook.schema.json"
+# What a message template may say about the user; a template naming anything else is refused at load.
+_SAMPLE = {"user_id": "u1", "offer": "an offer", "reason": "a reason", "risk_tier": "high", "value_tier": "low"}
 
 
 class PlaybookError(InputError):
@@ -35,12 +38,25 @@ class Action:
     offer: str
     priority: int
     template: str
+    reason: str  # the reason code the action answers
 
     def to_message(self) -> dict[str, object]:
         """Return the action object of a retention message."""
         out = asdict(self)
         out.pop("code")
+        out.pop("reason")
         return out
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A promotion period: while it is on, risk driven by `reasons` is discounted before tiering."""
+
+    name: str
+    start: float
+    end: float
+    reasons: tuple[str, ...]
+    risk_discount: float
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,18 @@ class Playbook:
         )
         self.holdout_share: dict[str, float] = dict(spec["holdout"]["share"])
         self.holdout_salt: str = spec["holdout"]["salt"]
+        self.default_locale: str = spec["default_locale"]
+        self.texts: dict[str, dict[str, dict[str, str]]] = spec["texts"]
+        self.promotions = [
+            Promotion(
+                name=p["name"],
+                start=_epoch(p["start"]),
+                end=_epoch(p["end"]),
+                reasons=tuple(p.get("reasons", ["inactivity"])),
+                risk_discount=float(p["risk_discount"]),
+            )
+            for p in spec.get("promotions", [])
+        ]
 
     @classmethod
     def load(cls, path: Path) -> Playbook:
@@ -97,6 +125,14 @@ class Playbook:
             raise PlaybookError(f"{source}: default_reason: {spec['default_reason']!r} is not one of reasons")
         if spec["rules"][-1]["when"]:
             raise PlaybookError(f"{source}: rules: the last rule must match everyone (an empty 'when')")
+        _check_texts(spec, source)
+        for i, promo in enumerate(spec.get("promotions", [])):
+            try:
+                start, end = _epoch(promo["start"]), _epoch(promo["end"])
+            except ValueError as exc:
+                raise PlaybookError(f"{source}: promotions/{i}: {exc}") from exc
+            if end <= start:
+                raise PlaybookError(f"{source}: promotions/{i}: end {promo['end']} is not after start {promo['start']}")
         return cls(spec, source)
 
     def choose(self, risk_tier: str, value_tier: str, reasons: list[str]) -> Action | None:
@@ -116,7 +152,24 @@ class Playbook:
             offer=then.get("offer", base["offer"]),
             priority=priority,
             template=then.get("template", base["template"]),
+            reason=reason,
         )
+
+    def render(self, action: Action, locale: str, user_id: str, risk_tier: str, value_tier: str) -> str:
+        """Return the action's message text in `locale`, filled in with the user's context."""
+        texts = self.texts
+        context = {
+            "user_id": user_id,
+            "offer": texts["offers"][action.offer][locale],
+            "reason": texts["reasons"].get(action.reason, {}).get(locale, action.reason),
+            "risk_tier": texts["tiers"][risk_tier][locale],
+            "value_tier": texts["tiers"][value_tier][locale],
+        }
+        return texts["templates"][action.template][locale].format_map(context)
+
+    def promotion_at(self, as_of: float) -> Promotion | None:
+        """Return the promotion on at epoch time `as_of` (the first listed, if several overlap), or None."""
+        return next((p for p in self.promotions if p.start <= as_of < p.end), None)
 
     def holdout_draw(self, user_id: str) -> float:
         """Return the user's stable draw in [0, 1): the same on every run while the salt stays."""
@@ -126,6 +179,38 @@ class Playbook:
     def in_holdout(self, user_id: str, risk_tier: str) -> bool:
         """Return True when the user is in the holdout share of their risk tier (kept from messages)."""
         return self.holdout_draw(user_id) < self.holdout_share.get(risk_tier, 0.0)
+
+
+def _check_texts(spec: dict[str, Any], source: str) -> None:
+    """Raise PlaybookError unless every template and offer the playbook uses has a text that renders."""
+    texts = spec["texts"]
+    thens = [rule["then"] for rule in spec["rules"]]
+    needed = {
+        "templates": {r["template"] for r in spec["reasons"].values()}
+        | {t["template"] for t in thens if "template" in t},
+        "offers": {r["offer"] for r in spec["reasons"].values()} | {t["offer"] for t in thens if "offer" in t},
+        "reasons": set(spec["reasons"]),
+    }
+    for kind, codes in needed.items():
+        missing = sorted(codes - set(texts[kind]))
+        if missing:
+            raise PlaybookError(f"{source}: texts/{kind}: no text for {', '.join(missing)}")
+    for template, by_locale in texts["templates"].items():
+        for locale, text in by_locale.items():
+            try:
+                text.format_map(_SAMPLE)
+            except KeyError as exc:
+                allowed = ", ".join("{" + k + "}" for k in _SAMPLE)
+                where = f"{source}: texts/templates/{template}/{locale}"
+                raise PlaybookError(f"{where}: unknown placeholder {{{exc.args[0]}}}; use {allowed}") from exc
+            except (IndexError, ValueError) as exc:
+                raise PlaybookError(f"{source}: texts/templates/{template}/{locale}: {exc}") from exc
+
+
+def _epoch(text: str) -> float:
+    """Return an ISO 8601 date-time (UTC when it has no offset) as epoch seconds."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _matches(when: dict[str, list[str]], risk_tier: str, value_tier: str, reason: str) -> bool:

@@ -50,6 +50,8 @@ class Scores:
     actions: list[Action | None]
     opted_out: np.ndarray  # bool: the user unsubscribed, so no message whatever the action
     model_version: str
+    promotion: str | None = None  # the promotion period in force at as_of
+    discounted: np.ndarray | None = None  # bool: the user's tier was set by the promotion's discount
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -102,6 +104,16 @@ class Scorer:
             )
             for i, codes in zip(at_risk, top_reasons(effects)):
                 reasons[i] = codes
+        promotion = self.playbook.promotion_at(as_of)
+        discounted = np.zeros(len(state), dtype=bool)
+        if promotion is not None and at_risk.size:
+            # During a promotion short silence is normal: risk driven by the listed reasons counts for less.
+            top = np.array([r[0] if r else "" for r in reasons])
+            discounted = np.isin(top, promotion.reasons) & (risk != "low")
+            if discounted.any():
+                risk = risk.copy()
+                scaled = probability[discounted] * (1.0 - promotion.risk_discount)
+                risk[discounted] = risk_tiers(scaled, self.model.risk_thresholds)
         opted_out = features[:, _UNSUBSCRIBED] > 0
         choose = self.playbook.choose
         actions = [None if opted_out[i] else choose(risk[i], value[i], reasons[i]) for i in range(len(state))]
@@ -115,6 +127,8 @@ class Scorer:
             actions=actions,
             opted_out=opted_out,
             model_version=self.model.model_version,
+            promotion=promotion.name if promotion is not None else None,
+            discounted=discounted,
         )
 
 

@@ -93,3 +93,24 @@ def test_the_holdout_is_recorded_and_stays_the_same_across_runs(aws, small, tmp_
     assert held == {i["user_id"] for i in actionable if playbook.in_holdout(i["user_id"], i["risk_tier"])}
     assert held and not held & {m["user_id"] for m in messages + _messages(aws)}
     assert summary["suppressed"]["holdout"] > 0
+
+
+def test_a_run_during_a_promotion_says_which_entry_applied(aws, small, tmp_path, no_sleep):
+    # GIVEN a playbook with a promotion around the schedule's time, and users three weeks silent
+    spec = copy.deepcopy(json.loads(DEFAULT_PLAYBOOK.read_text()))
+    at = T0 + 21 * SECONDS_PER_DAY
+    spec["promotions"] = [
+        {"name": "618", "start": "2026-06-15T00:00:00Z", "end": "2026-06-25T00:00:00Z", "risk_discount": 0.5}
+    ]
+    pipeline = make_pipeline(aws.settings)
+    aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
+    pipeline.process_object("incoming/a.csv", None, T0)
+    pipeline.scorer.playbook = Playbook.from_spec(spec, "promo")
+
+    # WHEN the schedule re-scores everyone during it
+    summary = pipeline.run_schedule(at)
+
+    # THEN the summary names the promotion and how many users it moved, and their items say so too
+    promoted = [i for i in aws.items(aws.settings.risk_table) if i.get("promotion") == "618"]
+    assert summary["promotion"] == {"name": "618", "users_discounted": len(promoted)}
+    assert len(promoted) > 0

@@ -35,6 +35,11 @@ def test_the_default_playbook_is_valid_and_versioned():
         (lambda s: s.update(default_reason="boredom"), "default_reason: 'boredom' is not one of reasons"),
         (lambda s: s["rules"].pop(), "rules: the last rule must match everyone"),
         (lambda s: s.update(colour="blue"), "Additional properties are not allowed ('colour' was unexpected)"),
+        (lambda s: s["texts"]["templates"].pop("coupon"), "texts/templates: no text for coupon"),
+        (
+            lambda s: s["texts"]["templates"]["coupon"].update(zh="{name}，您好"),
+            "texts/templates/coupon/zh: unknown placeholder {name}; use {user_id}, {offer}",
+        ),
     ],
 )
 def test_a_broken_playbook_is_refused_naming_the_file_and_place(tmp_path, change, says):
@@ -56,6 +61,7 @@ def test_rules_are_tried_in_order_and_fields_default_to_the_reason(tmp_path):
     spec["rules"].insert(
         0, {"when": {"reason": ["price_sensitivity"]}, "then": {"channel": "sms", "offer": "coupon_20pct"}}
     )
+    spec["texts"]["offers"]["coupon_20pct"] = {"en": "20% off", "zh": "立减20%"}
     playbook = _load(tmp_path, spec)
     action = playbook.choose("medium", "high", ["price_sensitivity", "inactivity"])
     assert (action.code, action.type, action.channel, action.offer, action.template) == (
@@ -87,3 +93,28 @@ def test_a_new_salt_draws_a_new_holdout_group(tmp_path):
     first = {u for u in users if load_playbook().in_holdout(u, "medium")}
     second = {u for u in users if other.in_holdout(u, "medium")}
     assert abs(len(first & second) / len(first) - 0.10) < 0.03  # independent draws overlap by the share
+
+
+@pytest.mark.parametrize(
+    ("locale", "text"),
+    [
+        (
+            "en",
+            "We miss you! You used to be one of our most active members, so here is something just for you: "
+            "an invitation to a members-only event.",
+        ),
+        ("zh", "好久不见，我们很想念您！您曾是我们最活跃的会员之一，特别为您准备了：会员专属活动邀请。"),
+    ],
+)
+def test_message_texts_are_rendered_in_english_and_chinese(locale, text):
+    playbook = load_playbook()
+    action = playbook.choose("high", "low", ["inactivity"])
+    assert playbook.render(action, locale, "u1", "high", "low") == text
+
+
+def test_the_account_manager_brief_names_the_user_and_the_reason():
+    playbook = load_playbook()
+    action = playbook.choose("high", "high", ["complaints"])
+    assert playbook.render(action, "zh", "u42", "high", "high") == (
+        "客户经理简报：用户u42（高价值）流失风险高，主要原因：投诉。建议：优先回电服务。"
+    )
