@@ -167,6 +167,20 @@ class BehaviourTables:
                     _wait(delays, "BatchGetItem UnprocessedKeys")
         return found
 
+    def scan_exposures(self) -> list[dict[str, Any]]:
+        """Return the exposure attributes of every risk item that has one."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.risk_table,
+            "ProjectionExpression": "user_id, exposed_at, exposure_group, exposure_tier, exposure_action, returned_at",
+        }
+        found = []
+        while True:
+            resp = self._call("Scan", self.client.scan, **kwargs)
+            found += [i for i in resp.get("Items", []) if "exposed_at" in i]
+            if "LastEvaluatedKey" not in resp:
+                return found
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     # ---- conditional writes ----------------------------------------------------------------
     def put_states(self, writes: list[StateWrite]) -> dict[str, str]:
         """Write each state if its version is unchanged; return user -> written | conflict | failed."""

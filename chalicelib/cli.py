@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="retry what a run left in its dead-letter record (on the configured AWS)")
     rep.add_argument("run_id", help="the run id from the run summary, e.g. obj-… or sched-…")
 
+    lift = sub.add_parser(
+        "report", help="print win-back rates of messaged users against the holdout, with the lift (configured AWS)"
+    )
+    lift.add_argument("--since", type=_timestamp, default=None, help="only exposures from this date on")
+    lift.add_argument("--as-of", type=_timestamp, default=None, help="judge outcomes as of this time (default now)")
+    lift.add_argument("--horizon-days", type=_positive_float, default=None, help="default: the model's horizon")
+
     ev = sub.add_parser("evaluate", help="print model metrics on a labelled history as JSON")
     ev.add_argument("--model", type=Path, default=None)
     ev.add_argument("--events", type=Path, required=True)
@@ -269,6 +276,13 @@ def cmd_replay(args: argparse.Namespace) -> None:
     print(json.dumps(runtime.get_pipeline().replay(args.run_id), indent=2, default=str))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from chalicelib import runtime
+
+    report = runtime.get_pipeline().lift_report(args.since, args.as_of, args.horizon_days)
+    print(json.dumps(report, indent=2))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from chalicelib.demo import run_demo
 
@@ -287,6 +301,7 @@ COMMANDS = {
     "score": cmd_score,
     "evaluate": cmd_evaluate,
     "replay": cmd_replay,
+    "report": cmd_report,
 }
 
 

@@ -70,6 +70,11 @@ class ChurnModel:
         return {k: float(v) for k, v in self.manifest["risk_thresholds"].items()}
 
     @property
+    def horizon_days(self) -> float:
+        """The churn horizon the model was trained for: the window a win-back is judged over."""
+        return float(self.manifest["training_data"]["horizon_days"])
+
+    @property
     def value_thresholds(self) -> dict[str, Any]:
         return dict(self.manifest["value_thresholds"])
 

@@ -48,6 +48,7 @@ from chalicelib.errors import InputError, UnreadableFileError
 from chalicelib.events import EVENT_TYPES
 from chalicelib.messages import build_message, validate_message
 from chalicelib.observability import logger
+from chalicelib.outcomes import HOLDOUT, TREATED, EventIndex, exposure_from_item, lift_report
 from chalicelib.reader import read_events
 from chalicelib.retry import backoff_delays, sleep
 from chalicelib.scoring import Scorer, Scores, iso_time
@@ -61,6 +62,10 @@ MAX_WRITE_ROUNDS = 8
 FINAL = ("succeeded", "incomplete", "replayed")
 # The message claim on a risk item: carried over when a score replaces the item without a new message.
 CONTACT_ATTRS = ("contact_message_id", "contact_status", "contact_run_id", "contact_claimed_at", "contact_as_of")
+# The user's latest exposure (message sent, or withheld as holdout) and when they came back after it.
+EXPOSURE_ATTRS = ("exposed_at", "exposure_group", "exposure_tier", "exposure_action", "returned_at")
+CLOSED_PREFIX = "outcomes/closed/"
+LIFT_REPORT_KEY = "reports/lift.json"
 
 
 def object_run_id(bucket: str, key: str, etag: str) -> str:
@@ -110,6 +115,8 @@ class Run:
     totals: dict[str, Any] = field(default_factory=dict)
     dead: DeadLetters = field(default_factory=DeadLetters)
     opt_outs: frozenset[str] = frozenset()
+    events: EventIndex | None = None  # the file's events, to see who came back after an exposure
+    closed: list[dict[str, Any]] = field(default_factory=list)  # exposures replaced by newer ones
 
     def add(self, counts: dict[str, Any]) -> None:
         _add_counts(self.totals, counts)
@@ -220,6 +227,7 @@ class ScoringPipeline:
         summary["chunks"] = n_chunks
 
         run, checkpoint = self._resume(run_id, source)
+        run.events = EventIndex(events)
         done = int(checkpoint.get("done", 0))
         if done:
             summary["resumed_after_chunks"] = done
@@ -285,7 +293,20 @@ class ScoringPipeline:
         summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
         self._settle(run, summary)
         self.bucket.checkpoint_delete(run_id)
+        # Once a day is enough for the lift report: it scans the whole risk table.
+        self.bucket.put_json(LIFT_REPORT_KEY, self.lift_report(as_of=at))
+        summary["lift_report"] = f"s3://{self.bucket.bucket}/{LIFT_REPORT_KEY}"
         return self._finish(summary, started)
+
+    # ---- did retention work? -------------------------------------------------------------------
+    def lift_report(
+        self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None
+    ) -> dict[str, Any]:
+        """Return win-back rates of treated and holdout users, per risk tier and action, with the lift."""
+        exposures = [e for item in self.bucket.list(CLOSED_PREFIX) for e in self.bucket.get_json(item.key)]
+        exposures += [exposure_from_item(item) for item in self.tables.scan_exposures()]
+        horizon = horizon_days if horizon_days is not None else self.scorer.model.horizon_days
+        return lift_report(exposures, horizon, self.clock() if as_of is None else as_of, since)
 
     # ---- finishing a run that left dead letters ------------------------------------------------
     def replay(self, run_id: str) -> dict[str, Any]:
@@ -297,6 +318,7 @@ class ScoringPipeline:
             raise InputError(f"s3://{self.bucket.bucket}/{key}: run {run_id} has nothing left to replay")
         left = DeadLetters.from_json(record)
         run = Run(run_id, "replay", opt_outs=self._opt_outs())
+        run.closed = self.bucket.find_json(f"{CLOSED_PREFIX}{run_id}.json") or []
         for (mode, as_of), entries in _group_users(left.users).items():
             users = [e["user_id"] for e in entries]
             if mode == "score":
@@ -310,6 +332,7 @@ class ScoringPipeline:
         if run.dead:
             self._settle(run, summary)
         else:
+            self._save_closed(run)
             self.bucket.delete(key)
             summary["status"] = "replayed"
         stored_run = self.bucket.find_json(f"{RUNS_PREFIX}{run_id}.json") or {"run_id": run_id}
@@ -424,6 +447,7 @@ class ScoringPipeline:
         scored_at = iso_time(self.clock())
         writes, bodies, index = [], {}, {}
         held: dict[str, str] = {}  # user -> why an actionable user gets no message
+        replaced: dict[str, dict[str, Any]] = {}  # user -> the exposure a new one replaces
         for i, row in enumerate(scores.rows()):
             uid = scores.user_ids[i]
             old = stored.get(uid, {})
@@ -439,7 +463,10 @@ class ScoringPipeline:
             item = risk_item(row, run_id=run.run_id, scored_at=scored_at, source=run.source)
             item["scored_state_version"] = basis
             item["playbook_version"] = self.scorer.playbook.version
-            item.update({k: old[k] for k in CONTACT_ATTRS if k in old})
+            item.update({k: old[k] for k in (*CONTACT_ATTRS, *EXPOSURE_ATTRS) if k in old})
+            returned = self._returned(run, old)
+            if returned is not None:
+                item["returned_at"] = returned
             # Message ids embed as_of, and a stored as_of never moves back: ids of older times cannot recur.
             claimed_now = list(old.get("contact_ids", [])) if old_as_of == scores.as_of else []
             body = self._message(run, scores, i)
@@ -462,6 +489,17 @@ class ScoringPipeline:
                 bodies[uid] = body
             item["contact_ids"] = claimed_now
             item["holdout"] = held.get(uid) == "holdout"
+            group = HOLDOUT if item["holdout"] else (TREATED if uid in bodies else None)
+            if group is not None and old.get("exposed_at") != scores.as_of:
+                if "exposed_at" in item:
+                    replaced[uid] = exposure_from_item(item)
+                item.pop("returned_at", None)
+                item.update(
+                    exposed_at=scores.as_of,
+                    exposure_group=group,
+                    exposure_tier=scores.risk_tier[i],
+                    exposure_action=scores.actions[i].code,
+                )
             if scores.discounted is not None and scores.discounted[i]:
                 item["promotion"] = scores.promotion
             writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
@@ -498,7 +536,20 @@ class ScoringPipeline:
             if uid in bodies:
                 claimed[risk].append((uid, bodies[uid]))
                 _bump(counts, "messages_claimed")
+            if uid in replaced:
+                run.closed.append(replaced[uid])
         run.add(counts)
+
+    @staticmethod
+    def _returned(run: Run, old: dict[str, Any]) -> str | None:
+        """Return when the user first came back after their exposure, counting this file's events too."""
+        if run.events is None or "exposed_at" not in old:
+            return old.get("returned_at")
+        first = run.events.first_after(old["user_id"], _epoch(old["exposed_at"]))
+        if first is None:
+            return old.get("returned_at")
+        seen = iso_time(first)
+        return min(seen, old["returned_at"]) if old.get("returned_at") else seen
 
     def _why_not(
         self, run: Run, old: dict[str, Any], claimed_now: list[str], body: dict[str, Any], claimed_here: int
@@ -518,11 +569,12 @@ class ScoringPipeline:
         if mid in claimed_now:
             return "duplicate"
         playbook = self.scorer.playbook
-        if playbook.in_holdout(uid, tier):
-            return "holdout"
-        last = old.get("contact_as_of")
+        # The holdout keeps the same cadence as the treated: a withheld message starts a cooldown too.
+        last = old.get("exposed_at") or old.get("contact_as_of")
         if last and _epoch(body["as_of"]) - _epoch(last) < playbook.contact_policy.cooldown_seconds(tier):
             return "cooldown"
+        if playbook.in_holdout(uid, tier):
+            return "holdout"
         if run.totals.get("messages_claimed", 0) + claimed_here >= playbook.contact_policy.max_messages_per_run:
             return "run_cap"
         return None
@@ -591,6 +643,7 @@ class ScoringPipeline:
             return run, {}
         run.totals = checkpoint.get("totals", {})
         run.dead = DeadLetters.from_json(self.bucket.find_json(f"{DEAD_LETTER_PREFIX}{run_id}.json"))
+        run.closed = self.bucket.find_json(f"{CLOSED_PREFIX}{run_id}.json") or []
         return run, checkpoint
 
     def _opt_outs(self) -> frozenset[str]:
@@ -601,7 +654,13 @@ class ScoringPipeline:
         lines = (line.strip().strip('"') for line in data.decode("utf-8", errors="replace").splitlines())
         return frozenset(line for line in lines if line and line != "user_id")
 
+    def _save_closed(self, run: Run) -> None:
+        """Keep the exposures this run replaced, with their outcomes, for the lift report."""
+        if run.closed:
+            self.bucket.put_json(f"{CLOSED_PREFIX}{run.run_id}.json", run.closed)
+
     def _checkpoint(self, run: Run, done: int, extra: dict[str, Any]) -> None:
+        self._save_closed(run)
         if run.dead:
             self.bucket.put_json(f"{DEAD_LETTER_PREFIX}{run.run_id}.json", run.dead.to_json(run.run_id))
         record = {"run_id": run.run_id, "done": done, "totals": run.totals, "at": iso_time(self.clock()), **extra}
@@ -610,6 +669,7 @@ class ScoringPipeline:
 
     def _settle(self, run: Run, summary: dict[str, Any]) -> None:
         """Mark the run succeeded, or keep what failed as a dead-letter record and mark it incomplete."""
+        self._save_closed(run)
         delivery = summary.setdefault("delivery", {})
         delivery["dead_lettered"] = {"users": len(run.dead.users), "messages": len(run.dead.messages)}
         if not run.dead:
