@@ -207,10 +207,10 @@ def _show_landed(settings: Any, s3: Any) -> None:
         o["Key"] for o in s3.list_objects_v2(Bucket=settings.behaviour_bucket, Prefix="rejected/").get("Contents", [])
     ]
     _print("bucket", {"run summaries": runs, "rejected-row files": rejected})
+    if rejected:
+        print(s3.get_object(Bucket=settings.behaviour_bucket, Key=rejected[0])["Body"].read().decode())
     lift = json.loads(s3.get_object(Bucket=settings.behaviour_bucket, Key="reports/lift.json")["Body"].read())
     _print(
         "lift report (reports/lift.json; outcomes resolve once the 30-day horizon has passed)",
         {"as_of": lift["as_of"], "all users": lift["rows"][0] if lift["rows"] else None},
     )
-    if rejected:
-        print(s3.get_object(Bucket=settings.behaviour_bucket, Key=rejected[0])["Body"].read().decode())

@@ -33,6 +33,7 @@ def build_message(
     source: str,
     playbook_version: str,
     content: dict[str, str] | None = None,
+    segment: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return the retention message body for one user (`content`: the rendered text and its locale)."""
     body = {
@@ -52,6 +53,8 @@ def build_message(
     }
     if content is not None:
         body["content"] = content
+    if segment is not None:
+        body["segment"] = segment
     return body
 
 

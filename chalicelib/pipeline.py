@@ -502,6 +502,9 @@ class ScoringPipeline:
                 )
             if scores.discounted is not None and scores.discounted[i]:
                 item["promotion"] = scores.promotion
+            segment = _segment(scores, i)
+            if segment is not None:
+                item["rfm_segment"], item["activity_cluster"] = segment["rfm"], segment["activity"]
             writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
             index[uid] = i
         outcomes = self.tables.put_risks(writes)
@@ -600,6 +603,7 @@ class ScoringPipeline:
             source=run.source,
             playbook_version=playbook.version,
             content={"locale": locale, "text": text},
+            segment=_segment(scores, i),
         )
         validate_message(body)
         return body
@@ -732,6 +736,12 @@ def _state_write(uid: str, row: np.ndarray, run_id: str, expected: int, applied:
         expected=expected,
         applied=applied,
     )
+
+
+def _segment(scores: Scores, i: int) -> dict[str, str] | None:
+    if scores.segment is None or scores.activity is None:
+        return None
+    return {"rfm": str(scores.segment[i]), "activity": str(scores.activity[i])}
 
 
 def _by_target(user_ids: list[str], targets: dict[str, float]) -> dict[float, list[int]]:

@@ -16,6 +16,7 @@ from chalicelib.features import FEATURE_NAMES, compute_features
 from chalicelib.model import ChurnModel
 from chalicelib.playbook import Action, Playbook, load_playbook
 from chalicelib.reasons import reason_effects, top_reasons
+from chalicelib.segments import activity_clusters, rfm_segments
 from chalicelib.state import StateBatch
 from chalicelib.tiers import risk_tiers, value_tiers
 
@@ -52,6 +53,8 @@ class Scores:
     model_version: str
     promotion: str | None = None  # the promotion period in force at as_of
     discounted: np.ndarray | None = None  # bool: the user's tier was set by the promotion's discount
+    segment: np.ndarray | None = None  # RFM segment names (None: the artifact predates segments)
+    activity: np.ndarray | None = None  # activity cluster: high / medium / low
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -129,7 +132,14 @@ class Scorer:
             model_version=self.model.model_version,
             promotion=promotion.name if promotion is not None else None,
             discounted=discounted,
+            **self._segments(features),
         )
+
+    def _segments(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        spec = self.model.manifest.get("segments")
+        if spec is None:
+            return {}
+        return {"segment": rfm_segments(features, spec), "activity": activity_clusters(features, spec)}
 
 
 # An event type that made up at least this share of the training log is a signal the model relies on.

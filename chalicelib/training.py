@@ -18,6 +18,7 @@ from chalicelib.features import FEATURE_NAMES, compute_features
 from chalicelib.metrics import classification_metrics, tier_performance
 from chalicelib.model import MANIFEST_FILE, MODEL_FILE, ChurnModel, library_versions, sha256_of
 from chalicelib.scoring import iso_time
+from chalicelib.segments import fit_segments
 from chalicelib.state import LAYOUT_ID, build_state, col
 from chalicelib.tiers import capacity_thresholds, expected_value_thresholds, fit_value_thresholds
 
@@ -342,6 +343,7 @@ def train(
         "tier_policy": tier_inputs,
         "tier_performance": tier_performance(y_val, p_val, thresholds),
         "value_thresholds": fit_value_thresholds(latest.features),
+        "segments": fit_segments(latest.features, seed),
         "reference_features": {
             name: float(v) for name, v in zip(FEATURE_NAMES, np.median(latest.features[latest.labels == 0], axis=0))
         },

@@ -16,6 +16,7 @@ from chalicelib.features import compute_features
 from chalicelib.lambda_events import scheduled
 from chalicelib.messages import validate_message
 from chalicelib.scoring import SCORE_COLUMNS
+from chalicelib.segments import SEGMENTS
 from chalicelib.state import StateBatch, build_state
 from tests.integration.conftest import AS_OF, csv_bytes, gz_truncated
 
@@ -47,6 +48,7 @@ def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, cl
         assert 0 <= float(item["churn_probability"]) <= 1
         assert item["risk_tier"] in ("high", "medium", "low")
         assert item["as_of"] == "2026-06-01T00:00:00Z"
+        assert item["rfm_segment"] in SEGMENTS and item["activity_cluster"] in ("high", "medium", "low")
     assert len(aws.items(aws.settings.state_table)) == len(population.user_ids)
 
     # AND one valid message per actionable high/medium user, in the queue of their tier
@@ -58,6 +60,9 @@ def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, cl
             assert m["body"]["risk_tier"] == tier == risk[m["body"]["user_id"]]["risk_tier"]
             assert m["attributes"]["channel"] == m["body"]["action"]["channel"]
             assert m["attributes"]["value_tier"] == m["body"]["value_tier"]
+            stored = risk[m["body"]["user_id"]]
+            assert m["body"]["segment"] == {"rfm": stored["rfm_segment"], "activity": stored["activity_cluster"]}
+            assert m["body"]["content"]["locale"] == "en" and m["body"]["content"]["text"]
     actionable = [i for i in risk.values() if i["risk_tier"] != "low" and i["action"]]
     held_out = [i for i in actionable if i["holdout"]]
     assert sum(summary["messages_sent"].values()) == len(actionable) - len(held_out) > 0
