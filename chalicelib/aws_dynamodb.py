@@ -57,6 +57,7 @@ class StoredStates:
     batch: StateBatch
     versions: dict[str, int] = field(default_factory=dict)
     applied: dict[str, list[str]] = field(default_factory=dict)
+    locales: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class StateWrite:
     run_id: str
     expected: int  # 0: the user has no stored state yet
     applied: list[str]
+    locale: tuple[float, str] | None = None  # (time, locale) of the user's latest row naming one
 
     @property
     def version(self) -> int:
@@ -206,6 +208,8 @@ class BehaviourTables:
             "state_version": w.version,
             "applied_runs": w.applied,
         }
+        if w.locale is not None:
+            item["locale_at"], item["locale"] = Decimal(str(w.locale[0])), w.locale[1]
         return self._put(self.state_table, item, "state_version", w.expected)
 
     def _put_risk(self, w: RiskWrite) -> str:
@@ -315,11 +319,22 @@ class BehaviourTables:
 
 
 _STATE_ATTRS = frozenset(
-    {"state", "state_layout", "first_seen", "last_seen", "events", "state_run_id", "state_version", "applied_runs"}
+    {
+        "state",
+        "state_layout",
+        "first_seen",
+        "last_seen",
+        "events",
+        "state_run_id",
+        "state_version",
+        "applied_runs",
+        "locale",
+        "locale_at",
+    }
 )
 _STATE_PROJECTION = {
-    "ProjectionExpression": "user_id, #s, state_layout, state_version, applied_runs",
-    "ExpressionAttributeNames": {"#s": "state"},
+    "ProjectionExpression": "user_id, #s, state_layout, state_version, applied_runs, #locale, locale_at",
+    "ExpressionAttributeNames": {"#s": "state", "#locale": "locale"},
 }
 
 
@@ -329,6 +344,7 @@ def _stored(items: list[dict[str, Any]]) -> StoredStates:
         batch=StateBatch.from_blobs(ids, [_blob(i) for i in items]),
         versions={i["user_id"]: int(i.get("state_version", 0)) for i in items},
         applied={i["user_id"]: list(i.get("applied_runs", [])) for i in items},
+        locales={i["user_id"]: (float(i["locale_at"]), i["locale"]) for i in items if "locale" in i},
     )
 
 

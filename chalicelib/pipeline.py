@@ -116,6 +116,8 @@ class Run:
     dead: DeadLetters = field(default_factory=DeadLetters)
     opt_outs: frozenset[str] = frozenset()
     events: EventIndex | None = None  # the file's events, to see who came back after an exposure
+    file_locales: dict[str, tuple[float, str]] = field(default_factory=dict)  # from the file's locale column
+    locales: dict[str, str] = field(default_factory=dict)  # locale of the users being scored now
     closed: list[dict[str, Any]] = field(default_factory=list)  # exposures replaced by newer ones
 
     def add(self, counts: dict[str, Any]) -> None:
@@ -228,6 +230,7 @@ class ScoringPipeline:
 
         run, checkpoint = self._resume(run_id, source)
         run.events = EventIndex(events)
+        run.file_locales = events.locales
         done = int(checkpoint.get("done", 0))
         if done:
             summary["resumed_after_chunks"] = done
@@ -280,6 +283,7 @@ class ScoringPipeline:
                 self._checkpoint(run, pages_done, {"scan_key": page_start})
                 raise RunInterrupted(run_id, pages_done, None)
             deadline.start_chunk()
+            run.locales = {uid: loc[1] for uid, loc in stored.locales.items()}
             self._score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, at))
             deadline.end_chunk()
             pages_done += 1
@@ -323,6 +327,7 @@ class ScoringPipeline:
             users = [e["user_id"] for e in entries]
             if mode == "score":
                 stored = self.tables.get_states(users)
+                run.locales = {uid: loc[1] for uid, loc in stored.locales.items()}
                 self._score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, as_of))
             else:
                 rows = np.stack([np.frombuffer(base64.b64decode(e["delta"]), dtype="<f8") for e in entries])
@@ -356,6 +361,7 @@ class ScoringPipeline:
         pending = {uid: rows[i] for i, uid in enumerate(users)}
         final: dict[str, np.ndarray] = {}
         versions: dict[str, int] = {}
+        locales: dict[str, str] = {}
         delays = backoff_delays()
         now = self.clock()
         for _ in range(MAX_WRITE_ROUNDS):
@@ -371,18 +377,27 @@ class ScoringPipeline:
                 if applied_runs.was_applied(applied, run.run_id):
                     run.count("duplicates_suppressed", "state")
                     final[uid], versions[uid] = base[j], version
+                    if uid in stored.locales:
+                        locales[uid] = stored.locales[uid][1]
                     del pending[uid]
                     continue
                 new_list = applied_runs.record(
                     applied, run.run_id, now, self.settings.applied_runs_keep, self.settings.applied_runs_max_age
                 )
-                writes.append(_state_write(uid, merged[j], run.run_id, version, new_list))
+                # The latest row naming a locale wins, whichever file it came in: the order does not matter.
+                known = [
+                    loc for loc in (run.file_locales.get(uid), None if snapshot else stored.locales.get(uid)) if loc
+                ]
+                locale = max(known) if known else None
+                writes.append(_state_write(uid, merged[j], run.run_id, version, new_list, locale))
                 rows_of[uid] = merged[j]
             outcomes = self.tables.put_states(writes)
             for w in writes:
                 outcome = outcomes[w.user_id]
                 if outcome == WRITTEN:
                     final[w.user_id], versions[w.user_id] = rows_of[w.user_id], w.version
+                    if w.locale is not None:
+                        locales[w.user_id] = w.locale[1]
                     run.add({"users_new": int(w.expected == 0)})
                 elif outcome == FAILED:
                     run.dead.add_user(w.user_id, as_of, pending[w.user_id], snapshot)
@@ -397,6 +412,7 @@ class ScoringPipeline:
             run.dead.add_user(uid, as_of, row, snapshot)
         ordered = [uid for uid in users if uid in final]
         values = np.stack([final[uid] for uid in ordered]) if ordered else empty_rows(0)
+        run.locales = locales
         return StateBatch(ordered, values), versions
 
     def _score_deliver(
@@ -423,6 +439,7 @@ class ScoringPipeline:
             # Read the users' freshest state and score them again, as of the newest time seen.
             sleep(next(delays, 0.0))
             stored = self.tables.get_states(list(again))
+            run.locales.update({uid: loc[1] for uid, loc in stored.locales.items()})
             batch, targets = stored.batch, {uid: again[uid] for uid in stored.batch.user_ids}
             versions = {**versions, **stored.versions}
         else:
@@ -588,7 +605,7 @@ class ScoringPipeline:
         if scores.risk_tier[i] not in MESSAGE_TIERS or action is None:
             return None
         playbook = self.scorer.playbook
-        locale = playbook.default_locale
+        locale = run.locales.get(scores.user_ids[i], playbook.default_locale)
         text = playbook.render(action, locale, scores.user_ids[i], scores.risk_tier[i], scores.value_tier[i])
         body = build_message(
             user_id=scores.user_ids[i],
@@ -724,7 +741,9 @@ class ScoringPipeline:
         return summary
 
 
-def _state_write(uid: str, row: np.ndarray, run_id: str, expected: int, applied: list[str]) -> StateWrite:
+def _state_write(
+    uid: str, row: np.ndarray, run_id: str, expected: int, applied: list[str], locale: tuple[float, str] | None
+) -> StateWrite:
     events = int(row[[col(f"count_{t}") for t in EVENT_TYPES]].sum())
     return StateWrite(
         user_id=uid,
@@ -735,6 +754,7 @@ def _state_write(uid: str, row: np.ndarray, run_id: str, expected: int, applied:
         run_id=run_id,
         expected=expected,
         applied=applied,
+        locale=locale,
     )
 
 

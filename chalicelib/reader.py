@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from chalicelib.errors import UnreadableFileError
-from chalicelib.events import MAX_USER_ID_LENGTH, REQUIRED_COLUMNS, TYPE_CODE, EventBatch, type_code
+from chalicelib.events import MAX_USER_ID_LENGTH, REQUIRED_COLUMNS, TYPE_CODE, EventBatch, locale_code, type_code
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
@@ -353,6 +353,8 @@ class _Builder:
         self._reorder = False
         self._pending: list[tuple[int, str, str, Mapping[str, object] | None]] = []
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._locales: dict[str, tuple[float, str]] = {}
+        self._locale_of_raw: dict[str, str | None] = {}
 
     def reject(self, line: int, reason: str, detail: str, fields: Mapping[str, object] | None) -> None:
         """Count a rejected row; it is written at the next flush, so the reject file stays in line order."""
@@ -374,6 +376,7 @@ class _Builder:
         types: list[str],
         values: list[object] | None,
         lines: np.ndarray,
+        locales: list[str | None] | None = None,
     ) -> None:
         """Validate one chunk of rows (columns of raw fields, None for an absent value) and keep the good."""
         n = len(users)
@@ -416,6 +419,21 @@ class _Builder:
         value = np.where(codes == _REFUND, np.abs(value), value) + 0.0  # + 0.0 turns -0.0 into 0.0
         self._parts.append((index, seconds, codes.astype(np.int8), value))
         self.accepted += int(index.shape[0])
+        if locales is not None:
+            kept = locales if accepted.all() else [locales[i] for i in np.flatnonzero(accepted).tolist()]
+            self._note_locales(index, seconds, kept)
+
+    def _note_locales(self, index: np.ndarray, seconds: np.ndarray, raws: list[str | None]) -> None:
+        """Keep each user's locale from their latest row that names a known one (the larger on a tie)."""
+        known = self._locale_of_raw
+        codes = [known.setdefault(r, locale_code(r)) if r else None for r in raws]
+        rows = [i for i, c in enumerate(codes) if c is not None]
+        if not rows:
+            return
+        for i in rows:
+            uid, seen = self.user_ids[index[i]], (float(seconds[i]), codes[i])
+            if uid not in self._locales or seen > self._locales[uid]:
+                self._locales[uid] = seen  # type: ignore[assignment]
 
     def _detail(self, reason: str, fields: Mapping[str, object]) -> str:
         """Return the human explanation of a field-level reject."""
@@ -524,7 +542,9 @@ class _Builder:
             renumber[order] = np.arange(order.shape[0], dtype=np.int32)
             user_ids = [user_ids[i] for i in order.tolist()]
             index = renumber[index]
-        return EventBatch(user_ids=user_ids, user_index=index, time=times, type_code=codes, value=values)
+        return EventBatch(
+            user_ids=user_ids, user_index=index, time=times, type_code=codes, value=values, locales=self._locales
+        )
 
 
 def _all_plain_ids(raws: list[str]) -> bool:
@@ -796,6 +816,7 @@ class _Layout:
     time: int
     type: int
     value: int | None
+    locale: int | None = None
 
     @property
     def min_fields(self) -> int:
@@ -815,7 +836,7 @@ def _layout(header: str, source: str, line: int) -> _Layout:
     for delimiter in _DELIMITERS:
         names = [name.strip().lower() for name in next(csv.reader([header], delimiter=delimiter), [])]
         if all(column in names for column in REQUIRED_COLUMNS):
-            for column in (*REQUIRED_COLUMNS, "value"):
+            for column in (*REQUIRED_COLUMNS, "value", "locale"):
                 if names.count(column) > 1:
                     raise UnreadableFileError(source, f"column {column!r} appears more than once in the header", line)
             return _Layout(
@@ -825,6 +846,7 @@ def _layout(header: str, source: str, line: int) -> _Layout:
                 time=names.index("event_time"),
                 type=names.index("event_type"),
                 value=names.index("value") if "value" in names else None,
+                locale=names.index("locale") if "locale" in names else None,
             )
         if sum(c in names for c in REQUIRED_COLUMNS) > sum(c in best for c in REQUIRED_COLUMNS) or not best:
             best = names
@@ -920,8 +942,9 @@ class _CsvReader:
         layout = self.layout
         width = layout.ncols
         values = None if layout.value is None else [v or None for v in flat[layout.value :: width]]
+        locales = None if layout.locale is None else flat[layout.locale :: width]
         self.builder.add(
-            flat[layout.user :: width], flat[layout.time :: width], flat[layout.type :: width], values, lines
+            flat[layout.user :: width], flat[layout.time :: width], flat[layout.type :: width], values, lines, locales
         )
 
     def _quoted(self, data: bytes, first: int) -> None:
@@ -1090,6 +1113,7 @@ class _JsonReader:
         times = list(map(dict.get, objects, repeat("event_time")))
         types = list(map(dict.get, objects, repeat("event_type")))
         values = list(map(dict.get, objects, repeat("value")))
+        locales = [v if isinstance(v, str) else None for v in map(dict.get, objects, repeat("locale"))]
         n = len(objects)
         if (None in users or None in times or None in types or None in values) and not all(
             map(_FIELD_SET.issuperset, objects)
@@ -1107,7 +1131,7 @@ class _JsonReader:
         kinds = set(map(type, users)) | set(map(type, times)) | set(map(type, types))
         value_kinds = set(map(type, values))
         if kinds <= {str} and value_kinds <= {int, float, str, type(None)} and bool not in value_kinds:
-            self.builder.add(users, times, types, values, lines)  # type: ignore[arg-type]
+            self.builder.add(users, times, types, values, lines, locales)  # type: ignore[arg-type]
             return
         keep = []
         for i in range(n):
@@ -1128,6 +1152,7 @@ class _JsonReader:
             [types[i] for i in keep],  # type: ignore[misc]
             [values[i] for i in keep],
             lines[keep],
+            [locales[i] for i in keep],
         )
 
 

@@ -6,6 +6,7 @@ import copy
 import json
 
 from chalicelib.events import SECONDS_PER_DAY
+from chalicelib.generate import write_event_log
 from chalicelib.playbook import DEFAULT_PLAYBOOK, Playbook
 from chalicelib.state import build_state
 from tests.integration.conftest import AS_OF, csv_bytes, make_pipeline
@@ -65,6 +66,11 @@ def test_users_on_the_opt_out_list_get_no_message(aws, small, tmp_path, no_sleep
     assert all(risk[u]["action"] == "" for u in would)
     assert summary["suppressed"]["opted_out"] >= len(would)
 
+    # AND a later run, past every cooldown, still leaves them alone
+    later = pipeline.run_schedule(T0 + 30 * SECONDS_PER_DAY)
+    assert not set(would) & {m["user_id"] for m in _messages(aws)}
+    assert later["suppressed"]["opted_out"] >= len(would)
+
 
 def test_a_run_sends_no_more_than_its_cap(aws, small, tmp_path, no_sleep):
     # GIVEN a playbook capping messages at seven a run
@@ -114,3 +120,30 @@ def test_a_run_during_a_promotion_says_which_entry_applied(aws, small, tmp_path,
     promoted = [i for i in aws.items(aws.settings.risk_table) if i.get("promotion") == "618"]
     assert summary["promotion"] == {"name": "618", "users_discounted": len(promoted)}
     assert len(promoted) > 0
+
+
+def test_messages_speak_the_locale_of_the_users_latest_row_whatever_the_file_order(aws, small, tmp_path, no_sleep):
+    # GIVEN users whose log says English early and Chinese later, in two files landing in either order
+    pipeline = make_pipeline(aws.settings)
+    path = tmp_path / "events.csv"
+    write_event_log(small, path)
+    body = path.read_text().splitlines()
+    rows = body[1:]
+    header = body[0] + ",locale\n"
+    early = header + "".join(f"{r},en-GB\n" for r in rows if r.split(",")[1] <= "2026-05-01")
+    late = header + "".join(f"{r},zh-CN\n" for r in rows if r.split(",")[1] > "2026-05-01")
+    aws.land("incoming/late.csv", late.encode())
+    pipeline.process_object("incoming/late.csv", None, T0)
+    aws.land("incoming/early.csv", early.encode())
+    pipeline.process_object("incoming/early.csv", None, T0)
+
+    # THEN the stored locale is the latest row's, and the messages are rendered in it
+    states = {i["user_id"]: i for i in aws.items(aws.settings.state_table)}
+    latest = {
+        r.split(",")[0]: "zh" if r.split(",")[1] > "2026-05-01" else "en"
+        for r in sorted(rows, key=lambda r: r.split(",")[1])
+    }
+    assert {u: s["locale"] for u, s in states.items()} == latest
+    messages = _messages(aws)
+    assert messages and all(m["content"]["locale"] == latest[m["user_id"]] for m in messages)
+    assert any(m["content"]["locale"] == "zh" and "您" in m["content"]["text"] for m in messages)

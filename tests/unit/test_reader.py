@@ -807,3 +807,34 @@ def test_read_result_and_errors_survive_a_process_boundary():
         3,
         "f.csv.gz:3: corrupt gzip",
     )
+
+
+def test_a_locale_column_gives_each_user_the_locale_of_their_latest_row():
+    # rows out of time order; unknown locales and empty cells are ignored, not rejected
+    text = (
+        "user_id,event_time,event_type,value,locale\n"
+        "u1,2026-01-02,login,,zh_CN\n"
+        "u1,2026-01-01,login,,en-US\n"
+        "u2,2026-01-01,login,,fr\n"
+        "u3,2026-01-01,login,,\n"
+        "u4,2026-01-03,login,,EN\n"
+    )
+    result = read_events(io.BytesIO(text.encode()), "events.csv")
+    assert result.rows_accepted == 5
+    assert {u: loc for u, (_, loc) in result.events.locales.items()} == {"u1": "zh", "u4": "en"}
+
+
+def test_json_lines_carry_a_locale_too():
+    lines = (
+        '{"user_id": "u1", "event_time": "2026-01-01", "event_type": "login", "locale": "zh-Hans"}\n'
+        '{"user_id": "u2", "event_time": "2026-01-01", "event_type": "login", "locale": 5}\n'
+    )
+    result = read_events(io.BytesIO(lines.encode()), "events.jsonl")
+    assert result.rows_accepted == 2
+    assert {u: loc for u, (_, loc) in result.events.locales.items()} == {"u1": "zh"}
+
+
+def test_a_repeated_locale_column_makes_the_file_unreadable():
+    text = "user_id,event_time,event_type,locale,locale\nu1,2026-01-01,login,en,zh\n"
+    with pytest.raises(UnreadableFileError, match="column 'locale' appears more than once"):
+        read_events(io.BytesIO(text.encode()), "events.csv")
