@@ -27,6 +27,8 @@ class Settings:
     state_table: str
     queue_high: str
     queue_medium: str
+    # Where account-manager tasks go; None: to the queue of their risk tier, marked by the channel attribute.
+    queue_account_manager: str | None = None
     # Files younger than this are left to their own S3 trigger by the schedule's sweep.
     sweep_min_age_seconds: float = 900.0
     # Events later than the file's landing time by more than this are rejected as future-dated.
@@ -50,8 +52,11 @@ class Settings:
 
     @property
     def queues(self) -> dict[str, str]:
-        """Return queue name by risk tier (only tiers that get messages)."""
-        return {"high": self.queue_high, "medium": self.queue_medium}
+        """Return queue name by destination: the actionable risk tiers, and account-manager tasks if routed apart."""
+        queues = {"high": self.queue_high, "medium": self.queue_medium}
+        if self.queue_account_manager:
+            queues["account_manager"] = self.queue_account_manager
+        return queues
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +88,7 @@ class Settings:
             state_table=env.get("STATE_TABLE") or env["RISK_TABLE"],
             queue_high=env["QUEUE_HIGH"],
             queue_medium=env["QUEUE_MEDIUM"],
+            queue_account_manager=env.get("QUEUE_ACCOUNT_MANAGER") or None,
             sweep_min_age_seconds=min_age,
             future_tolerance_seconds=tolerance,
             max_decompressed_bytes=max_inflated,

@@ -249,7 +249,7 @@ class ScoringPipeline:
         summary["as_of"] = iso_time(as_of)
         for name in ("users_new", "users_scored"):
             summary.setdefault(name, 0)
-        summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
+        summary.setdefault("messages_sent", dict.fromkeys(self.queues.queue_names, 0))
         summary["model_version"] = self.scorer.model.model_version
         self._settle(run, summary)
         # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
@@ -294,7 +294,7 @@ class ScoringPipeline:
         summary["as_of"] = iso_time(at)
         summary["model_version"] = self.scorer.model.model_version
         summary.setdefault("users_scored", 0)
-        summary.setdefault("messages_sent", dict.fromkeys(MESSAGE_TIERS, 0))
+        summary.setdefault("messages_sent", dict.fromkeys(self.queues.queue_names, 0))
         self._settle(run, summary)
         self.bucket.checkpoint_delete(run_id)
         # Once a day is enough for the lift report: it scans the whole risk table.
@@ -425,7 +425,7 @@ class ScoringPipeline:
     ) -> None:
         """Score users, write each score unless a newer one is stored, then send and confirm their messages."""
         retries_before = self._retries() if retries_before is None else retries_before
-        claimed: dict[str, list[tuple[str, dict[str, Any]]]] = {tier: [] for tier in MESSAGE_TIERS}
+        claimed: dict[str, list[tuple[str, dict[str, Any]]]] = {dest: [] for dest in self.queues.queue_names}
         delays = backoff_delays()
         for _ in range(MAX_WRITE_ROUNDS):
             if not len(batch):
@@ -554,7 +554,9 @@ class ScoringPipeline:
                 if held[uid] == "duplicate":
                     run.count("duplicates_suppressed", "messages")
             if uid in bodies:
-                claimed[risk].append((uid, bodies[uid]))
+                # Account-manager tasks go to their own queue when one is configured; the rest to the tier's.
+                manager = bodies[uid]["action"]["channel"] == "account_manager" and "account_manager" in claimed
+                claimed["account_manager" if manager else risk].append((uid, bodies[uid]))
                 _bump(counts, "messages_claimed")
             if uid in replaced:
                 run.closed.append(replaced[uid])
@@ -606,7 +608,10 @@ class ScoringPipeline:
             return None
         playbook = self.scorer.playbook
         locale = run.locales.get(scores.user_ids[i], playbook.default_locale)
-        text = playbook.render(action, locale, scores.user_ids[i], scores.risk_tier[i], scores.value_tier[i])
+        segment = _segment(scores, i)
+        text = playbook.render(
+            action, locale, scores.user_ids[i], scores.risk_tier[i], scores.value_tier[i], segment and segment["rfm"]
+        )
         body = build_message(
             user_id=scores.user_ids[i],
             risk_tier=scores.risk_tier[i],
@@ -620,13 +625,13 @@ class ScoringPipeline:
             source=run.source,
             playbook_version=playbook.version,
             content={"locale": locale, "text": text},
-            segment=_segment(scores, i),
+            segment=segment,
         )
         validate_message(body)
         return body
 
     def _send(self, run: Run, tier: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        """Send claimed messages a batch at a time, marking each batch sent at once; keep what SQS never took."""
+        """Send claimed messages to a destination's queue a batch at a time, marking each batch sent at once."""
         run.add({"messages_sent": {tier: 0}})
         for start in range(0, len(entries), SQS_BATCH):
             batch = entries[start : start + SQS_BATCH]

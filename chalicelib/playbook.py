@@ -21,7 +21,14 @@ from chalicelib.json_schemas import validator
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "default.json"
 SCHEMA_FILE = "playbook.schema.json"
 # What a message template may say about the user; a template naming anything else is refused at load.
-_SAMPLE = {"user_id": "u1", "offer": "an offer", "reason": "a reason", "risk_tier": "high", "value_tier": "low"}
+_SAMPLE = {
+    "user_id": "u1",
+    "segment": "a segment",
+    "offer": "an offer",
+    "reason": "a reason",
+    "risk_tier": "high",
+    "value_tier": "low",
+}
 
 
 class PlaybookError(InputError):
@@ -155,11 +162,15 @@ class Playbook:
             reason=reason,
         )
 
-    def render(self, action: Action, locale: str, user_id: str, risk_tier: str, value_tier: str) -> str:
+    def render(
+        self, action: Action, locale: str, user_id: str, risk_tier: str, value_tier: str, segment: str | None = None
+    ) -> str:
         """Return the action's message text in `locale`, filled in with the user's context."""
         texts = self.texts
+        segment = segment or "unknown"
         context = {
             "user_id": user_id,
+            "segment": texts.get("segments", {}).get(segment, {}).get(locale, segment.replace("_", " ")),
             "offer": texts["offers"][action.offer][locale],
             "reason": texts["reasons"].get(action.reason, {}).get(locale, action.reason),
             "risk_tier": texts["tiers"][risk_tier][locale],

@@ -98,6 +98,10 @@ class Aws:
                 out.append({"body": json.loads(m["Body"]), "attributes": attrs})
                 self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
+    def drain_all(self) -> list[dict[str, Any]]:
+        """Receive every message of every queue; return the bodies."""
+        return [m["body"] for destination in self.settings.queues for m in self.drain(destination)]
+
     def keys(self, prefix: str) -> list[str]:
         resp = self.s3.list_objects_v2(Bucket=self.settings.behaviour_bucket, Prefix=prefix)
         return [o["Key"] for o in resp.get("Contents", [])]
@@ -214,7 +218,7 @@ def assert_every_user_once_and_every_message_once(aws, batch, summaries=()):
     np.testing.assert_allclose(stored.values, expected.values, rtol=1e-12)  # counts exact: nothing merged twice
     for uid, risk in risks.items():
         assert risk["scored_state_version"] == states[uid]["state_version"]
-    bodies = [m["body"] for tier in ("high", "medium") for m in aws.drain(tier)]
+    bodies = aws.drain_all()
     ids = Counter(b["message_id"] for b in bodies)
     assert bodies and ids.most_common(1)[0][1] == 1
     claimed = {r["contact_message_id"] for r in risks.values() if "contact_message_id" in r}

@@ -15,7 +15,7 @@ T0 = AS_OF.timestamp()
 
 
 def _messages(aws) -> list[dict]:
-    return [m["body"] for tier in ("high", "medium") for m in aws.drain(tier)]
+    return aws.drain_all()
 
 
 def _scored(aws, pipeline, small, tmp_path) -> tuple[dict, list[dict]]:

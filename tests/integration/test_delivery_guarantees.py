@@ -117,7 +117,7 @@ def test_a_late_file_never_rolls_a_score_back_or_sends_a_stale_message(aws, smal
     aws.land("incoming/early.csv", csv_bytes(early, tmp_path))
     pipeline.process_object("incoming/early.csv", None, end - 2 * HOUR)
     pipeline.run_schedule(end + SECONDS_PER_DAY)
-    aws.drain("high"), aws.drain("medium")
+    aws.drain_all()
 
     # WHEN a file that landed before the schedule is processed only now
     aws.land("incoming/late.csv", csv_bytes(late, tmp_path))
@@ -130,7 +130,7 @@ def test_a_late_file_never_rolls_a_score_back_or_sends_a_stale_message(aws, smal
     for uid in late.user_ids:
         assert risk[uid]["scored_state_version"] == 2  # the early file, then the late one
     # AND no message carries the late file's older as_of
-    messages = [m["body"] for tier in ("high", "medium") for m in aws.drain(tier)]
+    messages = aws.drain_all()
     assert all(m["as_of"] == "2026-06-02T00:00:00Z" for m in messages)
 
 
@@ -237,7 +237,7 @@ def test_the_schedule_checkpoints_its_scan_and_a_redelivered_schedule_does_nothi
     pipeline = make_pipeline(aws.settings)
     aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
     pipeline.process_object("incoming/a.csv", None, AS_OF.timestamp())
-    aws.drain("high"), aws.drain("medium")
+    aws.drain_all()
     at = AS_OF.timestamp() + 7 * SECONDS_PER_DAY
     with pytest.raises(RunInterrupted):
         pipeline.run_schedule(at, Deadline(Budget(2)))
@@ -252,5 +252,5 @@ def test_the_schedule_checkpoints_its_scan_and_a_redelivered_schedule_does_nothi
     assert again["status"] == "duplicate"
     _, risk = outcome(aws)
     assert {i["as_of"] for i in risk.values()} == {"2026-06-08T00:00:00Z"}
-    messages = [m["body"] for tier in ("high", "medium") for m in aws.drain(tier)]
+    messages = aws.drain_all()
     assert len(messages) == len({m["message_id"] for m in messages}) == sum(summary["messages_sent"].values())

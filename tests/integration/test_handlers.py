@@ -51,13 +51,17 @@ def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, cl
         assert item["rfm_segment"] in SEGMENTS and item["activity_cluster"] in ("high", "medium", "low")
     assert len(aws.items(aws.settings.state_table)) == len(population.user_ids)
 
-    # AND one valid message per actionable high/medium user, in the queue of their tier
-    for tier in ("high", "medium"):
-        messages = aws.drain(tier)
-        assert len(messages) == summary["messages_sent"][tier]
+    # AND one valid message per actionable high/medium user: account-manager tasks in their own queue,
+    # the rest in the queue of their tier
+    assert summary["messages_sent"]["account_manager"] > 0
+    for destination in ("high", "medium", "account_manager"):
+        messages = aws.drain(destination)
+        assert len(messages) == summary["messages_sent"][destination]
         for m in messages:
             validate_message(m["body"])
+            tier = "high" if destination == "account_manager" else destination
             assert m["body"]["risk_tier"] == tier == risk[m["body"]["user_id"]]["risk_tier"]
+            assert (m["body"]["action"]["channel"] == "account_manager") == (destination == "account_manager")
             assert m["attributes"]["channel"] == m["body"]["action"]["channel"]
             assert m["attributes"]["value_tier"] == m["body"]["value_tier"]
             stored = risk[m["body"]["user_id"]]
@@ -83,8 +87,7 @@ def test_replayed_upload_enqueues_no_duplicate_messages(aws, client, population,
 
     assert again["status"] == "duplicate"
     assert again["run_id"] == first["run_id"]
-    assert len(aws.drain("high")) == first["messages_sent"]["high"]
-    assert len(aws.drain("medium")) == first["messages_sent"]["medium"]
+    assert len(aws.drain_all()) == sum(first["messages_sent"].values())
     np.testing.assert_array_equal(_stored_state(aws).subset(state_before.user_ids).values, state_before.values)
 
 
@@ -135,7 +138,7 @@ def test_schedule_raises_the_risk_of_users_who_went_silent(aws, client, populati
     # GIVEN users scored when their file landed
     _invoke(client, "on_behaviour_file", aws.land("incoming/a.csv", csv_bytes(population, tmp_path)))
     before = {i["user_id"]: float(i["churn_probability"]) for i in aws.items(aws.settings.risk_table)}
-    aws.drain("high"), aws.drain("medium")
+    aws.drain_all()
 
     # WHEN the schedule runs 45 days later and no file arrived meanwhile
     later = AS_OF.timestamp() + 45 * SECONDS_PER_DAY

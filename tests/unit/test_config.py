@@ -16,6 +16,12 @@ def test_defaults_fill_what_the_environment_leaves_out():
     assert (settings.write_concurrency, settings.checkpoint_reserve_seconds) == (16, 20.0)
 
 
+def test_account_manager_tasks_get_their_own_queue_only_when_one_is_named():
+    assert list(Settings.from_env(BASE).queues) == ["high", "medium"]
+    routed = Settings.from_env({**BASE, "QUEUE_ACCOUNT_MANAGER": "qam"})
+    assert routed.queues == {"high": "qh", "medium": "qm", "account_manager": "qam"}
+
+
 def test_delivery_settings_are_read():
     env = {
         **BASE,

@@ -38,7 +38,7 @@ def test_the_default_playbook_is_valid_and_versioned():
         (lambda s: s["texts"]["templates"].pop("coupon"), "texts/templates: no text for coupon"),
         (
             lambda s: s["texts"]["templates"]["coupon"].update(zh="{name}，您好"),
-            "texts/templates/coupon/zh: unknown placeholder {name}; use {user_id}, {offer}",
+            "texts/templates/coupon/zh: unknown placeholder {name}; use {user_id}, {segment}, {offer}",
         ),
     ],
 )
@@ -115,6 +115,9 @@ def test_message_texts_are_rendered_in_english_and_chinese(locale, text):
 def test_the_account_manager_brief_names_the_user_and_the_reason():
     playbook = load_playbook()
     action = playbook.choose("high", "high", ["complaints"])
-    assert playbook.render(action, "zh", "u42", "high", "high") == (
-        "客户经理简报：用户u42（高价值）流失风险高，主要原因：投诉。建议：优先回电服务。"
+    assert playbook.render(action, "zh", "u42", "high", "high", "cant_lose") == (
+        "客户经理简报：用户u42是不能失去的客户（高价值），流失风险高，主要原因：投诉。建议：优先回电服务。"
+    )
+    assert "u42 is a customer we cannot lose (high value)" in playbook.render(
+        action, "en", "u42", "high", "high", "cant_lose"
     )
