@@ -9,7 +9,9 @@ MODEL_DATA := data/train-events.csv.gz
 MODEL_GENERATE := --users 20000 --days 365 --seed 7 --as-of 2026-11-01 --out $(MODEL_DATA)
 MODEL_TRAIN := --events $(MODEL_DATA) --cutoff 2026-10-02 --horizon-days 30 --out model_artifacts
 
-.PHONY: install demo test lint benchmark model clean
+RUNTIME := .venv-runtime
+
+.PHONY: install demo test lint benchmark cold-start model clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +34,18 @@ test: lint
 benchmark: install
 	$(BIN)/python scripts/benchmark.py
 
+# What a Lambda container has: the runtime requirements, boto3 and chalice (pins from requirements-dev.txt).
+$(RUNTIME)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/python -m pip install --quiet -r requirements.txt $$(grep -E '^(boto3|chalice)==' requirements-dev.txt)
+	touch $@
+
+cold-start: install $(RUNTIME)/.installed
+	$(BIN)/python scripts/cold_start.py --python $(RUNTIME)/bin/python
+
 model: install
 	$(BIN)/python -m chalicelib generate $(MODEL_GENERATE)
 	$(BIN)/python -m chalicelib train $(MODEL_TRAIN)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache data
+	rm -rf $(VENV) $(RUNTIME) .pytest_cache .ruff_cache data

@@ -1,0 +1,63 @@
+"""Cold start: a fresh Python process imports `app`, loads the model and scores one user. Prints figures.
+
+Each run is a new interpreter, as a new Lambda container is: nothing is cached but the OS page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = """
+import os, time, json
+t0 = time.perf_counter()
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+import app  # noqa: F401  (the handlers, chalice and the adapters, as Lambda imports them)
+t1 = time.perf_counter()
+from chalicelib.model import MODEL_CACHE
+model = MODEL_CACHE.get()
+t2 = time.perf_counter()
+import numpy as np
+from chalicelib.events import EventBatch, TYPE_CODE
+from chalicelib.scoring import Scorer
+from chalicelib.state import build_state
+events = EventBatch(["u1"], np.zeros(3, dtype=np.int32), np.array([1.78e9, 1.781e9, 1.782e9]),
+                    np.full(3, TYPE_CODE["login"], dtype=np.int8), np.full(3, np.nan))
+scores = Scorer(model).score(build_state(events), 1.79e9)
+t3 = time.perf_counter()
+print(json.dumps({"import_app": t1 - t0, "load_model": t2 - t1, "score_one": t3 - t2, "total": t3 - t0,
+                  "tier": str(scores.risk_tier[0])}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter to measure with; give one whose environment holds only requirements.txt and boto3 "
+        "to see what Lambda sees (dev tools such as pandas, which scikit-learn imports when present, add time)",
+    )
+    args = parser.parse_args()
+    runs = []
+    for _ in range(args.runs):
+        out = subprocess.run([args.python, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    report = {
+        phase: {
+            "median_s": round(statistics.median(r[phase] for r in runs), 3),
+            "max_s": round(max(r[phase] for r in runs), 3),
+        }
+        for phase in ("import_app", "load_model", "score_one", "total")
+    }
+    print(json.dumps({"runs": args.runs, "python": args.python, **report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
