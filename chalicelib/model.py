@@ -45,9 +45,17 @@ def sha256_of(path: Path) -> str:
 
 
 def default_model_dir() -> Path:
-    """Return MODEL_DIR if set, else the first default directory holding a manifest."""
+    """Return MODEL_DIR if set, else the first default directory holding a manifest.
+
+    Inside Lambda only the deployed code's own directory is trusted: loading a joblib file runs pickle,
+    so a model in a writable place (/tmp, a mounted file system) would be a way to run code.
+    """
     if os.environ.get("MODEL_DIR"):
-        return Path(os.environ["MODEL_DIR"])
+        chosen = Path(os.environ["MODEL_DIR"])
+        task_root = os.environ.get("LAMBDA_TASK_ROOT")
+        if task_root and not chosen.resolve().is_relative_to(Path(task_root).resolve()):
+            raise ModelArtifactError(f"MODEL_DIR {chosen} is outside the deployed code ({task_root}); refusing to load")
+        return chosen
     for candidate in _DEFAULT_DIRS:
         if (candidate / MANIFEST_FILE).exists():
             return candidate

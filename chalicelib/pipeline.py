@@ -68,6 +68,20 @@ CLOSED_PREFIX = "outcomes/closed/"
 LIFT_REPORT_KEY = "reports/lift.json"
 
 
+def key_problem(key: str) -> str | None:
+    """Return why an object key is refused (a path trick or a control character), or None when it is fine."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "the key holds a control character"
+    if "\\" in key:
+        return "the key holds a backslash"
+    segments = key.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return "the key has a '.' or '..' path segment"
+    if "" in segments[:-1]:
+        return "the key has an empty path segment"
+    return None
+
+
 def object_run_id(bucket: str, key: str, etag: str) -> str:
     """Return the run id of one object content: the same on every redelivery."""
     return "obj-" + hashlib.sha256(f"{bucket}\x1f{key}\x1f{etag}".encode()).hexdigest()[:20]
@@ -167,6 +181,12 @@ class ScoringPipeline:
         source = f"s3://{self.bucket.bucket}/{key}"
         if not key.startswith(self.settings.incoming_prefix):
             return self._finish({"status": "ignored", "source": source, "why": "outside the incoming prefix"}, started)
+        trick = key_problem(key)
+        if trick is not None:
+            # Keys are copied into other prefixes (rejected/, quarantine/); one that reads as a path elsewhere
+            # is refused before anything is read or written.
+            logger.warning("key refused", extra={"source": source, "why": trick})
+            return self._finish({"status": "refused", "source": source, "why": trick}, started)
         try:
             obj = self.bucket.open(key, version_id)
         except ObjectGoneError as exc:

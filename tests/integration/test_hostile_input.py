@@ -276,3 +276,27 @@ def test_keys_that_s3_url_encodes_are_read_scored_and_rejected_under_their_real_
     # THEN the object is found under its real key and its rejects land beside that name
     _assert_accounted(aws, summary, key, users, scored, ["missing_user_id"])
     assert aws.keys("ledger/") != []
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("incoming/../ledger/x.csv", "'..' path segment"),
+        ("incoming/./x.csv", "'.' or '..' path segment"),
+        ("incoming//x.csv", "empty path segment"),
+        ("incoming/a\\b.csv", "backslash"),
+        ("incoming/a\x07b.csv", "control character"),
+    ],
+)
+def test_keys_with_path_tricks_are_refused_before_anything_is_read(aws, client, key, why):
+    # GIVEN a valid file under a key that would read as a path once copied under rejected/ or quarantine/
+    data, _, _ = _with_bad_row("trick", ",2026-05-10T10:00:00Z,login,")
+    event = aws.land(key, data)
+
+    # WHEN the S3 trigger runs
+    summary = _invoke(client, event)
+
+    # THEN it is refused, saying why, and nothing was scored, written or moved
+    assert summary["status"] == "refused" and why in summary["why"]
+    assert aws.items(aws.settings.risk_table) == []
+    assert aws.keys("rejected/") == aws.keys("quarantine/") == aws.keys("ledger/") == []

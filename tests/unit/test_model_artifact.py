@@ -9,7 +9,7 @@ import pytest
 
 from chalicelib.errors import ModelArtifactError
 from chalicelib.features import FEATURE_NAMES
-from chalicelib.model import MANIFEST_FILE, MODEL_FILE, ModelCache, load_model, sha256_of
+from chalicelib.model import MANIFEST_FILE, MODEL_FILE, ModelCache, default_model_dir, load_model, sha256_of
 from tests.conftest import ROOT
 
 ARTIFACT = ROOT / "model_artifacts"
@@ -50,3 +50,18 @@ def test_model_cache_loads_once_until_cleared():
     assert cache.get(ARTIFACT) is first
     cache.clear()
     assert cache.get(ARTIFACT) is not first
+
+
+def test_inside_lambda_a_model_outside_the_deployed_code_is_refused(tmp_path, monkeypatch):
+    # GIVEN a Lambda container whose code lives in task_root, and a model copied to a writable place
+    task_root = tmp_path / "task"
+    shutil.copytree(ARTIFACT, task_root / "chalicelib" / "model_artifacts")
+    shutil.copytree(ARTIFACT, tmp_path / "tmp-model")
+    monkeypatch.setenv("LAMBDA_TASK_ROOT", str(task_root))
+
+    # THEN pointing MODEL_DIR at the writable copy is refused, at the packaged one it is not
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "tmp-model"))
+    with pytest.raises(ModelArtifactError, match="outside the deployed code"):
+        default_model_dir()
+    monkeypatch.setenv("MODEL_DIR", str(task_root / "chalicelib" / "model_artifacts"))
+    assert default_model_dir() == task_root / "chalicelib" / "model_artifacts"
