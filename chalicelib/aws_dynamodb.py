@@ -121,67 +121,60 @@ class BehaviourTables:
     # ---- reads -----------------------------------------------------------------------------
     def get_states(self, user_ids: list[str]) -> StoredStates:
         """Return the stored state of the given users, read strongly consistent (users never seen are left out)."""
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(user_ids), GET_BATCH):
-            keys = [{"user_id": uid} for uid in user_ids[start : start + GET_BATCH]]
-            request = {self.state_table: {"Keys": keys, "ConsistentRead": True, **_STATE_PROJECTION}}
-            delays = backoff_delays()
-            while request:
-                resp = self._call("BatchGetItem", self.client.batch_get_item, RequestItems=request)
-                for item in resp["Responses"].get(self.state_table, []):
-                    if "state" in item:
-                        found[item["user_id"]] = item
-                request = resp.get("UnprocessedKeys") or {}
-                if request:
-                    self._note_retry("BatchGetItem.UnprocessedKeys")
-                    _wait(delays, "BatchGetItem UnprocessedKeys")
-        return _stored([found[uid] for uid in user_ids if uid in found])
+        found = self._batch_get(self.state_table, user_ids, _STATE_PROJECTION)
+        return _stored([found[uid] for uid in user_ids if "state" in found.get(uid, {})])
 
     def scan_states(
         self, start_key: dict[str, Any] | None = None, page_items: int = 1000
     ) -> Iterator[tuple[StoredStates, dict | None]]:
         """Yield every stored state, a page of at most `page_items` at a time, with the key resuming after it."""
-        kwargs: dict[str, Any] = {"TableName": self.state_table, "Limit": page_items, **_STATE_PROJECTION}
-        if start_key:
-            kwargs["ExclusiveStartKey"] = start_key
-        while True:
-            resp = self._call("Scan", self.client.scan, **kwargs)
-            resume = resp.get("LastEvaluatedKey")
-            yield _stored([i for i in resp.get("Items", []) if "state" in i]), resume
-            if not resume:
-                return
-            kwargs["ExclusiveStartKey"] = resume
+        kwargs = {"TableName": self.state_table, "Limit": page_items, **_STATE_PROJECTION}
+        for items, resume in self._scan_pages(kwargs, start_key):
+            yield _stored([i for i in items if "state" in i]), resume
 
     def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Return the stored risk items of the given users (strongly consistent; users without one left out)."""
+        found = self._batch_get(self.risk_table, user_ids, {})
+        return {uid: {k: v for k, v in item.items() if k not in _STATE_ATTRS} for uid, item in found.items()}
+
+    def scan_exposures(self) -> list[dict[str, Any]]:
+        """Return the exposure attributes of every risk item that has one."""
+        kwargs = {
+            "TableName": self.risk_table,
+            "ProjectionExpression": "user_id, exposed_at, exposure_group, exposure_tier, exposure_action, returned_at",
+        }
+        return [i for items, _ in self._scan_pages(kwargs) for i in items if "exposed_at" in i]
+
+    def _batch_get(self, table: str, user_ids: list[str], projection: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Return user -> item of one table, 100 keys a call, retrying UnprocessedKeys with backoff."""
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(user_ids), GET_BATCH):
             keys = [{"user_id": uid} for uid in user_ids[start : start + GET_BATCH]]
-            request = {self.risk_table: {"Keys": keys, "ConsistentRead": True}}
+            request = {table: {"Keys": keys, "ConsistentRead": True, **projection}}
             delays = backoff_delays()
             while request:
                 resp = self._call("BatchGetItem", self.client.batch_get_item, RequestItems=request)
-                for item in resp["Responses"].get(self.risk_table, []):
-                    found[item["user_id"]] = {k: v for k, v in item.items() if k not in _STATE_ATTRS}
+                found.update((item["user_id"], item) for item in resp["Responses"].get(table, []))
                 request = resp.get("UnprocessedKeys") or {}
                 if request:
                     self._note_retry("BatchGetItem.UnprocessedKeys")
                     _wait(delays, "BatchGetItem UnprocessedKeys")
         return found
 
-    def scan_exposures(self) -> list[dict[str, Any]]:
-        """Return the exposure attributes of every risk item that has one."""
-        kwargs: dict[str, Any] = {
-            "TableName": self.risk_table,
-            "ProjectionExpression": "user_id, exposed_at, exposure_group, exposure_tier, exposure_action, returned_at",
-        }
-        found = []
+    def _scan_pages(
+        self, kwargs: dict[str, Any], start_key: dict[str, Any] | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], dict | None]]:
+        """Yield the items of each Scan page with the key that resumes after it (None after the last)."""
+        kwargs = dict(kwargs)
+        if start_key:
+            kwargs["ExclusiveStartKey"] = start_key
         while True:
             resp = self._call("Scan", self.client.scan, **kwargs)
-            found += [i for i in resp.get("Items", []) if "exposed_at" in i]
-            if "LastEvaluatedKey" not in resp:
-                return found
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+            resume = resp.get("LastEvaluatedKey")
+            yield resp.get("Items", []), resume
+            if not resume:
+                return
+            kwargs["ExclusiveStartKey"] = resume
 
     # ---- conditional writes ----------------------------------------------------------------
     def put_states(self, writes: list[StateWrite]) -> dict[str, str]:

@@ -38,7 +38,7 @@ class Settings:
     # How many recently merged runs a state item remembers, and for how long (see applied_runs).
     applied_runs_keep: int = 32
     applied_runs_max_age: float = 7 * 86400.0
-    # Conditional writes in flight at once (each is one UpdateItem call).
+    # Conditional writes in flight at once (each one PutItem or UpdateItem call).
     write_concurrency: int = 16
     # Seconds an invocation keeps free at its end to write its checkpoint.
     checkpoint_reserve_seconds: float = 20.0

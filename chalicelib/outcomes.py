@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from chalicelib.events import EventBatch
+from chalicelib.reader import parse_timestamp
 from chalicelib.scoring import iso_time
 
 TREATED, HOLDOUT = "treated", "holdout"
@@ -25,24 +25,36 @@ Z95 = 1.959963984540054
 
 
 class EventIndex:
-    """The event times of each user of a file, sorted, to find a user's first event after a time."""
+    """The event times of each user of a file, sorted, to find a user's first event after a time.
+
+    The sort waits for the first question: most files hold no user with an exposure, and they pay nothing.
+    """
 
     def __init__(self, events: EventBatch) -> None:
-        order = np.lexsort((events.time, events.user_index))
-        self.times = events.time[order]
-        users = events.user_index[order]
-        self.start = np.searchsorted(users, np.arange(len(events.user_ids)), side="left")
-        self.end = np.searchsorted(users, np.arange(len(events.user_ids)), side="right")
+        self.events = events
         self.row = {uid: i for i, uid in enumerate(events.user_ids)}
+        self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def first_after(self, user_id: str, t: float) -> float | None:
         """Return the time of the user's first event strictly after `t`, or None."""
         i = self.row.get(user_id)
         if i is None:
             return None
-        times = self.times[self.start[i] : self.end[i]]
-        k = int(np.searchsorted(times, t, side="right"))
-        return float(times[k]) if k < len(times) else None
+        times, start, end = self._index()
+        own = times[start[i] : end[i]]
+        k = int(np.searchsorted(own, t, side="right"))
+        return float(own[k]) if k < len(own) else None
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._sorted is None:
+            events = self.events
+            order = np.lexsort((events.time, events.user_index))
+            users = events.user_index[order]
+            every = np.arange(len(events.user_ids))
+            starts = np.searchsorted(users, every, side="left")
+            ends = np.searchsorted(users, every, side="right")
+            self._sorted = (events.time[order], starts, ends)
+        return self._sorted
 
 
 def exposure_from_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -59,10 +71,10 @@ def exposure_from_item(item: dict[str, Any]) -> dict[str, Any]:
 
 def outcome(exposure: dict[str, Any], horizon_days: float, as_of: float) -> str:
     """Return `returned`, `lost` (the horizon passed without a return) or `pending`."""
-    start = _epoch(exposure["exposed_at"])
+    start = parse_timestamp(exposure["exposed_at"])
     end = start + horizon_days * 86400.0
     returned = exposure.get("returned_at")
-    if returned and _epoch(returned) <= end:
+    if returned and parse_timestamp(returned) <= end:
         return "returned"
     return "lost" if as_of >= end else "pending"
 
@@ -73,7 +85,7 @@ def lift_report(
     """Return win-back rates of treated against holdout, overall and per risk tier and action."""
     cells: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
     for e in exposures:
-        if since is not None and _epoch(e["exposed_at"]) < since:
+        if since is not None and parse_timestamp(e["exposed_at"]) < since:
             continue
         result = outcome(e, horizon_days, as_of)
         for key in (("all", "all"), (e["risk_tier"], e["action"])):
@@ -125,7 +137,3 @@ def _order(item: tuple[tuple[str, str], Any]) -> tuple[int, str, str]:
 
 def _zero() -> dict[str, int]:
     return {"returned": 0, "lost": 0, "pending": 0}
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

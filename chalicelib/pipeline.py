@@ -49,7 +49,7 @@ from chalicelib.events import EVENT_TYPES
 from chalicelib.messages import build_message, validate_message
 from chalicelib.observability import logger
 from chalicelib.outcomes import HOLDOUT, TREATED, EventIndex, exposure_from_item, lift_report
-from chalicelib.reader import read_events
+from chalicelib.reader import parse_timestamp, read_events
 from chalicelib.retry import backoff_delays, sleep
 from chalicelib.scoring import Scorer, Scores, iso_time
 from chalicelib.state import StateBatch, build_state, col, empty_rows, merge_rows
@@ -495,7 +495,7 @@ class ScoringPipeline:
                     run.count("skipped_as_older")  # the stored score already knows all this one does
                 else:
                     run.count("rescored_at_newer_as_of")  # newer time there, newer state here: use both
-                    again[uid] = max(as_of, _epoch(old_as_of))
+                    again[uid] = max(as_of, parse_timestamp(old_as_of))
                 continue
             item = risk_item(row, run_id=run.run_id, scored_at=scored_at, source=run.source)
             item["scored_state_version"] = basis
@@ -506,7 +506,8 @@ class ScoringPipeline:
                 item["returned_at"] = returned
             # Message ids embed as_of, and a stored as_of never moves back: ids of older times cannot recur.
             claimed_now = list(old.get("contact_ids", [])) if old_as_of == scores.as_of else []
-            body = self._message(run, scores, i)
+            segment = _segment(scores, i)
+            body = self._message(run, scores, i, segment)
             if body is not None:
                 why = self._why_not(run, old, claimed_now, body, len(bodies))
                 if why is not None:
@@ -539,7 +540,6 @@ class ScoringPipeline:
                 )
             if scores.discounted is not None and scores.discounted[i]:
                 item["promotion"] = scores.promotion
-            segment = _segment(scores, i)
             if segment is not None:
                 item["rfm_segment"], item["activity_cluster"] = segment["rfm"], segment["activity"]
             writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
@@ -587,7 +587,7 @@ class ScoringPipeline:
         """Return when the user first came back after their exposure, counting this file's events too."""
         if run.events is None or "exposed_at" not in old:
             return old.get("returned_at")
-        first = run.events.first_after(old["user_id"], _epoch(old["exposed_at"]))
+        first = run.events.first_after(old["user_id"], parse_timestamp(old["exposed_at"]))
         if first is None:
             return old.get("returned_at")
         seen = iso_time(first)
@@ -613,7 +613,9 @@ class ScoringPipeline:
         playbook = self.scorer.playbook
         # The holdout keeps the same cadence as the treated: a withheld message starts a cooldown too.
         last = old.get("exposed_at") or old.get("contact_as_of")
-        if last and _epoch(body["as_of"]) - _epoch(last) < playbook.contact_policy.cooldown_seconds(tier):
+        if last and parse_timestamp(body["as_of"]) - parse_timestamp(last) < playbook.contact_policy.cooldown_seconds(
+            tier
+        ):
             return "cooldown"
         if playbook.in_holdout(uid, tier):
             return "holdout"
@@ -621,14 +623,13 @@ class ScoringPipeline:
             return "run_cap"
         return None
 
-    def _message(self, run: Run, scores: Scores, i: int) -> dict[str, Any] | None:
+    def _message(self, run: Run, scores: Scores, i: int, segment: dict[str, str] | None) -> dict[str, Any] | None:
         """Return the retention message of user `i`, or None when their tier or action calls for none."""
         action = scores.actions[i]
         if scores.risk_tier[i] not in MESSAGE_TIERS or action is None:
             return None
         playbook = self.scorer.playbook
         locale = run.locales.get(scores.user_ids[i], playbook.default_locale)
-        segment = _segment(scores, i)
         text = playbook.render(
             action, locale, scores.user_ids[i], scores.risk_tier[i], scores.value_tier[i], segment and segment["rfm"]
         )
@@ -801,10 +802,6 @@ def _group_users(entries: list[dict[str, Any]]) -> dict[tuple[str, float], list[
     for e in entries:
         out.setdefault((e["mode"], float(e["as_of"])), []).append(e)
     return out
-
-
-def _epoch(iso: str | None) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else 0.0
 
 
 def _bump(counts: dict[str, Any], key: str) -> None:

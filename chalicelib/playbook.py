@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from chalicelib.errors import InputError
 from chalicelib.json_schemas import validator
+from chalicelib.reader import parse_timestamp
 
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "default.json"
 SCHEMA_FILE = "playbook.schema.json"
@@ -100,8 +100,8 @@ class Playbook:
         self.promotions = [
             Promotion(
                 name=p["name"],
-                start=_epoch(p["start"]),
-                end=_epoch(p["end"]),
+                start=parse_timestamp(p["start"]),
+                end=parse_timestamp(p["end"]),
                 reasons=tuple(p.get("reasons", ["inactivity"])),
                 risk_discount=float(p["risk_discount"]),
             )
@@ -135,7 +135,7 @@ class Playbook:
         _check_texts(spec, source)
         for i, promo in enumerate(spec.get("promotions", [])):
             try:
-                start, end = _epoch(promo["start"]), _epoch(promo["end"])
+                start, end = parse_timestamp(promo["start"]), parse_timestamp(promo["end"])
             except ValueError as exc:
                 raise PlaybookError(f"{source}: promotions/{i}: {exc}") from exc
             if end <= start:
@@ -216,12 +216,6 @@ def _check_texts(spec: dict[str, Any], source: str) -> None:
                 raise PlaybookError(f"{where}: unknown placeholder {{{exc.args[0]}}}; use {allowed}") from exc
             except (IndexError, ValueError) as exc:
                 raise PlaybookError(f"{source}: texts/templates/{template}/{locale}: {exc}") from exc
-
-
-def _epoch(text: str) -> float:
-    """Return an ISO 8601 date-time (UTC when it has no offset) as epoch seconds."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _matches(when: dict[str, list[str]], risk_tier: str, value_tier: str, reason: str) -> bool:
