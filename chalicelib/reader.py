@@ -427,10 +427,7 @@ class _Builder:
         """Keep each user's locale from their latest row that names a known one (the larger on a tie)."""
         known = self._locale_of_raw
         codes = [known.setdefault(r, locale_code(r)) if r else None for r in raws]
-        rows = [i for i, c in enumerate(codes) if c is not None]
-        if not rows:
-            return
-        for i in rows:
+        for i in (i for i, c in enumerate(codes) if c is not None):
             uid, seen = self.user_ids[index[i]], (float(seconds[i]), codes[i])
             if uid not in self._locales or seen > self._locales[uid]:
                 self._locales[uid] = seen  # type: ignore[assignment]
@@ -836,7 +833,7 @@ def _layout(header: str, source: str, line: int) -> _Layout:
     for delimiter in _DELIMITERS:
         names = [name.strip().lower() for name in next(csv.reader([header], delimiter=delimiter), [])]
         if all(column in names for column in REQUIRED_COLUMNS):
-            for column in (*REQUIRED_COLUMNS, "value", "locale"):
+            for column in (*REQUIRED_COLUMNS, "value"):
                 if names.count(column) > 1:
                     raise UnreadableFileError(source, f"column {column!r} appears more than once in the header", line)
             return _Layout(
@@ -846,7 +843,8 @@ def _layout(header: str, source: str, line: int) -> _Layout:
                 time=names.index("event_time"),
                 type=names.index("event_type"),
                 value=names.index("value") if "value" in names else None,
-                locale=names.index("locale") if "locale" in names else None,
+                # An optional extra: read when there is exactly one; a repeated one is ignored, as other columns are.
+                locale=names.index("locale") if names.count("locale") == 1 else None,
             )
         if sum(c in names for c in REQUIRED_COLUMNS) > sum(c in best for c in REQUIRED_COLUMNS) or not best:
             best = names

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from chalicelib import runtime
+from chalicelib.bootstrap import ensure_resources
+from chalicelib.config import Settings
 from chalicelib.events import SECONDS_PER_DAY
 from chalicelib.features import compute_features
 from chalicelib.lambda_events import scheduled
@@ -51,17 +53,13 @@ def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, cl
         assert item["rfm_segment"] in SEGMENTS and item["activity_cluster"] in ("high", "medium", "low")
     assert len(aws.items(aws.settings.state_table)) == len(population.user_ids)
 
-    # AND one valid message per actionable high/medium user: account-manager tasks in their own queue,
-    # the rest in the queue of their tier
-    assert summary["messages_sent"]["account_manager"] > 0
-    for destination in ("high", "medium", "account_manager"):
-        messages = aws.drain(destination)
-        assert len(messages) == summary["messages_sent"][destination]
+    # AND one valid message per actionable high/medium user, in the queue of their tier
+    for tier in ("high", "medium"):
+        messages = aws.drain(tier)
+        assert len(messages) == summary["messages_sent"][tier]
         for m in messages:
             validate_message(m["body"])
-            tier = "high" if destination == "account_manager" else destination
             assert m["body"]["risk_tier"] == tier == risk[m["body"]["user_id"]]["risk_tier"]
-            assert (m["body"]["action"]["channel"] == "account_manager") == (destination == "account_manager")
             assert m["attributes"]["channel"] == m["body"]["action"]["channel"]
             assert m["attributes"]["value_tier"] == m["body"]["value_tier"]
             stored = risk[m["body"]["user_id"]]
@@ -273,3 +271,25 @@ def test_run_summary_is_one_structured_log_line(aws, client, population, tmp_pat
     assert line["service"] == "churnguard"
     assert line["summary"]["run_id"] == summary["run_id"]
     assert line["summary"]["rows"] == summary["rows"]
+
+
+def test_account_manager_tasks_go_to_their_own_queue_when_one_is_named(monkeypatch, aws, population, tmp_path):
+    # GIVEN a stage that names a queue for account-manager tasks
+    monkeypatch.setenv("QUEUE_ACCOUNT_MANAGER", "churnguard-account-manager-test")
+    runtime.clear()
+    settings = Settings.from_env()
+    ensure_resources(settings)
+    aws.settings = settings
+    aws.land("incoming/a.csv", csv_bytes(population, tmp_path))
+
+    # WHEN a file is scored
+    summary = runtime.get_pipeline().process_object("incoming/a.csv", None, AS_OF.timestamp())
+
+    # THEN the high-value high-risk users' tasks are in that queue, and only theirs
+    tasks = aws.drain("account_manager")
+    assert len(tasks) == summary["messages_sent"]["account_manager"] > 0
+    assert {(m["body"]["risk_tier"], m["body"]["value_tier"], m["attributes"]["channel"]) for m in tasks} == {
+        ("high", "high", "account_manager")
+    }
+    others = aws.drain("high") + aws.drain("medium")
+    assert others and all(m["attributes"]["channel"] != "account_manager" for m in others)

@@ -834,7 +834,7 @@ def test_json_lines_carry_a_locale_too():
     assert {u: loc for u, (_, loc) in result.events.locales.items()} == {"u1": "zh"}
 
 
-def test_a_repeated_locale_column_makes_the_file_unreadable():
+def test_a_repeated_locale_column_is_ignored_like_any_other_column():
     text = "user_id,event_time,event_type,locale,locale\nu1,2026-01-01,login,en,zh\n"
-    with pytest.raises(UnreadableFileError, match="column 'locale' appears more than once"):
-        read_events(io.BytesIO(text.encode()), "events.csv")
+    result = read_events(io.BytesIO(text.encode()), "events.csv")
+    assert result.rows_accepted == 1 and result.events.locales == {}
