@@ -9,9 +9,16 @@ MODEL_DATA := data/train-events.csv.gz
 MODEL_GENERATE := --users 20000 --days 365 --seed 7 --as-of 2026-11-01 --out $(MODEL_DATA)
 MODEL_TRAIN := --events $(MODEL_DATA) --cutoff 2026-10-02 --horizon-days 30 --out model_artifacts
 
-RUNTIME := .venv-runtime
+# The Lambda runtime's Python (python3.12), to package with and to run the packaged code in tests.
+# Here it comes through pyenv; elsewhere any python3.12 on PATH (PYENV_VERSION is then ignored).
+LAMBDA_PYTHON ?= PYENV_VERSION=3.12.1 python3.12
+PACKAGER := .venv-package
+LAMBDA_ENV := .venv-lambda
+IAC := .venv-iac
+STAGE ?= dev
+PACKAGE_DIR := build/package
 
-.PHONY: install demo test lint benchmark cold-start model clean
+.PHONY: install demo test lint benchmark cold-start model package iac-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,24 +35,52 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(BIN)/python -m pytest
+test: lint package iac-check $(LAMBDA_ENV)/.installed
+	CHURNGUARD_PACKAGE_DIR=$(PACKAGE_DIR) CHURNGUARD_LAMBDA_PYTHON=$(LAMBDA_ENV)/bin/python $(BIN)/python -m pytest
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py
 
-# What a Lambda container has: the runtime requirements, boto3 and chalice (pins from requirements-dev.txt).
-$(RUNTIME)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(RUNTIME)
-	$(RUNTIME)/bin/python -m pip install --quiet -r requirements.txt $$(grep -E '^(boto3|chalice)==' requirements-dev.txt)
+# Packaging runs chalice under the Lambda runtime's Python; chalice imports app.py, so the runtime
+# requirements and boto3 are installed beside it (chalice's own pin from requirements-dev.txt).
+$(PACKAGER)/.installed: requirements.txt requirements-dev.txt
+	rm -rf $(PACKAGER)
+	$(LAMBDA_PYTHON) -m venv $(PACKAGER)
+	$(PACKAGER)/bin/python -m pip install --quiet -r requirements.txt $$(grep -E '^(boto3|chalice)==' requirements-dev.txt)
 	touch $@
 
-cold-start: install $(RUNTIME)/.installed
-	$(BIN)/python scripts/cold_start.py --python $(RUNTIME)/bin/python
+# What a Lambda container adds to the package: the runtime's Python and its boto3.
+$(LAMBDA_ENV)/.installed: requirements-dev.txt
+	rm -rf $(LAMBDA_ENV)
+	$(LAMBDA_PYTHON) -m venv $(LAMBDA_ENV)
+	$(LAMBDA_ENV)/bin/python -m pip install --quiet $$(grep -E '^boto3==' requirements-dev.txt)
+	touch $@
+
+# checkov has a large dependency tree of its own; it lives apart from the project's.
+$(IAC)/.installed: requirements-iac.txt
+	rm -rf $(IAC)
+	$(PYTHON) -m venv $(IAC)
+	$(IAC)/bin/python -m pip install --quiet -r requirements-iac.txt
+	touch $@
+
+# The deployment: build/package holds deployment.zip, the Terraform and terraform.tfvars.json.
+package: $(PACKAGER)/.installed
+	$(PACKAGER)/bin/python scripts/package.py --stage $(STAGE) --out $(PACKAGE_DIR)
+
+# The package's Terraform: `terraform validate` (offline from a provider mirror where there is one; skipped
+# with a notice where terraform is not installed), then checkov's security checks.
+iac-check: install $(IAC)/.installed
+	test -f $(PACKAGE_DIR)/chalice.tf.json || $(MAKE) package
+	$(BIN)/python scripts/terraform_validate.py $(PACKAGE_DIR)
+	$(IAC)/bin/checkov --config-file .checkov.yaml --directory $(PACKAGE_DIR)
+
+# Cold start of the packaged code: a fresh python3.12 with only the package and boto3, as Lambda runs it.
+cold-start: install package $(LAMBDA_ENV)/.installed
+	$(BIN)/python scripts/cold_start.py --python $(LAMBDA_ENV)/bin/python --package build/lambda
 
 model: install
 	$(BIN)/python -m chalicelib generate $(MODEL_GENERATE)
 	$(BIN)/python -m chalicelib train $(MODEL_TRAIN)
 
 clean:
-	rm -rf $(VENV) $(RUNTIME) .pytest_cache .ruff_cache data
+	rm -rf $(VENV) $(PACKAGER) $(LAMBDA_ENV) $(IAC) build .pytest_cache .ruff_cache data

@@ -6,10 +6,14 @@ also list the runs merged into them (so a redo never merges twice); risk items h
 state version they were scored from, and the claim of the last retention message. BatchWriteItem
 takes no conditions, so these are single-item calls, run concurrently: PutItem, or UpdateItem where
 state and risk share one item and a put would wipe the other half.
+
+Both items carry `expires_at`: the user's latest event plus the retention, in epoch seconds, the
+attribute DynamoDB's TTL deletes silent users by.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,12 +27,15 @@ from boto3.dynamodb.types import Binary
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from chalicelib.aws_s3 import BOTO_CONFIG
+from chalicelib.config import DEFAULT_RETENTION_DAYS
 from chalicelib.errors import ChurnGuardError, RetryableError
 from chalicelib.retry import backoff_delays, sleep
 from chalicelib.state import LAYOUT_ID, StateBatch
 
 GET_BATCH = 100
 DEFAULT_CONCURRENCY = 16
+# The attribute the tables' TTL is enabled on (bootstrap and the deployment's Terraform).
+TTL_ATTRIBUTE = "expires_at"
 # Errors that survive botocore's own retries but may clear later: the user goes to the dead-letter record.
 TRANSIENT_CODES = frozenset(
     {
@@ -58,6 +65,7 @@ class StoredStates:
     versions: dict[str, int] = field(default_factory=dict)
     applied: dict[str, list[str]] = field(default_factory=dict)
     locales: dict[str, tuple[float, str]] = field(default_factory=dict)
+    expired: int = 0  # users left out because their expiry had passed (TTL deletes within days, not at once)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class StateWrite:
     blob: bytes
     first_seen: str
     last_seen: str
+    last_event: float  # epoch seconds of the user's latest event: the expiry counts from it
     events: int
     run_id: str
     expected: int  # 0: the user has no stored state yet
@@ -85,6 +94,7 @@ class RiskWrite:
 
     item: dict[str, Any]
     expected: int  # 0: the user has no risk item yet
+    last_event: float  # epoch seconds of the latest event in the state scored: the expiry counts from it
 
     @property
     def user_id(self) -> str:
@@ -95,7 +105,12 @@ class BehaviourTables:
     """Reads behaviour state and writes state and risk items, each under its own condition."""
 
     def __init__(
-        self, resource: Any, state_table: str, risk_table: str, concurrency: int = DEFAULT_CONCURRENCY
+        self,
+        resource: Any,
+        state_table: str,
+        risk_table: str,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retention_seconds: int = DEFAULT_RETENTION_DAYS * 86400,
     ) -> None:
         self.resource = resource
         # Clients are thread-safe, resources are not; the resource's client speaks Python types.
@@ -103,20 +118,27 @@ class BehaviourTables:
         self.state_table = state_table
         self.risk_table = risk_table
         self.concurrency = max(1, concurrency)
+        self.retention_seconds = retention_seconds
         self.calls: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def create(cls, state_table: str, risk_table: str, concurrency: int = DEFAULT_CONCURRENCY) -> BehaviourTables:
+    def create(cls, state_table: str, risk_table: str, concurrency: int, retention_seconds: int) -> BehaviourTables:
         """Return an adapter with a default resource (honours AWS_ENDPOINT_URL)."""
-        return cls(boto3.resource("dynamodb", config=BOTO_CONFIG), state_table, risk_table, concurrency)
+        resource = boto3.resource("dynamodb", config=BOTO_CONFIG)
+        return cls(resource, state_table, risk_table, concurrency, retention_seconds)
 
     @property
     def shared(self) -> bool:
         """True when state and risk live on the same item of one table."""
         return self.state_table == self.risk_table
+
+    def expiry(self, last_event: float) -> int:
+        """Return the epoch second after which a user whose latest event was at `last_event` is forgotten."""
+        # Rounded up: a user is never forgotten before the whole retention has passed.
+        return math.ceil(last_event) + self.retention_seconds
 
     # ---- reads -----------------------------------------------------------------------------
     def get_states(self, user_ids: list[str]) -> StoredStates:
@@ -125,12 +147,17 @@ class BehaviourTables:
         return _stored([found[uid] for uid in user_ids if "state" in found.get(uid, {})])
 
     def scan_states(
-        self, start_key: dict[str, Any] | None = None, page_items: int = 1000
+        self, start_key: dict[str, Any] | None = None, page_items: int = 1000, *, as_of: float
     ) -> Iterator[tuple[StoredStates, dict | None]]:
-        """Yield every stored state, a page of at most `page_items` at a time, with the key resuming after it."""
+        """Yield each page of states not expired at `as_of` (with how many were), and the key resuming after it."""
         kwargs = {"TableName": self.state_table, "Limit": page_items, **_STATE_PROJECTION}
         for items, resume in self._scan_pages(kwargs, start_key):
-            yield _stored([i for i in items if "state" in i]), resume
+            states = [i for i in items if "state" in i]
+            # An item written before expiries existed has none, and stays until a write gives it one.
+            live = [i for i in states if TTL_ATTRIBUTE not in i or i[TTL_ATTRIBUTE] >= as_of]
+            stored = _stored(live)
+            stored.expired = len(states) - len(live)
+            yield stored, resume
 
     def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Return the stored risk items of the given users (strongly consistent; users without one left out)."""
@@ -200,16 +227,24 @@ class BehaviourTables:
             "state_run_id": w.run_id,
             "state_version": w.version,
             "applied_runs": w.applied,
+            TTL_ATTRIBUTE: self.expiry(w.last_event),
         }
         if w.locale is not None:
             item["locale_at"], item["locale"] = Decimal(str(w.locale[0])), w.locale[1]
         return self._put(self.state_table, item, "state_version", w.expected)
 
     def _put_risk(self, w: RiskWrite) -> str:
-        return self._put(self.risk_table, {**w.item, "risk_version": w.expected + 1}, "risk_version", w.expected)
+        item = {**w.item, "risk_version": w.expected + 1, TTL_ATTRIBUTE: self.expiry(w.last_event)}
+        # On a shared item the state write sets the expiry, from state at least as new as the one scored
+        # here (a concurrent run may have merged newer events since): the risk write only fills it in where
+        # it is missing, on an item written before expiries existed, so it can never move it back.
+        keep = (TTL_ATTRIBUTE,) if self.shared else ()
+        return self._put(self.risk_table, item, "risk_version", w.expected, keep)
 
-    def _put(self, table: str, item: dict[str, Any], version_attr: str, expected: int) -> str:
-        """Write `item` if its `version_attr` is still `expected` (absent when 0)."""
+    def _put(
+        self, table: str, item: dict[str, Any], version_attr: str, expected: int, keep: tuple[str, ...] = ()
+    ) -> str:
+        """Write `item` if `version_attr` is still `expected` (0: absent); a shared item takes `keep` only if unset."""
         names = {"#v": version_attr}
         values: dict[str, Any] = {}
         if expected:
@@ -220,7 +255,7 @@ class BehaviourTables:
         kwargs: dict[str, Any] = {"TableName": table, "ConditionExpression": condition}
         try:
             if self.shared:
-                expr, set_names, set_values = _set_expression({k: v for k, v in item.items() if k != "user_id"})
+                expr, set_names, set_values = _set_expression({k: v for k, v in item.items() if k != "user_id"}, keep)
                 self._call(
                     "UpdateItem",
                     self.client.update_item,
@@ -326,8 +361,8 @@ _STATE_ATTRS = frozenset(
     }
 )
 _STATE_PROJECTION = {
-    "ProjectionExpression": "user_id, #s, state_layout, state_version, applied_runs, #locale, locale_at",
-    "ExpressionAttributeNames": {"#s": "state", "#locale": "locale"},
+    "ProjectionExpression": "user_id, #s, state_layout, state_version, applied_runs, #locale, locale_at, #ttl",
+    "ExpressionAttributeNames": {"#s": "state", "#locale": "locale", "#ttl": TTL_ATTRIBUTE},
 }
 
 
@@ -345,11 +380,12 @@ def _code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "")
 
 
-def _set_expression(values: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """Return a SET expression for `values`, with every name and value behind a placeholder."""
+def _set_expression(values: dict[str, Any], keep: tuple[str, ...] = ()) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """Return a SET expression for `values` (those named in `keep` only where absent), all behind placeholders."""
     names = {f"#{k}": k for k in values}
     vals = {f":{k}": v for k, v in values.items()}
-    return "SET " + ", ".join(f"#{k} = :{k}" for k in values), names, vals
+    sets = [f"#{k} = if_not_exists(#{k}, :{k})" if k in keep else f"#{k} = :{k}" for k in values]
+    return "SET " + ", ".join(sets), names, vals
 
 
 def risk_item(row: dict[str, Any], *, run_id: str, scored_at: str, source: str) -> dict[str, Any]:

@@ -23,7 +23,10 @@ TRANSIENT_CODES = frozenset(
         "ServiceUnavailable",
     }
 )
-MAX_BODY_BYTES = 256 * 1024
+# SQS counts a message's body and its attributes' names, types and values against one limit, and the messages
+# of a batch together against the same number. 256 KiB is what every queue accepts (a queue may now be set to
+# take up to 1 MiB, but one at the old default would refuse more).
+MAX_MESSAGE_BYTES = 256 * 1024
 
 
 class RetentionQueues:
@@ -51,11 +54,10 @@ class RetentionQueues:
         """Send messages to the tier's queue; return (how many were accepted, the bodies still failing)."""
         url = self.url(tier) if messages else ""
         sent, failed = 0, []
-        for start in range(0, len(messages), BATCH):
-            batch = messages[start : start + BATCH]
-            left = self._send_batch(url, [_entry(str(i), m) for i, m in enumerate(batch)])
+        for batch in _batches([_entry(str(i), m) for i, m in enumerate(messages)]):
+            left = self._send_batch(url, batch)
             sent += len(batch) - len(left)
-            failed += [batch[int(i)] for i in left]
+            failed += [messages[int(i)] for i in left]
         return sent, failed
 
     def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> list[str]:
@@ -90,16 +92,44 @@ class RetentionQueues:
 
 
 def _entry(entry_id: str, message: dict[str, Any]) -> dict[str, Any]:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-    if len(body.encode()) > MAX_BODY_BYTES:
-        raise ValueError(f"message {message.get('message_id')} is over SQS's {MAX_BODY_BYTES} bytes")
+    """Return the SendMessageBatch entry of a message; raise ValueError if SQS would refuse its size."""
     attrs = {
         "risk_tier": message["risk_tier"],
         "value_tier": message["value_tier"],
         "channel": message["action"]["channel"],
     }
-    return {
+    entry = {
         "Id": entry_id,
-        "MessageBody": body,
+        "MessageBody": json.dumps(message, separators=(",", ":"), ensure_ascii=False),
         "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
     }
+    size = _size(entry)
+    if size > MAX_MESSAGE_BYTES:
+        # Named by its id and size only: the body holds the user's id and message text.
+        raise ValueError(
+            f"message {message.get('message_id')} is {size} bytes with its attributes;"
+            f" SQS takes at most {MAX_MESSAGE_BYTES}"
+        )
+    return entry
+
+
+def _size(entry: dict[str, Any]) -> int:
+    """Return the bytes SQS counts for an entry: the body plus each attribute's name, type and value."""
+    size = len(entry["MessageBody"].encode())
+    for name, attr in entry["MessageAttributes"].items():
+        size += len(name.encode()) + len(attr["DataType"].encode()) + len(attr["StringValue"].encode())
+    return size
+
+
+def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Return the entries in runs of at most BATCH that together stay within MAX_MESSAGE_BYTES."""
+    batches: list[list[dict[str, Any]]] = []
+    total = 0
+    for entry in entries:
+        size = _size(entry)
+        if not batches or len(batches[-1]) == BATCH or total + size > MAX_MESSAGE_BYTES:
+            batches.append([])
+            total = 0
+        batches[-1].append(entry)
+        total += size
+    return batches

@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
+from chalicelib.aws_dynamodb import TTL_ATTRIBUTE
 from chalicelib.aws_s3 import BOTO_CONFIG
 from chalicelib.config import Settings
 
@@ -19,7 +21,7 @@ MESSAGE_RETENTION_SECONDS = 14 * 86400
 
 
 def ensure_resources(settings: Settings | None = None) -> dict[str, Any]:
-    """Create the bucket, tables, queues and dead-letter queues if missing; wait until usable."""
+    """Create the bucket, tables (with TTL on), queues and dead-letter queues if missing; wait until usable."""
     settings = settings or Settings.from_env()
     s3 = boto3.client("s3", config=BOTO_CONFIG)
     dynamodb = boto3.client("dynamodb", config=BOTO_CONFIG)
@@ -28,6 +30,7 @@ def ensure_resources(settings: Settings | None = None) -> dict[str, Any]:
     tables = sorted({settings.state_table, settings.risk_table})
     for table in tables:
         _ensure_table(dynamodb, table)
+        _ensure_ttl(dynamodb, table)
     queues = {tier: _ensure_queue(sqs, name) for tier, name in settings.queues.items()}
     return {"bucket": settings.behaviour_bucket, "tables": tables, "queues": queues}
 
@@ -65,6 +68,26 @@ def _ensure_table(dynamodb: Any, table: str) -> None:
             SSESpecification={"Enabled": True},
         )
     dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 2, "MaxAttempts": 60})
+
+
+def _ensure_ttl(dynamodb: Any, table: str) -> None:
+    """Make DynamoDB delete the table's items once their `expires_at` has passed (the users' retention)."""
+    try:
+        dynamodb.update_time_to_live(
+            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+        )
+    except ClientError as exc:
+        # DynamoDB refuses to enable TTL that is already on (ValidationException): done, if it is on our
+        # attribute (an earlier bootstrap, or one running beside us); not if on another one, or switching off.
+        code = exc.response.get("Error", {}).get("Code")
+        if code != "ValidationException" or _ttl_attribute(dynamodb, table) != TTL_ATTRIBUTE:
+            raise
+
+
+def _ttl_attribute(dynamodb: Any, table: str) -> str | None:
+    """Return the attribute the table's TTL is on (or being turned on for), None when TTL is off."""
+    described = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    return described.get("AttributeName") if described["TimeToLiveStatus"] in ("ENABLED", "ENABLING") else None
 
 
 def _ensure_queue(sqs: Any, name: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,10 @@ from chalicelib.reader import DEFAULT_MAX_DECOMPRESSED_BYTES
 
 DEFAULT_INCOMING_PREFIX = "incoming/"
 DEFAULT_SCHEDULE = "rate(1 day)"
+DEFAULT_RETENTION_DAYS = 730
+# Retention may not be shorter than this: it must outlast, with room to spare, every window the code waits
+# out or measures after a user's last event (the model's outcome horizon, the playbook's cooldowns).
+RETENTION_FLOOR_DAYS = 90
 
 
 class ConfigError(ChurnGuardError):
@@ -45,6 +50,9 @@ class Settings:
     # The playbook file (None: the packaged default) and the S3 key of the opt-out list.
     playbook_file: str | None = None
     opt_out_key: str = "suppression/opt-out.csv"
+    # A user with no event for longer than this is forgotten: their state and risk items carry `expires_at`
+    # (latest event + this, epoch seconds), which DynamoDB TTL deletes them by, and the schedule skips them.
+    retention_seconds: int = DEFAULT_RETENTION_DAYS * 86400
 
     @property
     def snapshot_prefix(self) -> str:
@@ -75,6 +83,7 @@ class Settings:
         max_age_days = _number(env, "APPLIED_RUNS_MAX_AGE_DAYS", 7.0, minimum=1.0)
         concurrency = int(_number(env, "WRITE_CONCURRENCY", 16, minimum=1))
         reserve = _number(env, "CHECKPOINT_RESERVE_SECONDS", 20.0, minimum=0.0)
+        retention_days = _number(env, "RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=RETENTION_FLOOR_DAYS)
         try:
             max_inflated = int(env.get("MAX_DECOMPRESSED_BYTES") or DEFAULT_MAX_DECOMPRESSED_BYTES)
         except ValueError as exc:
@@ -98,6 +107,7 @@ class Settings:
             checkpoint_reserve_seconds=reserve,
             playbook_file=env.get("PLAYBOOK_FILE") or None,
             opt_out_key=env.get("OPT_OUT_KEY") or "suppression/opt-out.csv",
+            retention_seconds=round(retention_days * 86400),
         )
 
 
@@ -108,6 +118,8 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float | 
         value = float(text) if text else float(default)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, not {text!r}") from exc
+    if not math.isfinite(value):  # float() takes "nan" and "inf", and nan passes any minimum
+        raise ConfigError(f"{name} must be a finite number, not {text!r}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be at least {minimum:g}, not {value:g}")
     return value

@@ -12,18 +12,32 @@ class InputError(ChurnGuardError):
 
 
 class UnreadableFileError(InputError):
-    """A behaviour file that cannot be read at all (format, columns, compression)."""
+    """A behaviour file that cannot be read at all (format, columns, compression).
 
-    def __init__(self, source: str, reason: str, line: int | None = None) -> None:
+    `reason` never quotes the file; `detail` holds what does (a header that may be a data row), so logs and
+    run summaries can carry `safe_message` while the operator's copy, `str(error)`, says everything.
+    """
+
+    def __init__(self, source: str, reason: str, line: int | None = None, detail: str | None = None) -> None:
         self.source = source
         self.reason = reason
         self.line = line
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {reason}")
+        self.detail = detail
+        super().__init__(self.safe_message if detail is None else f"{self.safe_message} ({detail})")
 
-    def __reduce__(self) -> tuple[type, tuple[str, str, int | None]]:
+    @property
+    def safe_message(self) -> str:
+        """Return where and why, without the detail that quotes the file."""
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.reason}"
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, int | None, str | None]]:
         # Keeps the error intact when it comes back from a worker process.
-        return (type(self), (self.source, self.reason, self.line))
+        return (type(self), (self.source, self.reason, self.line, self.detail))
+
+
+class InvalidMessageError(ChurnGuardError):
+    """A retention message that breaks its schema: a fault in ChurnGuard, not in the input."""
 
 
 class ModelArtifactError(ChurnGuardError):

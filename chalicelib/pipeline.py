@@ -215,9 +215,11 @@ class ScoringPipeline:
         except UnreadableFileError as exc:
             dest = QUARANTINE_PREFIX + key
             self.bucket.move(key, obj.version_id, dest)
+            # The full text may quote the file (a header-less file's first row); it goes only beside the
+            # quarantined file, while the log and the run summary get the description without it.
             self.bucket.put_json(dest + ".reason.json", {"source": source, "reason": str(exc), "run_id": run_id})
-            summary.update(status="unreadable", reason=str(exc), moved_to=dest)
-            logger.warning("file rejected", extra={"run_id": run_id, "source": source, "reason": str(exc)})
+            summary.update(status="unreadable", reason=exc.safe_message, moved_to=dest)
+            logger.warning("file rejected", extra={"run_id": run_id, "source": source, "reason": exc.safe_message})
             self.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": "unreadable"})
             return self._finish(summary, started)
         finally:
@@ -298,11 +300,13 @@ class ScoringPipeline:
         if pages_done:
             summary["resumed_after_chunks"] = pages_done
         page_start = checkpoint.get("scan_key")
-        for stored, resume in self.tables.scan_states(page_start, CHUNK_USERS):
+        for stored, resume in self.tables.scan_states(page_start, CHUNK_USERS, as_of=at):
             if not deadline.room_for_another():
                 self._checkpoint(run, pages_done, {"scan_key": page_start})
                 raise RunInterrupted(run_id, pages_done, None)
             deadline.start_chunk()
+            # Users past their retention are forgotten, even while TTL has yet to delete their items.
+            run.add({"expired_skipped": stored.expired})
             run.locales = {uid: loc[1] for uid, loc in stored.locales.items()}
             self._score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, at))
             deadline.end_chunk()
@@ -542,7 +546,7 @@ class ScoringPipeline:
                 item["promotion"] = scores.promotion
             if segment is not None:
                 item["rfm_segment"], item["activity_cluster"] = segment["rfm"], segment["activity"]
-            writes.append(RiskWrite(item, int(old.get("risk_version", 0))))
+            writes.append(RiskWrite(item, int(old.get("risk_version", 0)), float(part.values[i, col("last_seen")])))
             index[uid] = i
         outcomes = self.tables.put_risks(writes)
         counts: dict[str, Any] = {"users_scored": 0, "risk_tier": {}, "value_tier": {}, "risk_x_value": {}}
@@ -776,6 +780,7 @@ def _state_write(
         blob=row.astype("<f8").tobytes(),
         first_seen=iso_time(row[col("first_seen")]),
         last_seen=iso_time(row[col("last_seen")]),
+        last_event=float(row[col("last_seen")]),
         events=events,
         run_id=run_id,
         expected=expected,

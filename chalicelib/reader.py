@@ -850,16 +850,19 @@ def _layout(header: str, source: str, line: int) -> _Layout:
             best = names
     missing = ", ".join(column for column in REQUIRED_COLUMNS if column not in best)
     reason = f"header lacks required column(s): {missing}"
+    # What the header holds goes in the detail, kept out of logs: in a file without a header row, the
+    # "header" is a row of behaviour (a user id, a time, a value).
     if header.lstrip().startswith(("{", "[")):
         reason += " (the content looks like JSON; JSON Lines files should be named .jsonl)"
+        detail = None
     elif len(best) == 1:
-        reason += (
-            f" (the header {_short(header)} splits into a single column: "
-            "the delimiter must be one of comma, semicolon, tab or |)"
+        detail = (
+            f"the header {_short(header)} splits into a single column: "
+            "the delimiter must be one of comma, semicolon, tab or |"
         )
     else:
-        reason += f" (found: {', '.join(best[:12])})"
-    raise UnreadableFileError(source, reason, line)
+        detail = f"found: {', '.join(best[:12])}"
+    raise UnreadableFileError(source, reason, line, detail)
 
 
 class _CsvReader:

@@ -22,7 +22,9 @@ def get_pipeline() -> ScoringPipeline:
     return ScoringPipeline(
         settings=settings,
         bucket=BehaviourBucket.create(settings.behaviour_bucket),
-        tables=BehaviourTables.create(settings.state_table, settings.risk_table, settings.write_concurrency),
+        tables=BehaviourTables.create(
+            settings.state_table, settings.risk_table, settings.write_concurrency, settings.retention_seconds
+        ),
         queues=RetentionQueues.create(settings.queues),
         scorer=Scorer(MODEL_CACHE.get(), load_playbook(settings.playbook_file)),
     )

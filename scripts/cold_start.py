@@ -1,12 +1,16 @@
 """Cold start: a fresh Python process imports `app`, loads the model and scores one user. Prints figures.
 
 Each run is a new interpreter, as a new Lambda container is: nothing is cached but the OS page cache.
+With --package DIR (an unzipped deployment, `make cold-start`) the process sees only that directory and
+its interpreter's own site-packages, with LAMBDA_TASK_ROOT set and no byte code written, as in Lambda,
+whose code directory is read-only: whatever the package does not ship compiled is compiled on every start.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -14,7 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
-import os, time, json
+import os, sys, time, json
+if os.environ.get("LAMBDA_TASK_ROOT"):
+    sys.path.insert(0, os.environ["LAMBDA_TASK_ROOT"])
 t0 = time.perf_counter()
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 import app  # noqa: F401  (the handlers, chalice and the adapters, as Lambda imports them)
@@ -44,10 +50,16 @@ def main() -> None:
         help="interpreter to measure with; give one whose environment holds only requirements.txt and boto3 "
         "to see what Lambda sees (dev tools such as pandas, which scikit-learn imports when present, add time)",
     )
+    parser.add_argument("--package", type=Path, default=None, help="an unzipped deployment package to measure")
     args = parser.parse_args()
+    command, cwd, env = [args.python, "-c", PROBE], ROOT, None
+    if args.package is not None:
+        root = args.package.resolve()
+        command, cwd = [args.python, "-I", "-c", PROBE], root
+        env = {**os.environ, "LAMBDA_TASK_ROOT": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
     runs = []
     for _ in range(args.runs):
-        out = subprocess.run([args.python, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
+        out = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     report = {
         phase: {
@@ -56,7 +68,8 @@ def main() -> None:
         }
         for phase in ("import_app", "load_model", "score_one", "total")
     }
-    print(json.dumps({"runs": args.runs, "python": args.python, **report}, indent=2))
+    where = {"package": str(args.package)} if args.package is not None else {}
+    print(json.dumps({"runs": args.runs, "python": args.python, **where, **report}, indent=2))
 
 
 if __name__ == "__main__":

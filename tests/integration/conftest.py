@@ -202,7 +202,12 @@ def make_pipeline(settings) -> ScoringPipeline:
     return ScoringPipeline(
         settings=settings,
         bucket=BehaviourBucket(boto3.client("s3", config=STANDARD), settings.behaviour_bucket),
-        tables=BehaviourTables(boto3.resource("dynamodb", config=STANDARD), settings.state_table, settings.risk_table),
+        tables=BehaviourTables(
+            boto3.resource("dynamodb", config=STANDARD),
+            settings.state_table,
+            settings.risk_table,
+            retention_seconds=settings.retention_seconds,
+        ),
         queues=RetentionQueues(boto3.client("sqs", config=STANDARD), settings.queues),
         scorer=Scorer(MODEL_CACHE.get()),
     )

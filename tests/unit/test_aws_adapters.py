@@ -89,13 +89,13 @@ def test_unprocessed_keys_that_never_clear_raise_a_retryable_error(sleeps):
 )
 def test_a_refused_conditional_write_is_a_conflict_and_a_lasting_fault_a_failure(code, outcome):
     tables = BehaviourTables(FakeDynamo(put_error=code), "state", "risk")
-    assert tables.put_risks([RiskWrite({"user_id": "u1", "as_of": "x"}, expected=3)]) == {"u1": outcome}
+    assert tables.put_risks([RiskWrite({"user_id": "u1", "as_of": "x"}, expected=3, last_event=0.0)]) == {"u1": outcome}
 
 
 def test_a_malformed_write_is_a_bug_and_raises():
     tables = BehaviourTables(FakeDynamo(put_error="ValidationException"), "state", "risk")
     with pytest.raises(ClientError):
-        tables.put_risks([RiskWrite({"user_id": "u1"}, expected=0)])
+        tables.put_risks([RiskWrite({"user_id": "u1"}, expected=0, last_event=0.0)])
 
 
 def _message(i: int) -> dict:

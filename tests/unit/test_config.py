@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from chalicelib.config import ConfigError, Settings
+from chalicelib.config import RETENTION_FLOOR_DAYS, ConfigError, Settings
+from chalicelib.playbook import load_playbook
+from tests.conftest import ROOT
 
 BASE = {"BEHAVIOUR_BUCKET": "b", "RISK_TABLE": "risk", "QUEUE_HIGH": "qh", "QUEUE_MEDIUM": "qm"}
 
@@ -14,6 +18,7 @@ def test_defaults_fill_what_the_environment_leaves_out():
     assert settings.state_table == "risk" and settings.incoming_prefix == "incoming/"
     assert (settings.applied_runs_keep, settings.applied_runs_max_age) == (32, 7 * 86400.0)
     assert (settings.write_concurrency, settings.checkpoint_reserve_seconds) == (16, 20.0)
+    assert settings.retention_seconds == 730 * 86400
 
 
 def test_account_manager_tasks_get_their_own_queue_only_when_one_is_named():
@@ -44,6 +49,10 @@ def test_delivery_settings_are_read():
         ("APPLIED_RUNS_MAX_AGE_DAYS", "0.5", "APPLIED_RUNS_MAX_AGE_DAYS must be at least 1"),
         ("CHECKPOINT_RESERVE_SECONDS", "-1", "CHECKPOINT_RESERVE_SECONDS must be at least 0"),
         ("SWEEP_MIN_AGE_SECONDS", "soon", "SWEEP_MIN_AGE_SECONDS must be a number"),
+        ("RETENTION_DAYS", "30", "RETENTION_DAYS must be at least 90, not 30"),
+        ("RETENTION_DAYS", "two years", "RETENTION_DAYS must be a number, not 'two years'"),
+        ("RETENTION_DAYS", "nan", "RETENTION_DAYS must be a finite number"),
+        ("RETENTION_DAYS", "inf", "RETENTION_DAYS must be a finite number"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(name, value, says):
@@ -54,3 +63,20 @@ def test_a_bad_value_is_refused_naming_the_variable(name, value, says):
 def test_missing_required_variables_are_named():
     with pytest.raises(ConfigError, match="QUEUE_HIGH, QUEUE_MEDIUM"):
         Settings.from_env({"BEHAVIOUR_BUCKET": "b", "RISK_TABLE": "r"})
+
+
+def test_retention_is_read_in_days_and_kept_in_whole_seconds():
+    assert Settings.from_env({**BASE, "RETENTION_DAYS": "365"}).retention_seconds == 365 * 86400
+    assert Settings.from_env({**BASE, "RETENTION_DAYS": "90.5"}).retention_seconds == 90 * 86400 + 43200
+
+
+def test_the_retention_floor_outlasts_the_outcome_horizon_and_every_cooldown():
+    # GIVEN the packaged model and playbook: an exposed user's outcome is judged over the model's horizon,
+    # and the playbook waits out a cooldown before contacting them again
+    manifest = json.loads((ROOT / "model_artifacts" / "manifest.json").read_text())
+    horizon_days = manifest["training_data"]["horizon_days"]
+    cooldowns = load_playbook().contact_policy.cooldown_days.values()
+
+    # THEN even the shortest retention allowed outlasts both
+    assert horizon_days < RETENTION_FLOOR_DAYS
+    assert max(cooldowns) < RETENTION_FLOOR_DAYS

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import jsonschema
 import numpy as np
 import pytest
 
+from chalicelib.errors import InvalidMessageError
 from chalicelib.features import FEATURE_NAMES, REASON_CODES
 from chalicelib.messages import build_message, message_id, validate_message
 from chalicelib.playbook import load_playbook
@@ -107,7 +107,7 @@ def test_message_validates_against_the_schema_and_id_is_stable():
 
 
 def test_message_with_bad_probability_is_refused():
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises(InvalidMessageError, match=r"properties/churn_probability/maximum \('maximum' failed\)"):
         validate_message(_message(churn_probability=1.5))
 
 

@@ -1,0 +1,404 @@
+"""Build the Lambda deployment: `chalice package --pkg-format terraform`, model inside, slimmed, size-checked.
+
+Run it with the packaging environment's Python (`make package` builds `.venv-package` with python3.12,
+chalice, the runtime requirements and boto3): chalice imports app.py, and the Python that runs chalice
+is the Lambda runtime it targets (python3.12, whose manylinux 2_34 wheels of numpy, scipy and
+scikit-learn chalice accepts; under 3.11 it finds none and warns "Could not install dependencies").
+
+Steps, each printed with its time:
+1. stage the sources: app.py, chalicelib/, .chalice/, requirements.txt, and in vendor/ (which chalice
+   puts at the root of the zip) the model artifact and the JSON schemas, checked before anything else;
+2. `chalice package` into OUT (deployment.zip + chalice.tf.json);
+3. slim the zip: drop test suites, build sources and library sub-packages the functions never import,
+   and ship byte code (Lambda's code directory is read-only, so a package without it compiles every
+   module on every cold start);
+4. patch the generated Terraform (see `patch_terraform`) and put infra/*.tf.json and the stage's
+   terraform.tfvars.json beside it;
+5. unzip the result and fail when function plus layers are over the budget (scripts/check_package.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import hashlib
+import json
+import os
+import py_compile
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_package import check_package  # a sibling script, also run on its own
+
+ROOT = Path(__file__).resolve().parent.parent
+OWN_CODE = ("app.py", "chalicelib")
+# What of the model artifact the functions need: the classifier and its manifest (hash, thresholds,
+# segments), and the model card for whoever opens the package. The PNG plots stay in the repository.
+ARTIFACT_FILES = ("model.joblib", "manifest.json", "model_card.md")
+# Test suites of the libraries (about 32 MiB) and their pytest set-up, never imported by the functions.
+TEST_DIRS = frozenset({"tests", "test"})
+TEST_FILES = frozenset({"conftest.py"})
+# Build inputs and typing stubs: read by compilers and type checkers, never by the interpreter.
+SOURCE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".f", ".f90")
+# Library sub-packages that neither the handlers nor any model `train` can write import. The package
+# test runs both handlers and loads the model from the unzipped package, so a wrong entry fails there.
+# Kept on purpose: sklearn.calibration and sklearn.isotonic (a retrained model may be calibrated),
+# sklearn.linear_model and sklearn.ensemble (the other candidate classifiers).
+UNUSED_PACKAGES = (
+    "scipy/io",  # file formats (MATLAB, Matrix Market, NetCDF)
+    "scipy/signal",
+    "scipy/odr",
+    "scipy/cluster",
+    "scipy/fftpack",  # legacy; scipy.fft is what scipy itself imports
+    "scipy/datasets",
+    "scipy/misc",
+    "sklearn/cluster",  # k-means runs at training; the activity centres ship as numbers in the manifest
+    "sklearn/datasets",
+    "sklearn/manifold",
+    "sklearn/mixture",
+    "sklearn/semi_supervised",
+    "sklearn/feature_extraction",
+    "sklearn/gaussian_process",
+    "sklearn/cross_decomposition",
+    "sklearn/neural_network",
+    "sklearn/kernel_approximation.py",
+    "sklearn/_build_utils",  # used by scikit-learn's own build
+    # narwhals lets scikit-learn take other libraries' data frames; the functions pass numpy arrays
+    *(f"narwhals/{backend}" for backend in ("_arrow", "_dask", "_duckdb", "_ibis", "_pandas_like", "_polars")),
+    *(f"narwhals/{backend}" for backend in ("_spark_like", "_sql")),
+    "sklearn/random_projection.py",
+    "sklearn/naive_bayes.py",
+    "aws_lambda_powertools/event_handler",  # API Gateway / ALB routing; the functions are event-driven
+    "numpy/_core/_simd.*.so",  # numpy's SIMD self-test module
+)
+
+
+# What a build writes into its output directory besides *.tf.json and the zips (infra/ holds the
+# hand-written Terraform, a backend configuration included: it is copied in on every build).
+GENERATED_FILES = ("terraform.tfvars.json", "package-report.json")
+
+
+def step(message: str, started: list[float]) -> None:
+    """Print one progress line with the seconds since the previous one."""
+    now = time.perf_counter()
+    print(f"[{now - started[0]:6.1f}s] {message}", flush=True)
+
+
+def stage_sources(staging: Path, stage: str) -> None:
+    """Copy what chalice packages into `staging`, the model artifact and schemas under vendor/."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copy2(ROOT / "app.py", staging / "app.py")
+    shutil.copytree(ROOT / "chalicelib", staging / "chalicelib", ignore=ignore)
+    shutil.copy2(ROOT / "requirements.txt", staging / "requirements.txt")
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    if stage not in config["stages"]:
+        raise SystemExit(f".chalice/config.json: no stage {stage!r} (stages: {', '.join(config['stages'])})")
+    (staging / ".chalice").mkdir()
+    shutil.copy2(ROOT / ".chalice" / "config.json", staging / ".chalice" / "config.json")
+    for policy in (ROOT / ".chalice").glob("policy-*.json"):
+        shutil.copy2(policy, staging / ".chalice" / policy.name)
+    vendor = staging / "vendor"
+    (vendor / "model_artifacts").mkdir(parents=True)
+    for name in ARTIFACT_FILES:
+        shutil.copy2(ROOT / "model_artifacts" / name, vendor / "model_artifacts" / name)
+    shutil.copytree(ROOT / "schemas", vendor / "schemas")
+
+
+def check_artifact(directory: Path) -> str:
+    """Load the staged model as the function will (hash, library versions, features); return its version."""
+    sys.path.insert(0, str(ROOT))
+    from chalicelib.model import load_model
+
+    return load_model(directory).model_version
+
+
+def run_chalice(staging: Path, stage: str, out: Path) -> None:
+    """Run `chalice package` for `stage` into `out`; fail on any dependency it could not install.
+
+    Only what a build writes is replaced in `out`: Terraform's own files there (terraform.tfstate,
+    .terraform/, the lock file) survive a rebuild.
+    """
+    chalice = Path(sys.executable).parent / "chalice"
+    generated = out.parent / "chalice-output"
+    if generated.exists():
+        shutil.rmtree(generated)
+    env = {**os.environ, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    done = subprocess.run(
+        [str(chalice), "package", "--pkg-format", "terraform", "--stage", stage, str(generated)],
+        cwd=staging,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    output = done.stdout + done.stderr
+    if done.returncode != 0 or "Could not install" in output:
+        raise SystemExit(f"chalice package failed (exit {done.returncode}):\n{output}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / name for name in GENERATED_FILES if (out / name).exists()]
+    for previous in [*out.glob("*.tf.json"), *out.glob("*.zip"), *written]:
+        previous.unlink()
+    for product in generated.iterdir():
+        product.replace(out / product.name)
+    generated.rmdir()
+
+
+def slim(root: Path) -> dict[str, int]:
+    """Remove what the functions never load from an unzipped package; return bytes removed by kind."""
+    removed = {"test suites": 0, "build sources": 0, "unused sub-packages": 0}
+    for pattern in UNUSED_PACKAGES:
+        targets = sorted(root.glob(pattern))
+        if not targets:
+            raise SystemExit(f"slim list names {pattern}, which the package does not hold; update UNUSED_PACKAGES")
+        removed["unused sub-packages"] += sum(_remove(target) for target in targets)
+    for top in _library_tops(root):
+        for path in sorted(top.rglob("*"), reverse=True):
+            if not path.exists():
+                continue
+            if path.name in (TEST_DIRS if path.is_dir() else TEST_FILES):
+                removed["test suites"] += _remove(path)
+            elif path.is_file() and path.name.endswith(SOURCE_SUFFIXES):
+                removed["build sources"] += _remove(path)
+    return removed
+
+
+def strip_extensions(root: Path) -> int:
+    """Strip symbol tables from the libraries' extension modules; return bytes saved.
+
+    Each stripped file must still load (dlopen, every symbol bound) or its original is put back. The
+    vendored shared libraries in *.libs/ are left alone: auditwheel rewrote them with patchelf, and a
+    stripped copy of those fails to load ("ELF load command address/offset not page-aligned").
+    """
+    strip = shutil.which("strip")
+    if strip is None:
+        print("  no `strip` on PATH: extension modules keep their symbol tables", flush=True)
+        return 0
+    modules = [
+        p
+        for p in sorted(root.rglob("*.so"))
+        if not any(part.endswith(".libs") for part in p.relative_to(root).parts) and p.parts[-2] not in OWN_CODE
+    ]
+    before = sum(p.stat().st_size for p in modules)
+    for module in modules:
+        shutil.copy2(module, module.with_name(module.name + ".orig"))
+    subprocess.run([strip, "--strip-unneeded", *map(str, modules)], check=False, capture_output=True)
+    probe = (
+        "import ctypes, json, sys\n"
+        "bad = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        ctypes.CDLL(path)\n"
+        "    except OSError:\n"
+        "        bad.append(path)\n"
+        "print(json.dumps(bad))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *map(str, modules)], capture_output=True, text=True)
+    failed = set(json.loads(done.stdout)) if done.returncode == 0 else {str(m) for m in modules}
+    for module in modules:
+        original = module.with_name(module.name + ".orig")
+        if str(module) in failed:
+            original.replace(module)
+        else:
+            original.unlink()
+    if failed:
+        print(f"  {len(failed)} extension module(s) kept unstripped: they did not load once stripped", flush=True)
+    return before - sum(p.stat().st_size for p in modules)
+
+
+def compile_byte_code(root: Path) -> dict[str, int]:
+    """Compile every module for the running Python; return file counts.
+
+    The project's own modules keep their source (tracebacks quote it) with byte code beside it in
+    __pycache__; library modules are replaced by their byte code, which is what keeps the package
+    within budget. Unchecked-hash byte code is used as it is, whatever the timestamps the zip carries.
+    """
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    counts = {"own": 0, "library": 0}
+    for name in OWN_CODE:
+        path = root / name
+        if path.is_dir():
+            ok = compileall.compile_dir(path, quiet=1, invalidation_mode=mode, workers=0)
+        else:
+            ok = compileall.compile_file(path, quiet=1, invalidation_mode=mode)
+        if not ok:
+            raise SystemExit(f"byte-compiling {name} failed")
+        counts["own"] += sum(1 for _ in (path.rglob("*.pyc") if path.is_dir() else [path]))
+    for top in _library_tops(root):
+        sources = [top] if top.is_file() else sorted(top.rglob("*.py"))
+        for source in sources:
+            if source.suffix != ".py":
+                continue
+            py_compile.compile(str(source), cfile=str(source) + "c", doraise=True, invalidation_mode=mode)
+            source.unlink()
+            counts["library"] += 1
+    return counts
+
+
+def rezip(root: Path, zip_path: Path) -> None:
+    """Write `root` as a deterministic zip: sorted entries, fixed times, world-readable modes."""
+    tmp = zip_path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(path.relative_to(root).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            # Lambda runs the code as another user than the owner: files must be readable by all.
+            info.external_attr = 0o100644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as fh:
+                zf.writestr(info, fh.read())
+    tmp.replace(zip_path)
+
+
+def patch_terraform(document: dict, stage: str) -> dict:
+    """Return chalice's Terraform, changed where it cannot deploy this app as generated.
+
+    - The `terraform` block goes: its limits (Terraform < 1.4, AWS provider < 5) refuse every current
+      release; infra/versions.tf.json states the versions instead. So does the unused null_data_source.
+    - The functions deploy from the S3 object infra/ uploads: the zip is over the 50 MB that Lambda
+      accepts as a direct upload. They wait for their log groups, which infra/ creates with a retention.
+    - The bucket notification names the bucket infra/ creates, and waits for the permission that lets
+      S3 invoke the function (S3 checks it when the notification is written).
+    - The schedule's rule carries app and stage in its name, so two stages can share an account.
+    """
+    patched = json.loads(json.dumps(document))
+    patched.pop("terraform", None)
+    # Declared by chalice and referenced by nothing; dropping it spares a second provider (null).
+    patched.get("data", {}).pop("null_data_source", None)
+    resources = patched["resource"]
+    for function in resources["aws_lambda_function"].values():
+        function.pop("filename", None)
+        function["s3_bucket"] = "${aws_s3_object.deployment.bucket}"
+        function["s3_key"] = "${aws_s3_object.deployment.key}"
+        function["s3_object_version"] = "${aws_s3_object.deployment.version_id}"
+        # Its log group (with a retention) must exist before the function first runs and makes its own.
+        function["depends_on"] = ["aws_cloudwatch_log_group.lambda"]
+    for notification in resources.get("aws_s3_bucket_notification", {}).values():
+        notification["bucket"] = "${aws_s3_bucket.behaviour.id}"
+        notification["depends_on"] = [
+            f"aws_lambda_permission.{name}"
+            for name, permission in resources["aws_lambda_permission"].items()
+            if permission["principal"] == "s3.amazonaws.com"
+        ]
+    app_name = next(iter(resources["aws_lambda_function"].values()))["tags"]["aws-chalice"].split("app=")[-1]
+    for rule_id, rule in resources.get("aws_cloudwatch_event_rule", {}).items():
+        rule["name"] = f"{app_name}-{stage}-{rule_id.removesuffix('-event')}"
+    return patched
+
+
+def terraform_variables(stage: str, document: dict) -> dict:
+    """Return terraform.tfvars.json for `stage`: names from the stage's environment, as the functions see them."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    settings = config["stages"][stage]
+    env = {**config.get("environment_variables", {}), **settings.get("environment_variables", {})}
+    functions = document["resource"]["aws_lambda_function"].values()
+    return {
+        "app_name": config["app_name"],
+        "stage": stage,
+        "behaviour_bucket": env["BEHAVIOUR_BUCKET"],
+        "incoming_prefix": env.get("INCOMING_PREFIX", "incoming/"),
+        "risk_table": env["RISK_TABLE"],
+        "state_table": env.get("STATE_TABLE") or env["RISK_TABLE"],
+        "queue_high": env["QUEUE_HIGH"],
+        "queue_medium": env["QUEUE_MEDIUM"],
+        "queue_account_manager": env.get("QUEUE_ACCOUNT_MANAGER", ""),
+        "lambda_timeout_seconds": settings.get("lambda_timeout", config.get("lambda_timeout", 60)),
+        "lambda_function_names": sorted(f["function_name"] for f in functions),
+    }
+
+
+def write_terraform(out: Path, stage: str) -> None:
+    """Patch chalice.tf.json in place; add infra/*.tf.json and terraform.tfvars.json beside it."""
+    generated = out / "chalice.tf.json"
+    document = json.loads(generated.read_text())
+    generated.write_text(json.dumps(patch_terraform(document, stage), indent=2) + "\n")
+    for path in sorted((ROOT / "infra").glob("*.tf.json")):
+        shutil.copy2(path, out / path.name)
+    variables = terraform_variables(stage, document)
+    (out / "terraform.tfvars.json").write_text(json.dumps(variables, indent=2) + "\n")
+
+
+def _library_tops(root: Path) -> list[Path]:
+    """Return the top-level packages and modules of the libraries in an unzipped package."""
+    own = {*OWN_CODE, "model_artifacts", "schemas"}
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.name not in own and not p.name.endswith((".dist-info", ".libs")) and (p.is_dir() or p.suffix == ".py")
+    )
+
+
+def _remove(path: Path) -> int:
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return size
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "package", help="Terraform root to write")
+    parser.add_argument("--unzipped", type=Path, default=ROOT / "build" / "lambda", help="where to unzip the result")
+    parser.add_argument("--budget-mib", type=float, default=150.0, help="function plus layers, unzipped")
+    args = parser.parse_args()
+    if sys.version_info[:2] < (3, 12):
+        raise SystemExit(f"package with python3.12 or newer (the Lambda runtime); this is {sys.version.split()[0]}")
+    started = [time.perf_counter()]
+    out, build = args.out.resolve(), args.out.resolve().parent
+
+    staging = build / "package-src"
+    stage_sources(staging, args.stage)
+    version = check_artifact(staging / "vendor" / "model_artifacts")
+    step(f"staged sources, model {version} verified (sha256, library versions, features)", started)
+
+    run_chalice(staging, args.stage, out)
+    zip_path = out / "deployment.zip"
+    step(f"chalice package: {zip_path.stat().st_size / 2**20:.1f} MiB zipped", started)
+
+    work = build / "package-work"
+    if work.exists():
+        shutil.rmtree(work)
+    with zipfile.ZipFile(zip_path) as zf:
+        before = sum(i.file_size for i in zf.infolist())
+        zf.extractall(work)
+    removed = slim(work)
+    step(
+        f"slimmed {before / 2**20:.1f} MiB: "
+        + ", ".join(f"{kind} -{size / 2**20:.1f} MiB" for kind, size in removed.items()),
+        started,
+    )
+    saved = strip_extensions(work)
+    step(f"stripped extension modules: -{saved / 2**20:.1f} MiB", started)
+    counts = compile_byte_code(work)
+    step(f"byte code: {counts['own']} own modules beside their source, {counts['library']} library modules", started)
+    rezip(work, zip_path)
+    shutil.rmtree(work)
+    step(f"deployment.zip rewritten: {zip_path.stat().st_size / 2**20:.1f} MiB zipped", started)
+
+    write_terraform(out, args.stage)
+    step(f"Terraform written to {out} (chalice.tf.json patched, infra/*.tf.json, terraform.tfvars.json)", started)
+
+    report = check_package(out, args.unzipped, args.budget_mib)
+    report["model_version"] = version
+    report["zip_sha256"] = _sha256(zip_path)
+    (out / "package-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    step(
+        f"unzipped {report['unzipped_bytes'] / 2**20:.1f} MiB (budget {args.budget_mib:g} MiB, "
+        f"Lambda's limit 250 MiB) from {report['zipped_bytes'] / 2**20:.1f} MiB zipped",
+        started,
+    )
+    if not report["within_budget"]:
+        raise SystemExit(f"package over budget: {report['unzipped_bytes']} bytes > {report['budget_bytes']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Run inside a Lambda-like interpreter: the unzipped package first on sys.path, then only boto3.
+
+    python -I invoke_packaged.py ROOT probe            # import app, load the model, score one user
+    python -I invoke_packaged.py ROOT invoke < calls   # call handlers as Lambda does: [[name, event], ...]
+
+Prints one JSON object on stdout. Not a test module: the packaged code cannot import the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+
+
+class Context:
+    """The parts of a Lambda context the handlers read."""
+
+    def __init__(self, name: str, seconds: float = 900.0) -> None:
+        self.function_name = f"churnguard-dev-{name}"
+        self.aws_request_id = str(uuid.uuid4())
+        self.memory_limit_in_mb = 2048
+        self._ends = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self._ends - time.monotonic()) * 1000)
+
+
+def _origin(module_name: str) -> str:
+    return getattr(sys.modules[module_name], "__file__", "") or ""
+
+
+def probe() -> dict:
+    """Import app, load the model, score one user; say where each library came from."""
+    started = time.perf_counter()
+    import app  # noqa: F401
+
+    imported = time.perf_counter()
+    import numpy as np
+
+    from chalicelib.events import TYPE_CODE, EventBatch
+    from chalicelib.model import MODEL_CACHE, default_model_dir
+    from chalicelib.scoring import Scorer
+    from chalicelib.state import build_state
+
+    model = MODEL_CACHE.get()
+    loaded = time.perf_counter()
+    events = EventBatch(
+        ["u1"],
+        np.zeros(3, dtype=np.int32),
+        np.array([1.78e9, 1.781e9, 1.782e9]),
+        np.full(3, TYPE_CODE["login"], dtype=np.int8),
+        np.full(3, np.nan),
+    )
+    scores = Scorer(model).score(build_state(events), 1.79e9)
+    done = time.perf_counter()
+    return {
+        "model_dir": str(default_model_dir()),
+        "model_version": model.model_version,
+        "risk_tier": str(scores.risk_tier[0]),
+        "churn_probability": float(scores.probability[0]),
+        "origins": {name: _origin(name) for name in ("app", "chalicelib", "numpy", "scipy", "sklearn", "joblib")},
+        "boto3": _origin("boto3"),
+        "seconds": {"import_app": imported - started, "load_model": loaded - imported, "score_one": done - loaded},
+    }
+
+
+def invoke(calls: list[list]) -> dict:
+    """Call each named handler of app.py with its event and a Lambda-like context, in order."""
+    import app
+
+    results = []
+    for name, event in calls:
+        results.append(getattr(app, name)(event, Context(name)))
+    return {"results": results}
+
+
+def main() -> None:
+    root, mode = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, root)
+    out = probe() if mode == "probe" else invoke(json.loads(sys.stdin.read()))
+    print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()

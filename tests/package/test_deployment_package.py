@@ -1,0 +1,258 @@
+"""The built Lambda package (`make package`): what it holds, its size, and that it runs on its own.
+
+The packaged code runs in a separate python3.12 interpreter (what the Lambda runtime is) whose only
+libraries are the package's own plus boto3, as in a Lambda container; nothing of the dev environment leaks
+in. `make test` builds the package first and points CHURNGUARD_PACKAGE_DIR and CHURNGUARD_LAMBDA_PYTHON
+at it, so these tests fail rather than skip when the build is missing there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from chalicelib.bootstrap import ensure_resources
+from chalicelib.config import Settings
+from chalicelib.generate import generate_events
+from chalicelib.lambda_events import scheduled
+from chalicelib.messages import validate_message
+from tests.conftest import ROOT
+from tests.integration.conftest import AS_OF, STAGE, STAGE_ENV, Aws, csv_bytes
+
+PROBE = Path(__file__).resolve().parent / "invoke_packaged.py"
+MANIFEST = json.loads((ROOT / "model_artifacts" / "manifest.json").read_text())
+BUDGET_BYTES = 150 * 2**20
+LAMBDA_LIMIT_BYTES = 250 * 2**20
+
+
+def _built(variable: str, default: Path, what: str) -> Path:
+    """Return a build product; fail when `make test` named it and it is missing, else skip."""
+    named = os.environ.get(variable)
+    path = Path(named) if named else default
+    if not path.exists():
+        if named:
+            pytest.fail(f"{variable}={named} does not exist; `make package` should have built it")
+        pytest.skip(f"{what} not built: run `make package` (make test does)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def package_dir() -> Path:
+    return _built("CHURNGUARD_PACKAGE_DIR", ROOT / "build" / "package", "the deployment package")
+
+
+@pytest.fixture(scope="session")
+def lambda_python() -> Path:
+    return _built("CHURNGUARD_LAMBDA_PYTHON", ROOT / ".venv-lambda" / "bin" / "python", "the python3.12 + boto3 venv")
+
+
+@pytest.fixture(scope="session")
+def unzipped(package_dir, tmp_path_factory) -> Path:
+    """The function's code as Lambda unpacks it into /var/task."""
+    root = tmp_path_factory.mktemp("var-task")
+    with zipfile.ZipFile(package_dir / "deployment.zip") as zf:
+        zf.extractall(root)
+    return root
+
+
+def run_packaged(lambda_python: Path, root: Path, mode: str, env: dict[str, str] | None = None, calls=None) -> dict:
+    """Run invoke_packaged.py in an isolated interpreter with `root` as the task root; return its JSON."""
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root.parent),
+        "LAMBDA_TASK_ROOT": str(root),
+        # /var/task is read-only in Lambda: nothing gets compiled and cached there.
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "LOG_LEVEL": "WARNING",
+    }
+    done = subprocess.run(
+        [str(lambda_python), "-I", str(PROBE), str(root), mode],
+        input=json.dumps(calls or []),
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"packaged code failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_package_carries_the_committed_model_schemas_and_playbook(package_dir):
+    # GIVEN the built deployment zip
+    with zipfile.ZipFile(package_dir / "deployment.zip") as zf:
+        names = set(zf.namelist())
+        model_bytes = zf.read("model_artifacts/model.joblib")
+        manifest = json.loads(zf.read("model_artifacts/manifest.json"))
+    # THEN the model at the task root is the committed one, byte for byte, with its manifest
+    assert hashlib.sha256(model_bytes).hexdigest() == MANIFEST["model_sha256"] == manifest["model_sha256"]
+    assert manifest == MANIFEST
+    # AND the handlers, the schemas, the playbook and the libraries are there
+    for name in ("app.py", "chalicelib/pipeline.py", "chalicelib/playbooks/default.json"):
+        assert name in names
+    for schema in (ROOT / "schemas").glob("*.json"):
+        assert f"schemas/{schema.name}" in names
+    assert any(n.startswith("sklearn/") for n in names) and any(n.startswith("numpy.libs/") for n in names)
+    # AND neither library test suites nor boto3 (the runtime provides it) take room
+    assert not [n for n in names if "/tests/" in n and not n.startswith("chalicelib/")]
+    assert not [n for n in names if n.startswith(("boto3/", "botocore/"))]
+
+
+def test_unzipped_function_is_within_the_size_budget(package_dir, unzipped):
+    # GIVEN the zip as Lambda unpacks it
+    on_disk = sum(p.stat().st_size for p in unzipped.rglob("*") if p.is_file())
+    with zipfile.ZipFile(package_dir / "deployment.zip") as zf:
+        declared = sum(i.file_size for i in zf.infolist())
+    report = json.loads((package_dir / "package-report.json").read_text())
+    # THEN it is within the 150 MiB budget (Lambda refuses over 250 MiB), and the build reported that size
+    assert on_disk == declared == report["unzipped_bytes"]
+    assert on_disk <= BUDGET_BYTES < LAMBDA_LIMIT_BYTES
+    assert report["within_budget"] is True
+    # AND no layer is used, so function plus layers is the function alone
+    assert [z.name for z in package_dir.glob("*.zip")] == ["deployment.zip"]
+
+
+def test_packaged_app_loads_its_own_model_and_libraries_and_scores(lambda_python, unzipped):
+    # WHEN a fresh python3.12 with only the package and boto3 imports app, loads the model and scores one user
+    out = run_packaged(lambda_python, unzipped, "probe")
+    # THEN every library came from the package, boto3 from the runtime, the model from the task root
+    for name, origin in out["origins"].items():
+        assert Path(origin).is_relative_to(unzipped), f"{name} was imported from {origin}"
+    assert not Path(out["boto3"]).is_relative_to(unzipped)
+    assert Path(out["model_dir"]) == unzipped / "model_artifacts"
+    assert out["model_version"] == MANIFEST["model_version"]
+    assert 0.0 <= out["churn_probability"] <= 1.0 and out["risk_tier"] in {"high", "medium", "low"}
+
+
+def test_packaged_library_code_ships_as_byte_code_for_the_runtime(unzipped, lambda_python):
+    # GIVEN the unzipped package
+    library_sources = [p for p in unzipped.glob("sklearn/**/*.py")]
+    compiled = list(unzipped.glob("sklearn/**/*.pyc"))
+    own_cached = list(unzipped.glob("chalicelib/__pycache__/*.pyc"))
+    # THEN libraries are byte code only, and the project's own modules keep their source beside byte code
+    assert not library_sources and compiled
+    assert (unzipped / "chalicelib" / "pipeline.py").exists() and own_cached
+    tag = subprocess.run(
+        [str(lambda_python), "-c", "import sys; print(sys.implementation.cache_tag)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert all(tag in p.name for p in own_cached), f"byte code not built for {tag}"
+
+
+def test_packaged_app_refuses_a_tampered_model(lambda_python, unzipped, tmp_path):
+    # GIVEN a copy of the package whose model.joblib was changed after the manifest was written
+    copy = tmp_path / "task"
+    shutil.copytree(unzipped, copy, copy_function=os.link)
+    model = copy / "model_artifacts" / "model.joblib"
+    data = model.read_bytes()
+    model.unlink()  # a hard link: replace the file, not the shared bytes
+    model.write_bytes(data + b"\x00")
+    # WHEN the packaged code loads its model THEN it refuses before unpickling
+    with pytest.raises(AssertionError, match="does not match the manifest; refusing to load"):
+        run_packaged(lambda_python, copy, "probe")
+
+
+def test_packaged_app_refuses_a_model_outside_its_code(lambda_python, unzipped, tmp_path):
+    # GIVEN MODEL_DIR pointing at a writable place outside the task root, holding a valid artifact
+    outside = tmp_path / "writable"
+    shutil.copytree(unzipped / "model_artifacts", outside)
+    # WHEN the packaged code loads its model THEN it refuses
+    with pytest.raises(AssertionError, match="outside the deployed code"):
+        run_packaged(lambda_python, unzipped, "probe", env={"MODEL_DIR": str(outside)})
+
+
+@pytest.fixture
+def moto_server(monkeypatch):
+    """An AWS endpoint on loopback, for this process and the packaged code alike."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        **STAGE_ENV,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SWEEP_MIN_AGE_SECONDS": "0",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MODEL_DIR", raising=False)
+    yield env
+    server.stop()
+
+
+def test_packaged_handlers_score_a_landed_file_and_run_the_schedule(lambda_python, unzipped, moto_server, tmp_path):
+    # GIVEN the stage's resources and a behaviour file landed under incoming/
+    settings = Settings.from_env()
+    ensure_resources(settings)
+    aws = Aws(settings)
+    events = generate_events(80, 120, 11, AS_OF)
+    landed = aws.land("incoming/2026/06/01/export.csv", csv_bytes(events, tmp_path))
+    week_later = scheduled((AS_OF + timedelta(days=7)).timestamp())
+    # WHEN Lambda calls the packaged handlers: the S3 trigger, then the schedule a week later
+    out = run_packaged(
+        lambda_python,
+        unzipped,
+        "invoke",
+        env=moto_server,
+        calls=[["on_behaviour_file", landed], ["scheduled_scoring", week_later]],
+    )
+    s3_run, schedule_run = out["results"][0][0], out["results"][1]
+    # THEN the file's users were merged and scored, and the schedule re-scored them a week on
+    users = set(events.user_ids[i] for i in set(events.user_index.tolist()))
+    assert s3_run["rows"]["scored"] == len(events) and s3_run["rows"]["rejected"] == 0
+    risk = {item["user_id"]: item for item in aws.items(settings.risk_table)}
+    assert set(risk) == users
+    assert {item["model_version"] for item in risk.values()} == {MANIFEST["model_version"]}
+    assert {item["as_of"] for item in risk.values()} == {week_later["time"]}
+    assert s3_run["users_scored"] == schedule_run["users_scored"] == len(users)
+    # AND the retention messages on the tier queues are valid against the published schema
+    messages = aws.drain_all()
+    assert messages, "some users of a generated population are at risk"
+    for message in messages:
+        validate_message(message)
+        assert message["model_version"] == MANIFEST["model_version"]
+
+
+def test_generated_terraform_deploys_the_zip_from_s3_for_this_stage(package_dir):
+    # GIVEN the Terraform the build wrote beside the zip
+    generated = json.loads((package_dir / "chalice.tf.json").read_text())
+    variables = json.loads((package_dir / "terraform.tfvars.json").read_text())
+    functions = generated["resource"]["aws_lambda_function"]
+    # THEN both functions deploy from the uploaded object (the zip is over the 50 MB direct upload)
+    assert sorted(functions) == ["on_behaviour_file", "scheduled_scoring"]
+    for function in functions.values():
+        assert "filename" not in function
+        assert function["s3_key"] == "${aws_s3_object.deployment.key}"
+        assert function["s3_object_version"] == "${aws_s3_object.deployment.version_id}"
+        assert function["runtime"] == "python3.12"
+        assert function["depends_on"] == ["aws_cloudwatch_log_group.lambda"]
+        assert function["environment"]["variables"]["BEHAVIOUR_BUCKET"] == STAGE_ENV["BEHAVIOUR_BUCKET"]
+    # AND the notification waits for the bucket and the permission; the version limits are infra's
+    (notification,) = generated["resource"]["aws_s3_bucket_notification"].values()
+    assert notification["bucket"] == "${aws_s3_bucket.behaviour.id}"
+    assert notification["depends_on"] == ["aws_lambda_permission.on_behaviour_file-s3event"]
+    assert "terraform" not in generated
+    # AND the stage's names reach the infrastructure as variables, the same the functions read
+    assert variables["behaviour_bucket"] == STAGE_ENV["BEHAVIOUR_BUCKET"]
+    assert variables["risk_table"] == STAGE_ENV["RISK_TABLE"]
+    assert variables["state_table"] == STAGE_ENV["STATE_TABLE"]
+    assert [variables["queue_high"], variables["queue_medium"]] == [STAGE_ENV["QUEUE_HIGH"], STAGE_ENV["QUEUE_MEDIUM"]]
+    assert variables["lambda_timeout_seconds"] == STAGE["lambda_timeout"]
+    assert variables["lambda_function_names"] == sorted(f["function_name"] for f in functions.values())
+    (rule,) = generated["resource"]["aws_cloudwatch_event_rule"].values()
+    assert rule["name"] == "churnguard-dev-scheduled_scoring"
