@@ -52,11 +52,14 @@ def main() -> None:
     )
     parser.add_argument("--package", type=Path, default=None, help="an unzipped deployment package to measure")
     args = parser.parse_args()
-    command, cwd, env = [args.python, "-c", PROBE], ROOT, None
+    # Absolute (not resolved: a venv's python is a link whose target would lose the venv), as cwd changes.
+    python = str(Path(args.python).absolute()) if os.sep in args.python else args.python
+    command, cwd, env = [python, "-c", PROBE], ROOT, None
     if args.package is not None:
         root = args.package.resolve()
-        command, cwd = [args.python, "-I", "-c", PROBE], root
-        env = {**os.environ, "LAMBDA_TASK_ROOT": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+        # -I: nothing from the environment or user site; -B: no byte code written (as /var/task is read-only).
+        command, cwd = [python, "-I", "-B", "-c", PROBE], root
+        env = {**os.environ, "LAMBDA_TASK_ROOT": str(root)}
     runs = []
     for _ in range(args.runs):
         out = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=True)

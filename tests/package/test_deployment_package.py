@@ -70,13 +70,12 @@ def run_packaged(lambda_python: Path, root: Path, mode: str, env: dict[str, str]
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(root.parent),
         "LAMBDA_TASK_ROOT": str(root),
-        # /var/task is read-only in Lambda: nothing gets compiled and cached there.
-        "PYTHONDONTWRITEBYTECODE": "1",
         "AWS_DEFAULT_REGION": "us-east-1",
         "LOG_LEVEL": "WARNING",
     }
     done = subprocess.run(
-        [str(lambda_python), "-I", str(PROBE), str(root), mode],
+        # -I: no PYTHON* variables, user site or script directory; -B: /var/task is read-only in Lambda.
+        [str(lambda_python), "-I", "-B", str(PROBE), str(root), mode],
         input=json.dumps(calls or []),
         env={**base, **(env or {})},
         capture_output=True,
