@@ -376,6 +376,13 @@ class ScoringPipeline:
     def _merge_score_deliver(self, run: Run, users: list[str], rows: np.ndarray, snapshot: bool, as_of: float) -> None:
         retries_before = self._retries()
         batch, versions = self._merge_states(run, users, rows, snapshot, as_of)
+        # A file may bring users whose latest event is older than the retention (a backfill of years): their
+        # state is kept for TTL to delete, but they are forgotten as the schedule forgets them, not contacted.
+        last_seen = batch.values[:, col("last_seen")]
+        live = [uid for uid, seen in zip(batch.user_ids, last_seen, strict=True) if self.tables.expiry(seen) >= as_of]
+        if len(live) < len(batch):
+            run.add({"expired_skipped": len(batch) - len(live)})
+            batch = batch.subset(live)
         self._score_deliver(run, batch, versions, dict.fromkeys(batch.user_ids, as_of), retries_before)
 
     def _merge_states(

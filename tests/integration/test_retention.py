@@ -105,16 +105,14 @@ def test_a_later_file_moves_the_expiry_forward_and_a_late_file_with_older_events
 
 
 def test_the_schedule_skips_and_counts_users_whose_expiry_passed(aws):
-    # GIVEN users scored from one file: two silent for longer than the retention, one whose expiry is exactly
-    # the schedule's time, and one active last week
+    # GIVEN users scored from their files: two scored a year ago and silent since, for longer than the
+    # retention by the schedule's time; one whose expiry is exactly the schedule's time; one active last week
     at = T + SECONDS_PER_DAY
-    data = _rows(
-        ("gone-1", T - 400 * SECONDS_PER_DAY, "login"),
-        ("gone-2", T - 380 * SECONDS_PER_DAY, "purchase"),
-        ("edge", at - RETENTION, "login"),
-        ("here", T - 7 * SECONDS_PER_DAY, "session"),
-    )
-    _land(aws, "incoming/a.csv", data)
+    then = T - 370 * SECONDS_PER_DAY
+    old = _rows(("gone-1", T - 400 * SECONDS_PER_DAY, "login"), ("gone-2", T - 380 * SECONDS_PER_DAY, "purchase"))
+    _land(aws, "incoming/old.csv", old, then)
+    recent = _rows(("edge", at - RETENTION, "login"), ("here", T - 7 * SECONDS_PER_DAY, "session"))
+    _land(aws, "incoming/recent.csv", recent)
     aws.drain_all()
 
     # WHEN the schedule re-scores every known user a day later
@@ -125,8 +123,8 @@ def test_the_schedule_skips_and_counts_users_whose_expiry_passed(aws):
     assert summary["expired_skipped"] == 2
     assert summary["users_scored"] == 2
     assert {u: r["as_of"] for u, r in risks.items()} == {
-        "gone-1": iso_time(T),
-        "gone-2": iso_time(T),
+        "gone-1": iso_time(then),
+        "gone-2": iso_time(then),
         "edge": iso_time(at),
         "here": iso_time(at),
     }
@@ -213,3 +211,23 @@ def test_bootstrap_stops_where_ttl_is_on_for_another_attribute(aws, dynamodb_ttl
     # WHEN bootstrap runs, THEN it stops with DynamoDB's refusal
     with pytest.raises(ClientError, match="ValidationException"):
         ensure_resources(aws.settings)
+
+
+def test_a_file_run_keeps_but_does_not_score_users_already_past_their_retention(aws):
+    # GIVEN a backfill holding a user last seen 400 days before it lands (retention 365) and one seen last week
+    data = _rows(("gone", T - 400 * SECONDS_PER_DAY, "purchase"), ("here", T - 7 * SECONDS_PER_DAY, "session"))
+
+    # WHEN the S3 trigger processes it
+    summary = _land(aws, "incoming/backfill.csv", data)
+
+    # THEN both states are merged, the gone user's with an expiry already past for TTL to delete,
+    # but only the active user is scored and may be contacted; the summary counts the one left out
+    states, risks = _expiries(aws)
+    assert states == {
+        "gone": int(T - 400 * SECONDS_PER_DAY) + RETENTION,
+        "here": int(T - 7 * SECONDS_PER_DAY) + RETENTION,
+    }
+    assert states["gone"] < T
+    assert set(risks) == {"here"}
+    assert summary["expired_skipped"] == 1 and summary["users_scored"] == 1
+    assert "gone" not in {m["user_id"] for m in aws.drain_all()}
