@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import hashlib
 import json
 import os
 import py_compile
@@ -32,8 +31,12 @@ import time
 import zipfile
 from pathlib import Path
 
+# The project (the model checks) and this folder (check_package, also run on its own) are importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_package import check_package  # a sibling script, also run on its own
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from check_package import check_package
+
+from chalicelib.model import load_model, sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN_CODE = ("app.py", "chalicelib")
@@ -83,10 +86,9 @@ UNUSED_PACKAGES = (
 GENERATED_FILES = ("terraform.tfvars.json", "package-report.json")
 
 
-def step(message: str, started: list[float]) -> None:
-    """Print one progress line with the seconds since the previous one."""
-    now = time.perf_counter()
-    print(f"[{now - started[0]:6.1f}s] {message}", flush=True)
+def step(message: str, started: float) -> None:
+    """Print one progress line with the seconds since the build started."""
+    print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
 
 def stage_sources(staging: Path, stage: str) -> None:
@@ -114,9 +116,6 @@ def stage_sources(staging: Path, stage: str) -> None:
 
 def check_artifact(directory: Path) -> str:
     """Load the staged model as the function will (hash, library versions, features); return its version."""
-    sys.path.insert(0, str(ROOT))
-    from chalicelib.model import load_model
-
     return load_model(directory).model_version
 
 
@@ -180,11 +179,7 @@ def strip_extensions(root: Path) -> int:
     if strip is None:
         print("  no `strip` on PATH: extension modules keep their symbol tables", flush=True)
         return 0
-    modules = [
-        p
-        for p in sorted(root.rglob("*.so"))
-        if not any(part.endswith(".libs") for part in p.relative_to(root).parts) and p.parts[-2] not in OWN_CODE
-    ]
+    modules = [p for top in _library_tops(root) if top.is_dir() for p in sorted(top.rglob("*.so"))]
     before = sum(p.stat().st_size for p in modules)
     for module in modules:
         shutil.copy2(module, module.with_name(module.name + ".orig"))
@@ -339,10 +334,6 @@ def _remove(path: Path) -> int:
     return size
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default="dev")
@@ -352,7 +343,7 @@ def main() -> None:
     args = parser.parse_args()
     if sys.version_info[:2] < (3, 12):
         raise SystemExit(f"package with python3.12 or newer (the Lambda runtime); this is {sys.version.split()[0]}")
-    started = [time.perf_counter()]
+    started = time.perf_counter()
     out, build = args.out.resolve(), args.out.resolve().parent
 
     staging = build / "package-src"
@@ -389,7 +380,7 @@ def main() -> None:
 
     report = check_package(out, args.unzipped, args.budget_mib)
     report["model_version"] = version
-    report["zip_sha256"] = _sha256(zip_path)
+    report["zip_sha256"] = sha256_of(zip_path)
     (out / "package-report.json").write_text(json.dumps(report, indent=2) + "\n")
     step(
         f"unzipped {report['unzipped_bytes'] / 2**20:.1f} MiB (budget {args.budget_mib:g} MiB, "
