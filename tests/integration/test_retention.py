@@ -15,32 +15,25 @@ import math
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from chalicelib import runtime
 from chalicelib.bootstrap import ensure_resources
-from chalicelib.config import Settings
 from chalicelib.events import SECONDS_PER_DAY
 from chalicelib.scoring import iso_time
 from chalicelib.state import build_state, col
-from tests.integration.conftest import AS_OF, Aws, csv_bytes
+from tests.integration.conftest import AS_OF, csv_bytes
 
 T = AS_OF.timestamp()
 RETENTION = 365 * 86400
 
 
 @pytest.fixture(params=["separate_tables", "shared_table"])
-def aws(request, stage_env, monkeypatch):
-    """Fresh AWS per test with a one-year retention; STATE_TABLE apart from RISK_TABLE, or the same table."""
+def stage_env(request, stage_env, monkeypatch):
+    """The stage with a one-year retention; STATE_TABLE apart from RISK_TABLE, or the same table."""
     monkeypatch.setenv("RETENTION_DAYS", "365")
     if request.param == "shared_table":
         monkeypatch.setenv("STATE_TABLE", stage_env["RISK_TABLE"])
-    with mock_aws():
-        runtime.clear()
-        settings = Settings.from_env()
-        ensure_resources(settings)
-        yield Aws(settings)
-    runtime.clear()
+    return stage_env
 
 
 def _land(aws, key: str, data: bytes, at: float = T) -> dict:
@@ -131,7 +124,7 @@ def test_the_schedule_skips_and_counts_users_whose_expiry_passed(aws):
     assert not {"gone-1", "gone-2"} & {m["user_id"] for m in aws.drain_all()}
 
 
-@pytest.mark.parametrize("aws", ["shared_table"], indirect=True)
+@pytest.mark.parametrize("stage_env", ["shared_table"], indirect=True)
 def test_on_a_shared_item_a_rescore_fills_a_missing_expiry_and_never_moves_one_back(aws):
     # GIVEN a shared item written before expiries existed, and one whose expiry a newer merge just moved on
     data = _rows(("old", T - 30 * SECONDS_PER_DAY, "login"), ("busy", T - 30 * SECONDS_PER_DAY, "login"))
