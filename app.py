@@ -10,8 +10,8 @@ from typing import Any
 from chalice import Chalice
 
 from chalicelib import runtime
-from chalicelib.config import DEFAULT_INCOMING_PREFIX, DEFAULT_SCHEDULE
 from chalicelib.observability import logger
+from chalicelib.settings import DEFAULT_INCOMING_PREFIX, DEFAULT_SCHEDULE
 
 app = Chalice(app_name="churnguard")
 

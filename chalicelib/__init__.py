@@ -1,1 +1,1 @@
-"""ChurnGuard: churn early warning and retention on AWS Chalice."""
+"""ChurnGuard's Lambda code: exactly what the deployed functions run."""

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from chalicelib.aws_dynamodb import BehaviourTables
-from chalicelib.aws_s3 import BehaviourBucket
-from chalicelib.aws_sqs import RetentionQueues
-from chalicelib.config import Settings
-from chalicelib.deadline import Deadline
-from chalicelib.model import MODEL_CACHE
-from chalicelib.pipeline import ScoringPipeline
-from chalicelib.playbook import load_playbook
-from chalicelib.scoring import Scorer
+from chalicelib.aws.bucket import BehaviourBucket
+from chalicelib.aws.queues import RetentionQueues
+from chalicelib.aws.tables import BehaviourTables
+from chalicelib.retention.playbook import load_playbook
+from chalicelib.runs.deadline import Deadline
+from chalicelib.runs.pipeline import ScoringPipeline
+from chalicelib.scoring.artifact import MODEL_CACHE
+from chalicelib.scoring.scorer import Scorer
+from chalicelib.settings import Settings
 
 
 @lru_cache(maxsize=1)

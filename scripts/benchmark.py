@@ -73,7 +73,8 @@ def offline(users: int, days: int, data_dir: Path) -> dict[str, float]:
         [
             sys.executable,
             "-c",
-            "import chalicelib.cli, chalicelib.scoring;from chalicelib.model import MODEL_CACHE; MODEL_CACHE.get()",
+            "import churnguard_offline.cli, chalicelib.scoring.scorer;"
+            "from chalicelib.scoring.artifact import MODEL_CACHE; MODEL_CACHE.get()",
         ]
     )
     phases = _phases(events)
@@ -92,10 +93,10 @@ def offline(users: int, days: int, data_dir: Path) -> dict[str, float]:
 
 def _phases(events: Path, repeats: int = 3) -> dict[str, float]:
     """Time the data path (file to scores CSV) in this process with the model loaded: median of runs."""
-    from chalicelib.model import MODEL_CACHE
-    from chalicelib.reader import read_event_file
-    from chalicelib.scoring import Scorer, write_scores_csv
-    from chalicelib.state import build_state
+    from chalicelib.ingest import read_event_file
+    from chalicelib.scoring.artifact import MODEL_CACHE
+    from chalicelib.scoring.scorer import Scorer, write_scores_csv
+    from chalicelib.scoring.state import build_state
 
     scorer = Scorer(MODEL_CACHE.get())
     runs = []
@@ -129,10 +130,10 @@ def aws_calls(users: int) -> dict[str, object]:
     from moto import mock_aws
 
     from chalicelib import runtime
-    from chalicelib.bootstrap import ensure_resources
-    from chalicelib.config import Settings
-    from chalicelib.generate import generate_events, write_event_log
     from chalicelib.observability import logger
+    from chalicelib.settings import Settings
+    from churnguard_offline.bootstrap import ensure_resources
+    from churnguard_offline.generate import generate_events, write_event_log
 
     logger.setLevel("WARNING")
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())

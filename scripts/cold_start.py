@@ -25,13 +25,13 @@ t0 = time.perf_counter()
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 import app  # noqa: F401  (the handlers, chalice and the adapters, as Lambda imports them)
 t1 = time.perf_counter()
-from chalicelib.model import MODEL_CACHE
+from chalicelib.scoring.artifact import MODEL_CACHE
 model = MODEL_CACHE.get()
 t2 = time.perf_counter()
 import numpy as np
-from chalicelib.events import EventBatch, TYPE_CODE
-from chalicelib.scoring import Scorer
-from chalicelib.state import build_state
+from chalicelib.scoring.events import EventBatch, TYPE_CODE
+from chalicelib.scoring.scorer import Scorer
+from chalicelib.scoring.state import build_state
 events = EventBatch(["u1"], np.zeros(3, dtype=np.int32), np.array([1.78e9, 1.781e9, 1.782e9]),
                     np.full(3, TYPE_CODE["login"], dtype=np.int8), np.full(3, np.nan))
 scores = Scorer(model).score(build_state(events), 1.79e9)

@@ -6,7 +6,8 @@ is the Lambda runtime it targets (python3.12, whose manylinux 2_34 wheels of num
 scikit-learn chalice accepts; under 3.11 it finds none and warns "Could not install dependencies").
 
 Steps, each printed with its time:
-1. stage the sources: app.py, chalicelib/, .chalice/, requirements.txt, and in vendor/ (which chalice
+1. stage the sources: app.py, chalicelib/ (without its entry points into the offline tools), .chalice/,
+   requirements.txt, and in vendor/ (which chalice
    puts at the root of the zip) the model artifact and the JSON schemas, checked before anything else;
 2. `chalice package` into OUT (deployment.zip + chalice.tf.json);
 3. slim the zip: drop test suites, build sources and library sub-packages the functions never import,
@@ -36,10 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from check_package import check_package
 
-from chalicelib.model import load_model, sha256_of
+from chalicelib.scoring.artifact import load_model, sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN_CODE = ("app.py", "chalicelib")
+# The contract's entry points into the offline tools (`python -m chalicelib`, `chalicelib.bootstrap`): they
+# hand over to churnguard_offline, which is not deployed, so they stay out of the zip too.
+OFFLINE_ENTRY_POINTS = ("__main__.py", "bootstrap.py")
 # What of the model artifact the functions need: the classifier and its manifest (hash, thresholds,
 # segments), and the model card for whoever opens the package. The PNG plots stay in the repository.
 ARTIFACT_FILES = ("model.joblib", "manifest.json", "model_card.md")
@@ -99,6 +103,8 @@ def stage_sources(staging: Path, stage: str) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copy2(ROOT / "app.py", staging / "app.py")
     shutil.copytree(ROOT / "chalicelib", staging / "chalicelib", ignore=ignore)
+    for name in OFFLINE_ENTRY_POINTS:
+        (staging / "chalicelib" / name).unlink()
     shutil.copy2(ROOT / "requirements.txt", staging / "requirements.txt")
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     if stage not in config["stages"]:

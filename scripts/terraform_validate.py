@@ -3,7 +3,7 @@
 Validates a copy of DIR's *.tf.json (the package directory, where `terraform apply` runs, is left
 untouched: no .terraform/ or lock file appears there). Providers come from a filesystem mirror when
 TF_PLUGIN_MIRROR (default /opt/tf-plugins) exists, else from the registry. Without a terraform binary it
-says so and exits 0: checkov and tests/unit/test_infrastructure.py still check the files.
+says so and exits 0: checkov and tests/infra/test_infrastructure.py still check the files.
 
     python scripts/terraform_validate.py build/package
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chalicelib.events import EVENT_TYPES, EventBatch
+from chalicelib.scoring.events import EVENT_TYPES, EventBatch
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,21 +18,23 @@ from botocore.config import Config
 from chalice.test import Client
 from moto import mock_aws
 
-from chalicelib import aws_dynamodb, aws_sqs, runtime
-from chalicelib import pipeline as pipeline_module
-from chalicelib.aws_dynamodb import BehaviourTables
-from chalicelib.aws_s3 import BehaviourBucket
-from chalicelib.aws_sqs import RetentionQueues
-from chalicelib.bootstrap import ensure_resources
-from chalicelib.config import Settings
-from chalicelib.events import EventBatch
-from chalicelib.generate import generate_events, write_event_log
-from chalicelib.lambda_events import s3_object_created, stage_timeout
-from chalicelib.model import MODEL_CACHE
-from chalicelib.pipeline import ScoringPipeline
+from chalicelib import runtime
+from chalicelib.aws import queues as aws_sqs
+from chalicelib.aws import tables as aws_dynamodb
+from chalicelib.aws.bucket import BehaviourBucket
+from chalicelib.aws.queues import RetentionQueues
+from chalicelib.aws.tables import BehaviourTables
 from chalicelib.retry import MAX_ATTEMPTS
-from chalicelib.scoring import Scorer
-from chalicelib.state import StateBatch, build_state
+from chalicelib.runs import pipeline as pipeline_module
+from chalicelib.runs.pipeline import ScoringPipeline
+from chalicelib.scoring.artifact import MODEL_CACHE
+from chalicelib.scoring.events import EventBatch
+from chalicelib.scoring.scorer import Scorer
+from chalicelib.scoring.state import StateBatch, build_state
+from chalicelib.settings import Settings
+from churnguard_offline.bootstrap import ensure_resources
+from churnguard_offline.generate import generate_events, write_event_log
+from churnguard_offline.lambda_events import s3_object_created, stage_timeout
 from tests.conftest import ROOT
 
 STAGE = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]

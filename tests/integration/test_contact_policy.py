@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import json
 
-from chalicelib.events import SECONDS_PER_DAY
-from chalicelib.generate import write_event_log
-from chalicelib.playbook import DEFAULT_PLAYBOOK, Playbook
-from chalicelib.state import build_state
+from chalicelib.retention.playbook import DEFAULT_PLAYBOOK, Playbook
+from chalicelib.scoring.events import SECONDS_PER_DAY
+from chalicelib.scoring.state import build_state
+from churnguard_offline.generate import write_event_log
 from tests.integration.conftest import AS_OF, csv_bytes, make_pipeline
 
 T0 = AS_OF.timestamp()

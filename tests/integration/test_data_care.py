@@ -10,7 +10,7 @@ import logging
 import boto3
 import pytest
 
-from chalicelib.aws_sqs import MAX_MESSAGE_BYTES, RetentionQueues
+from chalicelib.aws.queues import MAX_MESSAGE_BYTES, RetentionQueues
 from chalicelib.observability import logger
 from tests.integration.conftest import csv_bytes
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from moto.dynamodb.models import DynamoDBBackend
 
-from chalicelib.bootstrap import ensure_resources
-from chalicelib.deadline import Deadline, RunInterrupted
-from chalicelib.events import EVENT_TYPES, SECONDS_PER_DAY
-from chalicelib.lambda_events import stage_timeout
-from chalicelib.state import StateBatch, col
+from chalicelib.runs.deadline import Deadline, RunInterrupted
+from chalicelib.scoring.events import EVENT_TYPES, SECONDS_PER_DAY
+from chalicelib.scoring.state import StateBatch, col
+from churnguard_offline.bootstrap import ensure_resources
+from churnguard_offline.lambda_events import stage_timeout
 from tests.integration.conftest import (
     AS_OF,
     Aws,

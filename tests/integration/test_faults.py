@@ -17,9 +17,9 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from moto.core.botocore_stubber import BotocoreStubber, MockRawResponse
 
-from chalicelib import aws_sqs
-from chalicelib.cli import main
-from chalicelib.state import build_state
+from chalicelib.aws import queues as aws_sqs
+from chalicelib.scoring.state import build_state
+from churnguard_offline.cli import main
 from tests.integration.conftest import AS_OF, assert_every_user_once_and_every_message_once, csv_bytes, make_pipeline
 
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from chalicelib import runtime
-from chalicelib.bootstrap import ensure_resources
-from chalicelib.config import Settings
-from chalicelib.events import SECONDS_PER_DAY
-from chalicelib.features import compute_features
-from chalicelib.lambda_events import scheduled
-from chalicelib.messages import validate_message
-from chalicelib.scoring import SCORE_COLUMNS
-from chalicelib.segments import SEGMENTS
-from chalicelib.state import StateBatch, build_state
+from chalicelib.retention.messages import validate_message
+from chalicelib.scoring.events import SECONDS_PER_DAY
+from chalicelib.scoring.features import compute_features
+from chalicelib.scoring.scorer import SCORE_COLUMNS
+from chalicelib.scoring.segments import SEGMENTS
+from chalicelib.scoring.state import StateBatch, build_state
+from chalicelib.settings import Settings
+from churnguard_offline.bootstrap import ensure_resources
+from churnguard_offline.lambda_events import scheduled
 from tests.integration.conftest import AS_OF, csv_bytes, gz_truncated
 
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
@@ -204,8 +204,8 @@ def test_shared_table_keeps_state_and_risk_on_one_item(monkeypatch, stage_env, p
     # GIVEN STATE_TABLE naming the same table as RISK_TABLE
     from moto import mock_aws
 
-    from chalicelib.bootstrap import ensure_resources
-    from chalicelib.config import Settings
+    from chalicelib.settings import Settings
+    from churnguard_offline.bootstrap import ensure_resources
     from tests.integration.conftest import Aws
 
     monkeypatch.setenv("STATE_TABLE", stage_env["RISK_TABLE"])

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 
-from chalicelib.cli import main
-from chalicelib.events import SECONDS_PER_DAY, TYPE_CODE, EventBatch
-from chalicelib.playbook import DEFAULT_PLAYBOOK, Playbook
+from chalicelib.retention.playbook import DEFAULT_PLAYBOOK, Playbook
+from chalicelib.scoring.events import SECONDS_PER_DAY, TYPE_CODE, EventBatch
+from churnguard_offline.cli import main
 from tests.integration.conftest import AS_OF, csv_bytes, make_pipeline
 
 T0 = AS_OF.timestamp()

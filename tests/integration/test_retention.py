@@ -17,10 +17,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import runtime
-from chalicelib.bootstrap import ensure_resources
-from chalicelib.events import SECONDS_PER_DAY
-from chalicelib.scoring import iso_time
-from chalicelib.state import build_state, col
+from chalicelib.scoring.events import SECONDS_PER_DAY
+from chalicelib.scoring.scorer import iso_time
+from chalicelib.scoring.state import build_state, col
+from churnguard_offline.bootstrap import ensure_resources
 from tests.integration.conftest import AS_OF, csv_bytes
 
 T = AS_OF.timestamp()

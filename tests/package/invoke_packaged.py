@@ -39,10 +39,10 @@ def probe() -> dict:
     imported = time.perf_counter()
     import numpy as np
 
-    from chalicelib.events import TYPE_CODE, EventBatch
-    from chalicelib.model import MODEL_CACHE, default_model_dir
-    from chalicelib.scoring import Scorer
-    from chalicelib.state import build_state
+    from chalicelib.scoring.artifact import MODEL_CACHE, default_model_dir
+    from chalicelib.scoring.events import TYPE_CODE, EventBatch
+    from chalicelib.scoring.scorer import Scorer
+    from chalicelib.scoring.state import build_state
 
     model = MODEL_CACHE.get()
     loaded = time.perf_counter()

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from chalicelib.bootstrap import ensure_resources
-from chalicelib.config import Settings
-from chalicelib.generate import generate_events
-from chalicelib.lambda_events import scheduled
-from chalicelib.messages import validate_message
+from chalicelib.retention.messages import validate_message
+from chalicelib.settings import Settings
+from churnguard_offline.bootstrap import ensure_resources
+from churnguard_offline.generate import generate_events
+from churnguard_offline.lambda_events import scheduled
 from tests.conftest import ROOT
 from tests.integration.conftest import AS_OF, STAGE, STAGE_ENV, Aws, csv_bytes
 
@@ -97,7 +97,7 @@ def test_package_carries_the_committed_model_schemas_and_playbook(package_dir):
     assert hashlib.sha256(model_bytes).hexdigest() == MANIFEST["model_sha256"] == manifest["model_sha256"]
     assert manifest == MANIFEST
     # AND the handlers, the schemas, the playbook and the libraries are there
-    for name in ("app.py", "chalicelib/pipeline.py", "chalicelib/playbooks/default.json"):
+    for name in ("app.py", "chalicelib/runs/pipeline.py", "chalicelib/retention/playbooks/default.json"):
         assert name in names
     for schema in (ROOT / "schemas").glob("*.json"):
         assert f"schemas/{schema.name}" in names
@@ -137,10 +137,10 @@ def test_packaged_library_code_ships_as_byte_code_for_the_runtime(unzipped, lamb
     # GIVEN the unzipped package
     library_sources = [p for p in unzipped.glob("sklearn/**/*.py")]
     compiled = list(unzipped.glob("sklearn/**/*.pyc"))
-    own_cached = list(unzipped.glob("chalicelib/__pycache__/*.pyc"))
+    own_cached = list(unzipped.glob("chalicelib/**/__pycache__/*.pyc"))
     # THEN libraries are byte code only, and the project's own modules keep their source beside byte code
     assert not library_sources and compiled
-    assert (unzipped / "chalicelib" / "pipeline.py").exists() and own_cached
+    assert (unzipped / "chalicelib" / "runs" / "pipeline.py").exists() and own_cached
     tag = subprocess.run(
         [str(lambda_python), "-c", "import sys; print(sys.implementation.cache_tag)"],
         capture_output=True,

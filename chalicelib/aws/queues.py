@@ -1,0 +1,135 @@
+"""SQS adapter: retention messages to one queue per actionable risk tier."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from chalicelib.aws.bucket import BOTO_CONFIG
+from chalicelib.retry import backoff_delays, sleep
+
+BATCH = 10
+# Whole-call errors worth another try once botocore's own retries are spent.
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "RequestThrottled",
+        "AWS.SimpleQueueService.RequestThrottled",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+# SQS counts a message's body and its attributes' names, types and values against one limit, and the messages
+# of a batch together against the same number. 256 KiB is what every queue accepts (a queue may now be set to
+# take up to 1 MiB, but one at the old default would refuse more).
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class RetentionQueues:
+    """Sends retention messages in batches of ten, retrying the entries SQS failed."""
+
+    def __init__(self, client: Any, queue_names: dict[str, str]) -> None:
+        self.client = client
+        self.queue_names = dict(queue_names)
+        self._urls: dict[str, str] = {}
+        self.calls = 0
+        self.retries: Counter[str] = Counter()
+
+    @classmethod
+    def create(cls, queue_names: dict[str, str]) -> RetentionQueues:
+        """Return an adapter with a default client (honours AWS_ENDPOINT_URL)."""
+        return cls(boto3.client("sqs", config=BOTO_CONFIG), queue_names)
+
+    def url(self, tier: str) -> str:
+        """Return (and remember) the URL of a tier's queue."""
+        if tier not in self._urls:
+            self._urls[tier] = self.client.get_queue_url(QueueName=self.queue_names[tier])["QueueUrl"]
+        return self._urls[tier]
+
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """Send messages to the tier's queue; return (how many were accepted, the bodies still failing)."""
+        url = self.url(tier) if messages else ""
+        sent, failed = 0, []
+        for batch in _batches([_entry(str(i), m) for i, m in enumerate(messages)]):
+            left = self._send_batch(url, batch)
+            sent += len(batch) - len(left)
+            failed += [messages[int(i)] for i in left]
+        return sent, failed
+
+    def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> list[str]:
+        """Send one batch, resending failed entries with backoff; return the ids that never went through."""
+        pending = entries
+        for delay in (*backoff_delays(), None):
+            self.calls += 1
+            try:
+                resp = self.client.send_message_batch(QueueUrl=url, Entries=pending)
+            except ClientError as exc:
+                # Throttling that outlived botocore's retry quota: the whole batch failed, try it again.
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in TRANSIENT_CODES:
+                    raise
+                if delay is None:
+                    break  # the whole batch goes back as failed, to the dead-letter record
+                self.retries[f"SendMessageBatch.{code}"] += 1
+                sleep(delay)
+                continue
+            # Throttling and 5xx are retried inside botocore; count those too.
+            self.retries["SendMessageBatch"] += resp.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
+            if sender_faults:
+                raise ValueError(f"SQS refused messages: {sender_faults}")
+            failed = {f["Id"] for f in resp.get("Failed", [])}
+            pending = [e for e in pending if e["Id"] in failed]
+            if not pending or delay is None:
+                break
+            self.retries["SendMessageBatch.Failed"] += 1
+            sleep(delay)
+        return [e["Id"] for e in pending]
+
+
+def _entry(entry_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    """Return the SendMessageBatch entry of a message; raise ValueError if SQS would refuse its size."""
+    attrs = {
+        "risk_tier": message["risk_tier"],
+        "value_tier": message["value_tier"],
+        "channel": message["action"]["channel"],
+    }
+    entry = {
+        "Id": entry_id,
+        "MessageBody": json.dumps(message, separators=(",", ":"), ensure_ascii=False),
+        "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
+    }
+    size = _size(entry)
+    if size > MAX_MESSAGE_BYTES:
+        # Named by its id and size only: the body holds the user's id and message text.
+        raise ValueError(
+            f"message {message.get('message_id')} is {size} bytes with its attributes;"
+            f" SQS takes at most {MAX_MESSAGE_BYTES}"
+        )
+    return entry
+
+
+def _size(entry: dict[str, Any]) -> int:
+    """Return the bytes SQS counts for an entry: the body plus each attribute's name, type and value."""
+    size = len(entry["MessageBody"].encode())
+    for name, attr in entry["MessageAttributes"].items():
+        size += len(name.encode()) + len(attr["DataType"].encode()) + len(attr["StringValue"].encode())
+    return size
+
+
+def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Return the entries in runs of at most BATCH that together stay within MAX_MESSAGE_BYTES."""
+    batches: list[list[dict[str, Any]]] = []
+    total = 0
+    for entry in entries:
+        size = _size(entry)
+        if not batches or len(batches[-1]) == BATCH or total + size > MAX_MESSAGE_BYTES:
+            batches.append([])
+            total = 0
+        batches[-1].append(entry)
+        total += size
+    return batches

@@ -1,0 +1,1 @@
+"""One run from source to sinks (a landed file, the schedule, a replay), behind small ports."""

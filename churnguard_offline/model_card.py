@@ -1,0 +1,185 @@
+"""The model card: what the model is, how well it does against baselines, and what it cannot know.
+
+Plots are drawn at training time only; matplotlib is a development dependency and never imported by
+the scoring path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chalicelib.scoring.artifact import CARD_FILE
+
+PLOTS = {"calibration": "calibration.png", "gains": "cumulative_gains.png", "importance": "feature_importance.png"}
+
+
+def write_model_card(
+    out_dir: Path, manifest: dict[str, Any], y: np.ndarray, p: np.ndarray, baselines: dict[str, np.ndarray]
+) -> None:
+    """Write model_card.md and its PNG plots into the artifact directory."""
+    _plot_calibration(out_dir / PLOTS["calibration"], y, p)
+    _plot_gains(out_dir / PLOTS["gains"], y, {"model": p, **baselines})
+    _plot_importance(out_dir / PLOTS["importance"], manifest["feature_importance"])
+    (out_dir / CARD_FILE).write_text(card_text(manifest))
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_calibration(path: Path, y: np.ndarray, p: np.ndarray) -> None:
+    plt = _pyplot()
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, 11)))
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+    mean_p = [p[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
+    rate = [y[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    ax.plot(mean_p, rate, marker="o", label="model (deciles of users)")
+    ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="Calibration (validation)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_gains(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    share = np.arange(1, y.size + 1) / y.size
+    for name, p in scores.items():
+        order = np.argsort(-p, kind="stable")
+        ax.plot(share, np.cumsum(y[order]) / max(y.sum(), 1), label=name, linewidth=2.2 if name == "model" else 1.2)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="random")
+    ax.set(xlabel="share of users contacted (highest risk first)", ylabel="share of churners reached")
+    ax.set_title("Cumulative gains (validation)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_importance(path: Path, importance: dict[str, float], top: int = 15) -> None:
+    plt = _pyplot()
+    names = list(importance)[:top][::-1]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.barh(names, [importance[n] for n in names])
+    ax.set(xlabel="fall in PR-AUC when the feature is shuffled", title="Feature importance (validation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _row(name: str, m: dict[str, float]) -> str:
+    return (
+        f"| {name} | {m['auc']:.4f} | {m['pr_auc']:.4f} | {m['brier']:.4f} | {m['log_loss']:.4f} | "
+        f"{m['lift_top_decile']:.2f} |"
+    )
+
+
+def card_text(manifest: dict[str, Any]) -> str:
+    """Return the model card in Markdown."""
+    data, val, metrics = manifest["training_data"], manifest["validation"], manifest["metrics"]
+    header = "| model | AUC | PR-AUC | Brier | log-loss | lift top decile |\n|---|---|---|---|---|---|"
+    lines = [
+        f"# Model card: {manifest['model_version']}",
+        "",
+        f"Predicts the probability that a user has **no activity of any kind in the next {data['horizon_days']:g} "
+        "days**, from their behaviour state up to the scoring date.",
+        "",
+        "## Data",
+        f"- Source `{data['source']}`: {data['events']} events from {data['first_event']} to {data['last_event']}; "
+        f"event types: {', '.join(f'{t} {s:.1%}' for t, s in data['event_type_shares'].items())}",
+        f"- Population at each origin: users with an event in the {data['lookback_days']:g} days before it",
+        f"- Rolling origins (features up to the origin, label from the {data['horizon_days']:g} days after it):",
+        "",
+        "| origin | users | churn rate |",
+        "|---|---|---|",
+        *[f"| {o['cutoff'][:10]} | {o['users']} | {o['churn_rate']:.3f} |" for o in data["origins"]],
+        "",
+        f"- Validation: **{val['kind'].replace('_', ' ')}** — models fitted on origins "
+        f"{', '.join(c[:10] for c in val['fit_origins'])} and judged at {val['cutoff'][:10]} "
+        f"({val['users']} users, churn rate {val['churn_rate']:.3f})",
+        "",
+        "## Quality on validation",
+        "",
+        header,
+        _row(f"**chosen: {manifest['estimator']}, calibration {manifest['calibration']}**", metrics),
+        "",
+        "Candidates (before calibration):",
+        "",
+        header,
+        *[_row(name, m) for name, m in manifest["candidates"].items()],
+        "",
+        f"Selection: {manifest['selection']}. Brier score by calibration: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in manifest["calibration_brier"].items())
+        + " (calibration is kept only when it lowers the Brier score).",
+        "",
+        "## Baselines (same validation users, fitted one horizon earlier)",
+        "",
+    ]
+    if manifest["baselines"]:
+        lines += [header, *[_row(name, m) for name, m in manifest["baselines"].items()], ""]
+        lines.append(
+            "`recency`: logistic fit on days since the last event. `rfm`: classic R/F/M quintile score. "
+            "`bg_nbd`: BG/NBD buy-till-you-die model (all events as transactions), P(no event in the horizon)."
+        )
+    else:
+        lines.append("Not available: the data has no origin earlier than the validation one.")
+    policy = manifest["tier_policy"]
+    lines += [
+        "",
+        "## Risk tiers",
+        "",
+        "Thresholds by "
+        + policy["mode"].replace("_", " ")
+        + ": "
+        + ", ".join(f"{k} {v}" for k, v in policy.items() if k != "mode")
+        + ".",
+        "",
+        "| tier | threshold | share of users | precision | recall |",
+        "|---|---|---|---|---|",
+    ]
+    for tier, perf in manifest["tier_performance"].items():
+        th = manifest["risk_thresholds"].get(tier)
+        lines.append(
+            f"| {tier} | {'p >= ' + format(th, '.3f') if th is not None else '-'} | {perf['share']:.3f} | "
+            f"{perf['precision']:.3f} | {perf['recall']:.3f} |"
+        )
+    vt = manifest["value_thresholds"]
+    top = list(manifest["feature_importance"].items())[:10]
+    lines += [
+        "",
+        f"Value tiers by {vt['basis'].replace('_', ' ')}: high >= {vt['high']:.2f}, medium >= {vt['medium']:.2f}.",
+        "",
+        "## Plots",
+        "",
+        f"![calibration]({PLOTS['calibration']}) ![cumulative gains]({PLOTS['gains']})",
+        f"![feature importance]({PLOTS['importance']})",
+        "",
+        "Most important features (fall in PR-AUC when shuffled): "
+        + ", ".join(f"`{name}` {value:.4f}" for name, value in top)
+        + ".",
+        "",
+        "## Limits",
+        "- It knows only the behaviour in the event log: nothing of prices, competitors, outages or campaigns.",
+        "- Trained on one customer's history; behaviour that changes (a new product, a pricing change) needs",
+        "  retraining. Run `evaluate` on fresh data before trusting it.",
+        "- Churn means no event at all in the horizon; an event type that is not churn-relevant but is logged",
+        "  (an email open) counts as activity.",
+        "- Users silent for longer than the lookback window were not in training; their scores extrapolate.",
+        "- Score the same kind of log it was trained on: signals missing from a file read as disengagement.",
+        "",
+        f"Libraries: {', '.join(f'{k} {v}' for k, v in manifest['library_versions'].items())}; "
+        f"python {manifest['python_version']}; model.joblib sha256 `{manifest['model_sha256']}`.",
+        "",
+    ]
+    return "\n".join(lines)

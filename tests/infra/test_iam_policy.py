@@ -1,0 +1,91 @@
+"""The deployed role may do exactly what the code does, on this stage's resources only."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHALICE = ROOT / ".chalice"
+# Each AWS call the adapters make, and the IAM actions it needs (SendMessageBatch is authorised as
+# SendMessage; GetObject with a VersionId needs GetObjectVersion; a listing is ListBucket).
+NEEDED = {
+    "get_object": {"s3:GetObject", "s3:GetObjectVersion"},
+    "put_object": {"s3:PutObject"},
+    "copy_object": {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"},
+    "delete_object": {"s3:DeleteObject"},
+    "list_objects_v2": {"s3:ListBucket"},
+    "batch_get_item": {"dynamodb:BatchGetItem"},
+    "put_item": {"dynamodb:PutItem"},
+    "update_item": {"dynamodb:UpdateItem"},
+    "scan": {"dynamodb:Scan"},
+    "get_queue_url": {"sqs:GetQueueUrl"},
+    "send_message_batch": {"sqs:SendMessage"},
+}
+
+
+def stages() -> dict:
+    return json.loads((CHALICE / "config.json").read_text())["stages"]
+
+
+@pytest.fixture(params=sorted(stages()))
+def stage(request):
+    config = stages()[request.param]
+    assert config["autogen_policy"] is False, "each stage names its own hand-written policy"
+    policy = json.loads((CHALICE / config["iam_policy_file"]).read_text())
+    return request.param, config, policy
+
+
+def _statements(policy):
+    return [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+
+
+def _listed(value):
+    return value if isinstance(value, list) else [value]
+
+
+def test_no_wildcard_action_or_resource(stage):
+    _, _, policy = stage
+    for statement in _statements(policy):
+        for action in _listed(statement["Action"]):
+            assert "*" not in action, f"wildcard action {action}"
+        for resource in _listed(statement["Resource"]):
+            assert resource != "*" and not resource.endswith(":*:*"), f"wildcard resource {resource}"
+            assert not re.fullmatch(r"arn:aws:s3:::[^/]+/\*", resource), f"the whole bucket {resource}"
+
+
+def test_every_resource_is_this_stages_own(stage):
+    name, config, policy = stage
+    env = config["environment_variables"]
+    own = [env["BEHAVIOUR_BUCKET"], env["STATE_TABLE"], env["RISK_TABLE"], f"/aws/lambda/churnguard-{name}-"]
+    own += [v for k, v in env.items() if k.startswith("QUEUE_")]
+    for statement in _statements(policy):
+        for resource in _listed(statement["Resource"]):
+            assert any(part in resource for part in own), f"{resource} is not one of stage {name}'s resources"
+
+
+def test_every_call_the_code_makes_is_allowed(stage):
+    _, _, policy = stage
+    granted = {a for s in _statements(policy) for a in _listed(s["Action"])}
+    source = "".join(p.read_text() for p in (ROOT / "chalicelib" / "aws").glob("*.py"))
+    paginated = set(re.findall(r'get_paginator\("([a-z_0-9]+)"\)', source))
+    # (the DynamoDB adapter passes its client's methods to a wrapper, so match references, not just calls)
+    calls = set(re.findall(r"client\.([a-z][a-z_0-9]*)", source)) - {"exceptions", "meta", "get_paginator"} | paginated
+    assert calls, "the adapters' calls were found"
+    unknown = calls - NEEDED.keys()
+    assert not unknown, f"calls with no IAM mapping here, add them: {sorted(unknown)}"
+    missing = {action for call in calls for action in NEEDED[call]} - granted
+    assert not missing, f"the code needs {sorted(missing)}"
+    unused = (
+        granted
+        - {action for call in calls for action in NEEDED[call]}
+        - {
+            "logs:CreateLogGroup",
+            "logs:CreateLogStream",
+            "logs:PutLogEvents",
+        }
+    )
+    assert not unused, f"granted but never used: {sorted(unused)}"
