@@ -18,7 +18,7 @@ IAC := .venv-iac
 STAGE ?= dev
 PACKAGE_DIR := build/package
 
-.PHONY: install demo test lint benchmark cold-start model package iac-check clean
+.PHONY: install demo test unit lint benchmark cold-start model package iac-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: install
 
 test: lint package iac-check $(LAMBDA_ENV)/.installed
 	CHURNGUARD_PACKAGE_DIR=$(PACKAGE_DIR) CHURNGUARD_LAMBDA_PYTHON=$(LAMBDA_ENV)/bin/python $(BIN)/python -m pytest
+
+# The pure and fake-backed tests (tests/unit, without the slow offline training tests): seconds, no AWS, no build.
+unit: install
+	$(BIN)/python -m pytest tests/unit -m "not slow" -q
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py

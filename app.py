@@ -6,7 +6,9 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, S3Event
 from chalice import Chalice
 
 from chalicelib import runtime
@@ -43,15 +45,12 @@ def on_behaviour_file(event: Any) -> list[dict[str, Any]]:
     pipeline = runtime.get_pipeline()
     deadline = runtime.deadline(event.context)
     summaries = []
-    for record in event.to_dict().get("Records", []):
-        obj = record["s3"]["object"]
+    for record in S3Event(event.to_dict()).records:
+        obj = record.s3.get_object
+        # Keys arrive URL-encoded (spaces as '+'); Powertools decodes only S3Event.object_key, the first record's.
+        key = unquote_plus(obj.key)
         summaries.append(
-            pipeline.process_object(
-                key=_unquote_key(obj["key"]),
-                version_id=obj.get("versionId"),
-                landed_at=_epoch(record.get("eventTime")),
-                deadline=deadline,
-            )
+            pipeline.process_object(key, obj.version_id, _epoch(record.get("eventTime")), deadline=deadline)
         )
     return summaries
 
@@ -59,18 +58,10 @@ def on_behaviour_file(event: Any) -> list[dict[str, Any]]:
 @app.schedule(os.environ.get("SCORING_SCHEDULE", DEFAULT_SCHEDULE))
 def scheduled_scoring(event: Any) -> dict[str, Any]:
     """Re-score every known user as of the schedule's time, after processing missed files."""
-    return runtime.get_pipeline().run_schedule(
-        at=_epoch(event.to_dict().get("time")), deadline=runtime.deadline(event.context)
-    )
-
-
-def _unquote_key(key: str) -> str:
-    from urllib.parse import unquote_plus
-
-    return unquote_plus(key)
+    at = _epoch(EventBridgeEvent(event.to_dict()).get("time"))
+    return runtime.get_pipeline().run_schedule(at=at, deadline=runtime.deadline(event.context))
 
 
 def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    """Return an event's ISO 8601 time (a 'Z' suffix included) as epoch seconds; None when it has none."""
+    return datetime.fromisoformat(text).timestamp() if text else None

@@ -8,6 +8,7 @@ from chalicelib.aws.bucket import BehaviourBucket
 from chalicelib.aws.queues import RetentionQueues
 from chalicelib.aws.tables import BehaviourTables
 from chalicelib.retention.playbook import load_playbook
+from chalicelib.retry import Backoff
 from chalicelib.runs.deadline import Deadline
 from chalicelib.runs.pipeline import ScoringPipeline
 from chalicelib.scoring.artifact import MODEL_CACHE
@@ -19,14 +20,16 @@ from chalicelib.settings import Settings
 def get_pipeline() -> ScoringPipeline:
     """Return the container's pipeline, built from the environment on first use."""
     settings = Settings.from_env()
+    backoff = Backoff(settings.retry_base_delay_seconds, settings.retry_max_delay_seconds)
     return ScoringPipeline(
         settings=settings,
         bucket=BehaviourBucket.create(settings.behaviour_bucket),
         tables=BehaviourTables.create(
-            settings.state_table, settings.risk_table, settings.write_concurrency, settings.retention_seconds
+            settings.state_table, settings.risk_table, settings.write_concurrency, settings.retention_seconds, backoff
         ),
-        queues=RetentionQueues.create(settings.queues),
+        queues=RetentionQueues.create(settings.queues, backoff),
         scorer=Scorer(MODEL_CACHE.get(), load_playbook(settings.playbook_file)),
+        backoff=backoff,
     )
 
 

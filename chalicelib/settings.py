@@ -1,14 +1,22 @@
-"""Settings read once from the environment and validated at the edge."""
+"""Settings read once from the environment and validated at the edge.
+
+`Settings` is the one table of settings: each field says, through `setting(...)`, which environment variable it is
+read from, how the text is parsed, its default, its lower bound, and whether it is required. `Settings.from_env`
+reads every field in one loop; `VARIABLES` and `DEFAULTS` expose the table to other modules and to tests.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
 
 from chalicelib.errors import ChurnGuardError
 from chalicelib.ingest import DEFAULT_MAX_DECOMPRESSED_BYTES
+from chalicelib.retry import BASE_DELAY, MAX_DELAY
 
 DEFAULT_INCOMING_PREFIX = "incoming/"
 DEFAULT_SCHEDULE = "rate(1 day)"
@@ -16,46 +24,156 @@ DEFAULT_RETENTION_DAYS = 730
 # Retention may not be shorter than this: it must outlast, with room to spare, every window the code waits
 # out or measures after a user's last event (the model's outcome horizon, the playbook's cooldowns).
 RETENTION_FLOOR_DAYS = 90
+SECONDS_PER_DAY = 86400
+# Stands for "no default" in a Variable (dataclasses' own MISSING would make the Variable field itself required).
+_NO_DEFAULT: Any = object()
 
 
 class ConfigError(ChurnGuardError):
     """A missing or malformed setting."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the AWS path needs to know about where things live."""
+def _text(variable: str, text: str) -> str:
+    """Return the text as it is."""
+    return text
 
-    behaviour_bucket: str
-    incoming_prefix: str
-    risk_table: str
-    state_table: str
-    queue_high: str
-    queue_medium: str
+
+def _prefix(variable: str, text: str) -> str:
+    """Return a key prefix ending in '/', so that it names a folder and never part of a name."""
+    return text if text.endswith("/") else f"{text}/"
+
+
+def _number(variable: str, text: str) -> float:
+    """Return the text as a finite number; raise ConfigError naming the variable otherwise."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise ConfigError(f"{variable} must be a number, not {text!r}") from exc
+    if not math.isfinite(value):  # float() takes "nan" and "inf", and nan passes any minimum
+        raise ConfigError(f"{variable} must be a finite number, not {text!r}")
+    return value
+
+
+def _whole(variable: str, text: str) -> int:
+    """Return the text as a whole number (no fraction, no exponent); raise ConfigError naming the variable otherwise."""
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"{variable} must be a whole number, not {text!r}") from exc
+
+
+def _same(value: Any) -> Any:
+    """Return the value unchanged."""
+    return value
+
+
+def _count(value: float) -> int:
+    """Return a count from a number read, dropping any fraction as the settings always have."""
+    return int(value)
+
+
+def _days_to_seconds(days: float) -> float:
+    """Return a number of days in seconds."""
+    return days * SECONDS_PER_DAY
+
+
+def _days_to_whole_seconds(days: float) -> int:
+    """Return a number of days in whole seconds."""
+    return round(days * SECONDS_PER_DAY)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """How one setting is read: its variable, how its text is parsed and bounded, and what stands in when unset."""
+
+    name: str
+    parse: Callable[[str, str], Any] = _text
+    # In the variable's unit (days for *_DAYS); _NO_DEFAULT: none (the field is required, or falls back).
+    default: Any = _NO_DEFAULT
+    minimum: float | None = None
+    # From the variable's unit to the field's (days to seconds, a number to a count).
+    convert: Callable[[Any], Any] = _same
+    required: bool = False
+    # The field whose value this one takes when its variable is unset or empty.
+    fallback: str | None = None
+
+    def read(self, env: Mapping[str, str], values: Mapping[str, Any]) -> Any:
+        """Return the field's value from `env` (an unset or empty variable takes the default or the fallback)."""
+        text = env.get(self.name)
+        if not text:
+            return values[self.fallback] if self.fallback else self.convert(self.default)
+        value = self.parse(self.name, text)
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{self.name} must be at least {self.minimum:g}, not {value:g}")
+        return self.convert(value)
+
+
+def setting(
+    name: str,
+    parse: Callable[[str, str], Any] = _text,
+    default: Any = _NO_DEFAULT,
+    *,
+    minimum: float | None = None,
+    convert: Callable[[Any], Any] = _same,
+    required: bool = False,
+    fallback: str | None = None,
+) -> Any:
+    """Return a dataclass field read from environment variable `name`, its default being `default` converted."""
+    variable = Variable(name, parse, default, minimum, convert, required, fallback)
+    metadata = {"variable": variable}
+    if default is _NO_DEFAULT:
+        return field(metadata=metadata)
+    return field(default=convert(default), metadata=metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the AWS path needs to know about where things live and how hard to push."""
+
+    behaviour_bucket: str = setting("BEHAVIOUR_BUCKET", required=True)
+    incoming_prefix: str = setting("INCOMING_PREFIX", _prefix, DEFAULT_INCOMING_PREFIX)
+    risk_table: str = setting("RISK_TABLE", required=True)
+    state_table: str = setting("STATE_TABLE", fallback="risk_table")
+    queue_high: str = setting("QUEUE_HIGH", required=True)
+    queue_medium: str = setting("QUEUE_MEDIUM", required=True)
     # Where account-manager tasks go; None: to the queue of their risk tier, marked by the channel attribute.
-    queue_account_manager: str | None = None
+    queue_account_manager: str | None = setting("QUEUE_ACCOUNT_MANAGER", default=None)
     # Files younger than this are left to their own S3 trigger by the schedule's sweep.
-    sweep_min_age_seconds: float = 900.0
+    sweep_min_age_seconds: float = setting("SWEEP_MIN_AGE_SECONDS", _number, 900.0)
     # Events later than the file's landing time by more than this are rejected as future-dated.
-    future_tolerance_seconds: float = 86400.0
+    future_tolerance_seconds: float = setting("FUTURE_TOLERANCE_SECONDS", _number, 86400.0)
     # A gzip file inflating past this many bytes is quarantined instead of read.
-    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    max_decompressed_bytes: int = setting("MAX_DECOMPRESSED_BYTES", _whole, DEFAULT_MAX_DECOMPRESSED_BYTES, minimum=1)
     # How many recently merged runs a state item remembers, and for how long (see applied_runs).
-    applied_runs_keep: int = 32
-    applied_runs_max_age: float = 7 * 86400.0
+    applied_runs_keep: int = setting("APPLIED_RUNS_KEEP", _number, 32, minimum=1, convert=_count)
+    applied_runs_max_age: float = setting(
+        "APPLIED_RUNS_MAX_AGE_DAYS", _number, 7.0, minimum=1.0, convert=_days_to_seconds
+    )
     # Conditional writes in flight at once (each one PutItem or UpdateItem call).
-    write_concurrency: int = 16
+    write_concurrency: int = setting("WRITE_CONCURRENCY", _number, 16, minimum=1, convert=_count)
     # Seconds an invocation keeps free at its end to write its checkpoint.
-    checkpoint_reserve_seconds: float = 20.0
+    checkpoint_reserve_seconds: float = setting("CHECKPOINT_RESERVE_SECONDS", _number, 20.0, minimum=0.0)
     # The playbook file (None: the packaged default) and the S3 key of the opt-out list.
-    playbook_file: str | None = None
-    opt_out_key: str = "suppression/opt-out.csv"
+    playbook_file: str | None = setting("PLAYBOOK_FILE", default=None)
+    opt_out_key: str = setting("OPT_OUT_KEY", default="suppression/opt-out.csv")
     # A user with no event for longer than this is forgotten: their state and risk items carry `expires_at`
     # (latest event + this, epoch seconds), which DynamoDB TTL deletes them by, and the schedule skips them.
-    retention_seconds: int = DEFAULT_RETENTION_DAYS * 86400
+    retention_seconds: int = setting(
+        "RETENTION_DAYS",
+        _number,
+        DEFAULT_RETENTION_DAYS,
+        minimum=RETENTION_FLOOR_DAYS,
+        convert=_days_to_whole_seconds,
+    )
+    # Users per chunk: the unit of checkpointing and of state reads.
+    chunk_users: int = setting("CHUNK_USERS", _number, 1000, minimum=1, convert=_count)
+    # Capped exponential backoff with full jitter: the first delay, and the cap on any one delay.
+    retry_base_delay_seconds: float = setting("RETRY_BASE_DELAY_SECONDS", _number, BASE_DELAY, minimum=0.0)
+    retry_max_delay_seconds: float = setting("RETRY_MAX_DELAY_SECONDS", _number, MAX_DELAY, minimum=0.0)
 
     @property
     def snapshot_prefix(self) -> str:
+        """Return the key prefix of full-snapshot files, under the incoming prefix."""
         return f"{self.incoming_prefix}snapshots/"
 
     @property
@@ -68,58 +186,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from environment variables; raise ConfigError naming what is missing."""
+        """Build settings from environment variables; raise ConfigError naming what is missing or malformed."""
         env = os.environ if env is None else env
-        required = ("BEHAVIOUR_BUCKET", "RISK_TABLE", "QUEUE_HIGH", "QUEUE_MEDIUM")
-        missing = [name for name in required if not env.get(name)]
+        missing = [variable.name for variable in VARIABLES.values() if variable.required and not env.get(variable.name)]
         if missing:
             raise ConfigError(f"missing environment variable(s): {', '.join(missing)}")
-        prefix = env.get("INCOMING_PREFIX") or DEFAULT_INCOMING_PREFIX
-        if not prefix.endswith("/"):
-            prefix += "/"
-        min_age = _number(env, "SWEEP_MIN_AGE_SECONDS", 900.0)
-        tolerance = _number(env, "FUTURE_TOLERANCE_SECONDS", 86400.0)
-        keep = int(_number(env, "APPLIED_RUNS_KEEP", 32, minimum=1))
-        max_age_days = _number(env, "APPLIED_RUNS_MAX_AGE_DAYS", 7.0, minimum=1.0)
-        concurrency = int(_number(env, "WRITE_CONCURRENCY", 16, minimum=1))
-        reserve = _number(env, "CHECKPOINT_RESERVE_SECONDS", 20.0, minimum=0.0)
-        retention_days = _number(env, "RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=RETENTION_FLOOR_DAYS)
-        try:
-            max_inflated = int(env.get("MAX_DECOMPRESSED_BYTES") or DEFAULT_MAX_DECOMPRESSED_BYTES)
-        except ValueError as exc:
-            raise ConfigError(f"MAX_DECOMPRESSED_BYTES must be a whole number of bytes: {exc}") from exc
-        if max_inflated < 1:
-            raise ConfigError(f"MAX_DECOMPRESSED_BYTES must be positive, not {max_inflated}")
-        return cls(
-            behaviour_bucket=env["BEHAVIOUR_BUCKET"],
-            incoming_prefix=prefix,
-            risk_table=env["RISK_TABLE"],
-            state_table=env.get("STATE_TABLE") or env["RISK_TABLE"],
-            queue_high=env["QUEUE_HIGH"],
-            queue_medium=env["QUEUE_MEDIUM"],
-            queue_account_manager=env.get("QUEUE_ACCOUNT_MANAGER") or None,
-            sweep_min_age_seconds=min_age,
-            future_tolerance_seconds=tolerance,
-            max_decompressed_bytes=max_inflated,
-            applied_runs_keep=keep,
-            applied_runs_max_age=max_age_days * 86400.0,
-            write_concurrency=concurrency,
-            checkpoint_reserve_seconds=reserve,
-            playbook_file=env.get("PLAYBOOK_FILE") or None,
-            opt_out_key=env.get("OPT_OUT_KEY") or "suppression/opt-out.csv",
-            retention_seconds=round(retention_days * 86400),
-        )
+        values: dict[str, Any] = {}
+        for name, variable in VARIABLES.items():  # in field order, so a fallback's field is read first
+            values[name] = variable.read(env, values)
+        return cls(**values)
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
-    """Return a numeric setting; raise ConfigError naming it when it is not a number or too small."""
-    text = env.get(name)
-    try:
-        value = float(text) if text else float(default)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, not {text!r}") from exc
-    if not math.isfinite(value):  # float() takes "nan" and "inf", and nan passes any minimum
-        raise ConfigError(f"{name} must be a finite number, not {text!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum:g}, not {value:g}")
-    return value
+# The table: each field's variable, in field order.
+VARIABLES: Mapping[str, Variable] = MappingProxyType({f.name: f.metadata["variable"] for f in fields(Settings)})
+# Each field's default, in the field's unit (seconds for the *_DAYS variables): import these, never repeat them.
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+)

@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from chalicelib.aws.bucket import BOTO_CONFIG
+from chalicelib.aws.boto import BOTO_CONFIG, error_code
 from chalicelib.aws.tables import TTL_ATTRIBUTE
 from chalicelib.settings import Settings
 
@@ -79,8 +79,7 @@ def _ensure_ttl(dynamodb: Any, table: str) -> None:
     except ClientError as exc:
         # DynamoDB refuses to enable TTL that is already on (ValidationException): done, if it is on our
         # attribute (an earlier bootstrap, or one running beside us); not if on another one, or switching off.
-        code = exc.response.get("Error", {}).get("Code")
-        if code != "ValidationException" or _ttl_attribute(dynamodb, table) != TTL_ATTRIBUTE:
+        if error_code(exc) != "ValidationException" or _ttl_attribute(dynamodb, table) != TTL_ATTRIBUTE:
             raise
 
 

@@ -109,12 +109,7 @@ def simulate_population(
     progress: bool = False,
 ) -> SyntheticPopulation:
     """Return events for all `n_users` (some may have none) plus each user's persona and churn time."""
-    if n_users < 0:
-        raise InputError(f"number of users must not be negative, got {n_users}")
-    if days < 1:
-        raise InputError(f"days must be at least 1, got {days}")
-    if kind not in KINDS:
-        raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    _check_population(n_users, days, kind)
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     end = math.floor(as_of.timestamp())
@@ -135,19 +130,7 @@ def simulate_population(
         size = min(CHUNK_USERS, n_users - first)
         parts.append(_simulate_chunk(rng, size, days, start, promo, dow, kind, first))
 
-    if parts:
-        users = np.concatenate([p["user"] for p in parts])
-        times = np.concatenate([p["time"] for p in parts])
-        codes = np.concatenate([p["code"] for p in parts])
-        values = np.concatenate([p["value"] for p in parts])
-        persona = np.concatenate([p["persona"] for p in parts])
-        join_time = np.concatenate([p["join_time"] for p in parts])
-        churn_time = np.concatenate([p["churn_time"] for p in parts])
-    else:
-        users, times, codes, values = (np.zeros(0, dtype=t) for t in (np.int32, np.float64, np.int8, np.float64))
-        persona = np.zeros(0, dtype=np.int8)
-        join_time = churn_time = np.zeros(0, dtype=np.float64)
-
+    users, times, codes, values, persona, join_time, churn_time = _join_chunks(parts)
     order = np.lexsort((codes, users, times))
     batch = EventBatch(
         user_ids=[user_id_for(i, n_users) for i in range(n_users)],
@@ -157,6 +140,28 @@ def simulate_population(
         value=values[order],
     )
     return SyntheticPopulation(batch=batch, persona=persona, join_time=join_time, churn_time=churn_time)
+
+
+def _check_population(n_users: int, days: int, kind: str) -> None:
+    """Raise InputError for a population that cannot be simulated."""
+    if n_users < 0:
+        raise InputError(f"number of users must not be negative, got {n_users}")
+    if days < 1:
+        raise InputError(f"days must be at least 1, got {days}")
+    if kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+# A simulated chunk's columns, in the order _join_chunks returns them: events first, then per-user facts.
+_CHUNK_COLUMNS = ("user", "time", "code", "value", "persona", "join_time", "churn_time")
+_CHUNK_DTYPES = (np.int32, np.float64, np.int8, np.float64, np.int8, np.float64, np.float64)
+
+
+def _join_chunks(parts: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Return each column of `_CHUNK_COLUMNS` over all simulated chunks (empty, typed arrays when there are none)."""
+    if not parts:
+        return tuple(np.zeros(0, dtype=dtype) for dtype in _CHUNK_DTYPES)
+    return tuple(np.concatenate([p[column] for p in parts]) for column in _CHUNK_COLUMNS)
 
 
 def _promotion_calendar(rng: np.random.Generator, days: int) -> np.ndarray:

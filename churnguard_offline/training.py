@@ -25,6 +25,8 @@ from churnguard_offline.metrics import classification_metrics, tier_performance
 MIN_CLASS_ROWS = 50
 DEFAULT_LOOKBACK_DAYS = 180
 DEFAULT_THRESHOLDS = {"high": 0.6, "medium": 0.3}
+# Features and labels of one set of rows.
+Data = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -250,25 +252,11 @@ def train(
     check_learnable(y_fit, "before the validation origin")
     X_val, y_val = validation.features, validation.labels
 
-    scores: dict[str, dict[str, float]] = {}
-    fitted: dict[str, Any] = {}
-    for name, pipeline in candidates(seed, horizon_days).items():
-        progress(f"fitting {name} on {len(y_fit)} rows")
-        fitted[name] = pipeline.fit(X_fit, y_fit)
-        scores[name] = _clean(classification_metrics(y_val, pipeline.predict_proba(X_val)[:, 1]))
-    # PR-AUC decides: retention teams act on the top of the ranking, where PR-AUC looks.
-    winner = max(scores, key=lambda n: (scores[n]["pr_auc"], -scores[n]["brier"]))
-    runner_up = max((n for n in scores if n != winner), key=lambda n: scores[n]["pr_auc"])
-
-    # Calibrate only when it makes the probabilities better out of time (lower Brier score).
-    calibration = {"none": scores[winner]["brier"]}
-    chosen_model, calibration_method = fitted[winner], "none"
-    for method in ("sigmoid", "isotonic"):
-        progress(f"calibrating {winner} ({method})")
-        model = _calibrated(candidates(seed, horizon_days)[winner], method).fit(X_fit, y_fit)
-        calibration[method] = round(float(np.mean((model.predict_proba(X_val)[:, 1] - y_val) ** 2)), 6)
-        if calibration[method] < calibration[calibration_method]:
-            chosen_model, calibration_method = model, method
+    scores, fitted = _fit_candidates((X_fit, y_fit), (X_val, y_val), seed, horizon_days, progress)
+    winner, runner_up = _rank(scores)
+    chosen_model, calibration_method, calibration = _calibrate(
+        winner, (fitted[winner], scores[winner]["brier"]), (X_fit, y_fit), (X_val, y_val), seed, horizon_days, progress
+    )
     p_val = chosen_model.predict_proba(X_val)[:, 1]
     metrics = _clean(classification_metrics(y_val, p_val))
 
@@ -308,14 +296,7 @@ def train(
             "cutoff": iso_time(cutoff),
             "horizon_days": horizon_days,
             "lookback_days": lookback_days,
-            "origins": [
-                {
-                    "cutoff": iso_time(d.cutoff),
-                    "users": int(d.labels.size),
-                    "churn_rate": round(float(d.labels.mean()), 6),
-                }
-                for d in sets
-            ],
+            "origins": [_origin_record(d) for d in sets],
             "rows": int(y_all.size),
             "users": int(latest.labels.size),
             "churners": int(latest.labels.sum()),
@@ -353,6 +334,54 @@ def train(
     progress("writing the model card and plots")
     write_model_card(out_dir, manifest, y_val, p_val, baseline_p)
     return manifest
+
+
+def _fit_candidates(
+    fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None]
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Fit every candidate on `fit`; return their out-of-time metrics on `val` and the fitted models, by name."""
+    scores: dict[str, dict[str, float]] = {}
+    fitted: dict[str, Any] = {}
+    for name, pipeline in candidates(seed, horizon_days).items():
+        progress(f"fitting {name} on {len(fit[1])} rows")
+        fitted[name] = pipeline.fit(*fit)
+        scores[name] = _clean(classification_metrics(val[1], pipeline.predict_proba(val[0])[:, 1]))
+    return scores, fitted
+
+
+def _rank(scores: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """Return the winning candidate and the runner-up.
+
+    PR-AUC decides: retention teams act on the top of the ranking, where PR-AUC looks.
+    """
+    winner = max(scores, key=lambda n: (scores[n]["pr_auc"], -scores[n]["brier"]))
+    runner_up = max((n for n in scores if n != winner), key=lambda n: scores[n]["pr_auc"])
+    return winner, runner_up
+
+
+def _calibrate(
+    winner: str,
+    uncalibrated: tuple[Any, float],
+    fit: Data,
+    val: Data,
+    seed: int,
+    horizon_days: float,
+    progress: Callable[[str], None],
+) -> tuple[Any, str, dict[str, float]]:
+    """Return the model to use, its calibration method and each method's out-of-time Brier score.
+
+    `uncalibrated` is the fitted winner and its Brier score. Calibrate only when it makes the probabilities
+    better out of time (lower Brier score).
+    """
+    chosen_model, calibration_method = uncalibrated[0], "none"
+    calibration = {"none": uncalibrated[1]}
+    for method in ("sigmoid", "isotonic"):
+        progress(f"calibrating {winner} ({method})")
+        model = _calibrated(candidates(seed, horizon_days)[winner], method).fit(*fit)
+        calibration[method] = round(float(np.mean((model.predict_proba(val[0])[:, 1] - val[1]) ** 2)), 6)
+        if calibration[method] < calibration[calibration_method]:
+            chosen_model, calibration_method = model, method
+    return chosen_model, calibration_method, calibration
 
 
 def _origin_record(data: LabelledSet) -> dict[str, Any]:

@@ -1,53 +1,27 @@
-"""S3 adapter: behaviour files in, rejected rows, run summaries, ledger and quarantine out."""
+"""S3 adapter: behaviour files in; rejected rows, quarantine, ledger, run records, checkpoints, dead letters,
+closed exposures and reports out. It owns the bucket's key layout."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 import boto3
-from botocore.config import Config
 
-from chalicelib.errors import ChurnGuardError
-from chalicelib.retry import MAX_ATTEMPTS
+from chalicelib.aws.boto import BOTO_CONFIG, error_code
+from chalicelib.runs.ports import Listed, ObjectGoneError, S3Object
 
-# Adaptive mode retries throttling and 5xx errors with backoff and rate-limits the client; the pool
-# is sized for the concurrent conditional writes.
-BOTO_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": MAX_ATTEMPTS}, max_pool_connections=32)
+# The bucket's layout: every prefix a run writes under is named here and nowhere else.
 LEDGER_PREFIX = "ledger/"
 RUNS_PREFIX = "runs/"
 REJECTED_PREFIX = "rejected/"
 QUARANTINE_PREFIX = "quarantine/"
 DEAD_LETTER_PREFIX = "dead-letter/"
 CHECKPOINT_PREFIX = "checkpoints/"
-
-
-class ObjectGoneError(ChurnGuardError):
-    """The object of an event was deleted before it could be read; retrying cannot help."""
-
-
-@dataclass
-class S3Object:
-    """An opened object: a streaming body and the identity of the exact version read."""
-
-    key: str
-    body: BinaryIO
-    etag: str
-    version_id: str | None
-    size: int
-
-
-@dataclass(frozen=True)
-class Listed:
-    """One entry of a listing."""
-
-    key: str
-    etag: str
-    last_modified: datetime
+CLOSED_PREFIX = "outcomes/closed/"
+LIFT_REPORT_KEY = "reports/lift.json"
 
 
 def ledger_key(key: str, etag: str) -> str:
@@ -75,7 +49,7 @@ class BehaviourBucket:
         try:
             resp = self.client.get_object(**kwargs)
         except self.client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404"):
+            if error_code(exc) in ("NoSuchKey", "NoSuchVersion", "404"):
                 raise ObjectGoneError(f"s3://{self.bucket}/{key} no longer exists") from exc
             raise
         return S3Object(
@@ -155,3 +129,74 @@ class BehaviourBucket:
     def ledger_keys(self) -> set[str]:
         """Return every ledger entry key (for the sweep)."""
         return {item.key for item in self.list(LEDGER_PREFIX)}
+
+    def unprocessed(self, prefix: str) -> Iterator[Listed]:
+        """Yield every object under `prefix` whose content has no ledger record."""
+        done = self.ledger_keys()
+        for item in self.list(prefix):
+            if ledger_key(item.key, item.etag) not in done:
+                yield item
+
+    def url(self, key: str) -> str:
+        """Return the s3:// address of a key."""
+        return f"s3://{self.bucket}/{key}"
+
+    def quarantine(self, key: str, version_id: str | None, reason: dict[str, Any]) -> str:
+        """Move an unreadable file to quarantine/ with its reason beside it; return the new key."""
+        dest = QUARANTINE_PREFIX + key
+        self.move(key, version_id, dest)
+        self.put_json(dest + ".reason.json", reason)
+        return dest
+
+    def put_rejected(self, key: str, data: bytes) -> str:
+        """Write a file's rejected rows to rejected/<key>.csv; return their address."""
+        rejected_key = f"{REJECTED_PREFIX}{key}.csv"
+        self.put_bytes(rejected_key, data, "text/csv")
+        return self.url(rejected_key)
+
+    def opt_out_list(self, key: str) -> bytes | None:
+        """Return the opt-out list's bytes, or None when there is none."""
+        return self.find_bytes(key)
+
+    def run_record_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the record of a run from runs/, or None."""
+        return self.find_json(f"{RUNS_PREFIX}{run_id}.json")
+
+    def run_record_put(self, run_id: str, record: dict[str, Any]) -> None:
+        """Write the record of a run to runs/."""
+        self.put_json(f"{RUNS_PREFIX}{run_id}.json", record)
+
+    def dead_letters_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return what a run left to replay, from dead-letter/, or None."""
+        return self.find_json(f"{DEAD_LETTER_PREFIX}{run_id}.json")
+
+    def dead_letters_put(self, run_id: str, record: dict[str, Any]) -> str:
+        """Keep what a run left to replay in dead-letter/; return its address."""
+        self.put_json(f"{DEAD_LETTER_PREFIX}{run_id}.json", record)
+        return self.dead_letters_url(run_id)
+
+    def dead_letters_url(self, run_id: str) -> str:
+        """Return the address of a run's dead-letter record."""
+        return self.url(f"{DEAD_LETTER_PREFIX}{run_id}.json")
+
+    def dead_letters_delete(self, run_id: str) -> None:
+        """Forget the dead letters of a replayed run."""
+        self.delete(f"{DEAD_LETTER_PREFIX}{run_id}.json")
+
+    def closed_get(self, run_id: str) -> list[dict[str, Any]]:
+        """Return the exposures a run replaced (empty when none)."""
+        return self.find_json(f"{CLOSED_PREFIX}{run_id}.json") or []
+
+    def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
+        """Keep the exposures a run replaced in outcomes/closed/."""
+        self.put_json(f"{CLOSED_PREFIX}{run_id}.json", exposures)
+
+    def closed_all(self) -> Iterator[dict[str, Any]]:
+        """Yield every exposure any run replaced."""
+        for item in self.list(CLOSED_PREFIX):
+            yield from self.get_json(item.key)
+
+    def lift_report_put(self, report: dict[str, Any]) -> str:
+        """Write the latest lift report to reports/lift.json; return its address."""
+        self.put_json(LIFT_REPORT_KEY, report)
+        return self.url(LIFT_REPORT_KEY)

@@ -9,8 +9,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from chalicelib.aws.bucket import BOTO_CONFIG
-from chalicelib.retry import backoff_delays, sleep
+from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
+from chalicelib.retry import Backoff
 
 BATCH = 10
 # Whole-call errors worth another try once botocore's own retries are spent.
@@ -32,17 +32,20 @@ MAX_MESSAGE_BYTES = 256 * 1024
 class RetentionQueues:
     """Sends retention messages in batches of ten, retrying the entries SQS failed."""
 
-    def __init__(self, client: Any, queue_names: dict[str, str]) -> None:
+    batch_size = BATCH
+
+    def __init__(self, client: Any, queue_names: dict[str, str], backoff: Backoff | None = None) -> None:
         self.client = client
+        self.backoff = backoff or Backoff()
         self.queue_names = dict(queue_names)
         self._urls: dict[str, str] = {}
         self.calls = 0
         self.retries: Counter[str] = Counter()
 
     @classmethod
-    def create(cls, queue_names: dict[str, str]) -> RetentionQueues:
+    def create(cls, queue_names: dict[str, str], backoff: Backoff) -> RetentionQueues:
         """Return an adapter with a default client (honours AWS_ENDPOINT_URL)."""
-        return cls(boto3.client("sqs", config=BOTO_CONFIG), queue_names)
+        return cls(boto3.client("sqs", config=BOTO_CONFIG), queue_names, backoff)
 
     def url(self, tier: str) -> str:
         """Return (and remember) the URL of a tier's queue."""
@@ -63,22 +66,22 @@ class RetentionQueues:
     def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> list[str]:
         """Send one batch, resending failed entries with backoff; return the ids that never went through."""
         pending = entries
-        for delay in (*backoff_delays(), None):
+        for delay in (*self.backoff.delays(), None):
             self.calls += 1
             try:
                 resp = self.client.send_message_batch(QueueUrl=url, Entries=pending)
             except ClientError as exc:
                 # Throttling that outlived botocore's retry quota: the whole batch failed, try it again.
-                code = exc.response.get("Error", {}).get("Code", "")
+                code = error_code(exc)
                 if code not in TRANSIENT_CODES:
                     raise
                 if delay is None:
                     break  # the whole batch goes back as failed, to the dead-letter record
                 self.retries[f"SendMessageBatch.{code}"] += 1
-                sleep(delay)
+                self.backoff.wait(delay)
                 continue
             # Throttling and 5xx are retried inside botocore; count those too.
-            self.retries["SendMessageBatch"] += resp.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            self.retries["SendMessageBatch"] += retry_attempts(resp)
             sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
             if sender_faults:
                 raise ValueError(f"SQS refused messages: {sender_faults}")
@@ -87,7 +90,7 @@ class RetentionQueues:
             if not pending or delay is None:
                 break
             self.retries["SendMessageBatch.Failed"] += 1
-            sleep(delay)
+            self.backoff.wait(delay)
         return [e["Id"] for e in pending]
 
 

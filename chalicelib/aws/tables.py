@@ -18,22 +18,21 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import boto3
+import numpy as np
 from boto3.dynamodb.types import Binary
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
-from chalicelib.aws.bucket import BOTO_CONFIG
+from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
 from chalicelib.errors import ChurnGuardError, RetryableError
-from chalicelib.retry import backoff_delays, sleep
+from chalicelib.retry import Backoff
+from chalicelib.runs.ports import CONFLICT, FAILED, SENT, WRITTEN, RiskWrite, StateWrite, StoredStates
 from chalicelib.scoring.state import LAYOUT_ID, StateBatch
-from chalicelib.settings import DEFAULT_RETENTION_DAYS
 
 GET_BATCH = 100
-DEFAULT_CONCURRENCY = 16
 # The attribute the tables' TTL is enabled on (bootstrap and the deployment's Terraform).
 TTL_ATTRIBUTE = "expires_at"
 # Errors that survive botocore's own retries but may clear later: the user goes to the dead-letter record.
@@ -47,58 +46,12 @@ TRANSIENT_CODES = frozenset(
         "TransactionConflictException",
     }
 )
-WRITTEN, CONFLICT, FAILED = "written", "conflict", "failed"
-PENDING, SENT = "pending", "sent"
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class StateLayoutError(ChurnGuardError):
     """A stored state written by another state layout; it must be migrated, not misread."""
-
-
-@dataclass
-class StoredStates:
-    """Stored state of some users, with each one's version and recently merged runs."""
-
-    batch: StateBatch
-    versions: dict[str, int] = field(default_factory=dict)
-    applied: dict[str, list[str]] = field(default_factory=dict)
-    locales: dict[str, tuple[float, str]] = field(default_factory=dict)
-    expired: int = 0  # users left out because their expiry had passed (TTL deletes within days, not at once)
-
-
-@dataclass(frozen=True)
-class StateWrite:
-    """One user's new state, to be written only if the stored version is still `expected`."""
-
-    user_id: str
-    blob: bytes
-    first_seen: str
-    last_seen: str
-    last_event: float  # epoch seconds of the user's latest event: the expiry counts from it
-    events: int
-    run_id: str
-    expected: int  # 0: the user has no stored state yet
-    applied: list[str]
-    locale: tuple[float, str] | None = None  # (time, locale) of the user's latest row naming one
-
-    @property
-    def version(self) -> int:
-        return self.expected + 1
-
-
-@dataclass(frozen=True)
-class RiskWrite:
-    """One user's whole risk item, to be written only if the stored item is still at version `expected`."""
-
-    item: dict[str, Any]
-    expected: int  # 0: the user has no risk item yet
-    last_event: float  # epoch seconds of the latest event in the state scored: the expiry counts from it
-
-    @property
-    def user_id(self) -> str:
-        return self.item["user_id"]
 
 
 class BehaviourTables:
@@ -109,8 +62,9 @@ class BehaviourTables:
         resource: Any,
         state_table: str,
         risk_table: str,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        retention_seconds: int = DEFAULT_RETENTION_DAYS * 86400,
+        concurrency: int,
+        retention_seconds: int,
+        backoff: Backoff | None = None,
     ) -> None:
         self.resource = resource
         # Clients are thread-safe, resources are not; the resource's client speaks Python types.
@@ -119,16 +73,19 @@ class BehaviourTables:
         self.risk_table = risk_table
         self.concurrency = max(1, concurrency)
         self.retention_seconds = retention_seconds
+        self.backoff = backoff or Backoff()
         self.calls: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def create(cls, state_table: str, risk_table: str, concurrency: int, retention_seconds: int) -> BehaviourTables:
+    def create(
+        cls, state_table: str, risk_table: str, concurrency: int, retention_seconds: int, backoff: Backoff
+    ) -> BehaviourTables:
         """Return an adapter with a default resource (honours AWS_ENDPOINT_URL)."""
         resource = boto3.resource("dynamodb", config=BOTO_CONFIG)
-        return cls(resource, state_table, risk_table, concurrency, retention_seconds)
+        return cls(resource, state_table, risk_table, concurrency, retention_seconds, backoff)
 
     @property
     def shared(self) -> bool:
@@ -178,14 +135,14 @@ class BehaviourTables:
         for start in range(0, len(user_ids), GET_BATCH):
             keys = [{"user_id": uid} for uid in user_ids[start : start + GET_BATCH]]
             request = {table: {"Keys": keys, "ConsistentRead": True, **projection}}
-            delays = backoff_delays()
+            delays = self.backoff.delays()
             while request:
                 resp = self._call("BatchGetItem", self.client.batch_get_item, RequestItems=request)
                 found.update((item["user_id"], item) for item in resp["Responses"].get(table, []))
                 request = resp.get("UnprocessedKeys") or {}
                 if request:
                     self._note_retry("BatchGetItem.UnprocessedKeys")
-                    _wait(delays, "BatchGetItem UnprocessedKeys")
+                    self._wait(delays, "BatchGetItem UnprocessedKeys")
         return found
 
     def _scan_pages(
@@ -234,7 +191,7 @@ class BehaviourTables:
         return self._put(self.state_table, item, "state_version", w.expected)
 
     def _put_risk(self, w: RiskWrite) -> str:
-        item = {**w.item, "risk_version": w.expected + 1, TTL_ATTRIBUTE: self.expiry(w.last_event)}
+        item = {**_decimals(w.item), "risk_version": w.expected + 1, TTL_ATTRIBUTE: self.expiry(w.last_event)}
         # On a shared item the state write sets the expiry, from state at least as new as the one scored
         # here (a concurrent run may have merged newer events since): the risk write only fills it in where
         # it is missing, on an item written before expiries existed, so it can never move it back.
@@ -305,19 +262,19 @@ class BehaviourTables:
         botocore retries throttling inside the call until its retry quota (shared by the client, spent
         faster than it refills under sustained throttling) runs dry; then the error reaches us.
         """
-        delays = backoff_delays()
+        delays = self.backoff.delays()
         while True:
             try:
                 resp = fn(**kwargs)
             except ClientError as exc:
-                self._count(op, exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
-                delay = next(delays, None) if _code(exc) in TRANSIENT_CODES else None
+                self._count(op, retry_attempts(exc.response))
+                delay = next(delays, None) if error_code(exc) in TRANSIENT_CODES else None
                 if delay is None:
                     raise
-                self._note_retry(f"{op}.{_code(exc)}")
-                sleep(delay)
+                self._note_retry(f"{op}.{error_code(exc)}")
+                self.backoff.wait(delay)
                 continue
-            self._count(op, resp.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+            self._count(op, retry_attempts(resp))
             return resp
 
     def _count(self, op: str, retries: int) -> None:
@@ -330,8 +287,14 @@ class BehaviourTables:
         with self._lock:
             self.retries[what] += 1
 
+    def _wait(self, delays: Iterator[float], what: str) -> None:
+        try:
+            self.backoff.wait(next(delays))
+        except StopIteration:
+            raise RetryableError(f"{what} still pending after retries") from None
+
     def _refused(self, exc: ClientError, condition_outcome: str) -> str:
-        code = _code(exc)
+        code = error_code(exc)
         if code == "ConditionalCheckFailedException":
             return condition_outcome
         if code in TRANSIENT_CODES:
@@ -376,10 +339,6 @@ def _stored(items: list[dict[str, Any]]) -> StoredStates:
     )
 
 
-def _code(exc: ClientError) -> str:
-    return exc.response.get("Error", {}).get("Code", "")
-
-
 def _set_expression(values: dict[str, Any], keep: tuple[str, ...] = ()) -> tuple[str, dict[str, str], dict[str, Any]]:
     """Return a SET expression for `values` (those named in `keep` only where absent), all behind placeholders."""
     names = {f"#{k}": k for k in values}
@@ -388,13 +347,15 @@ def _set_expression(values: dict[str, Any], keep: tuple[str, ...] = ()) -> tuple
     return "SET " + ", ".join(sets), names, vals
 
 
-def risk_item(row: dict[str, Any], *, run_id: str, scored_at: str, source: str) -> dict[str, Any]:
-    """Return the DynamoDB attributes of one user's current risk (contract's score attributes)."""
-    item = dict(row)
-    item["churn_probability"] = Decimal(str(row["churn_probability"]))
-    item["reasons"] = list(row["reasons"])
-    item.update(run_id=run_id, scored_at=scored_at, source=source)
-    return item
+def _decimals(value: Any) -> Any:
+    """Return `value` with every float, nested ones too, as the exact decimal DynamoDB stores (boto3 refuses floats)."""
+    if isinstance(value, (float, np.floating)):
+        return Decimal(str(float(value)))
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_decimals(v) for v in value]
+    return value
 
 
 def _blob(item: dict[str, Any]) -> bytes:
@@ -402,10 +363,3 @@ def _blob(item: dict[str, Any]) -> bytes:
         raise StateLayoutError(f"user {item['user_id']}: state layout {item.get('state_layout')} is not {LAYOUT_ID}")
     value = item["state"]
     return bytes(value.value if isinstance(value, Binary) else value)
-
-
-def _wait(delays: Iterator[float], what: str) -> None:
-    try:
-        sleep(next(delays))
-    except StopIteration:
-        raise RetryableError(f"{what} still pending after retries") from None

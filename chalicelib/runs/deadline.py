@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable
 
 from chalicelib.errors import RetryableError
+from chalicelib.settings import DEFAULTS
 
 # Kept free at the end of an invocation: the checkpoint and the summary are written in it.
-DEFAULT_RESERVE_SECONDS = 20.0
+DEFAULT_RESERVE_SECONDS: float = DEFAULTS["checkpoint_reserve_seconds"]
 
 
 class RunInterrupted(RetryableError):

@@ -22,14 +22,15 @@ import yaml
 
 from chalicelib.aws.bucket import (
     CHECKPOINT_PREFIX,
+    CLOSED_PREFIX,
     DEAD_LETTER_PREFIX,
     LEDGER_PREFIX,
+    LIFT_REPORT_KEY,
     QUARANTINE_PREFIX,
     REJECTED_PREFIX,
     RUNS_PREFIX,
 )
 from chalicelib.aws.tables import TTL_ATTRIBUTE
-from chalicelib.runs.pipeline import CLOSED_PREFIX, LIFT_REPORT_KEY
 from chalicelib.settings import DEFAULT_INCOMING_PREFIX, Settings
 from churnguard_offline import bootstrap
 from tests.conftest import ROOT
@@ -445,6 +446,19 @@ def controls_of(infra: Config, rtype: str, bucket: str) -> list[dict[str, Any]]:
     return [body for body in infra.of_type(rtype).values() if refers_to(body.get("bucket"), target)]
 
 
+def plain_http_denials(infra: Config, policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the statements of a bucket policy's document that deny requests made without TLS."""
+    document = re.fullmatch(r"\$\{data\.aws_iam_policy_document\.([\w-]+)\.json\}", policy["policy"])
+    assert document, "the bucket policy is an aws_iam_policy_document"
+    statements = listed(infra.resources("data")[f"aws_iam_policy_document.{document.group(1)}"]["statement"])
+    return [
+        s
+        for s in statements
+        if s["effect"] == "Deny"
+        and any(c["variable"] == "aws:SecureTransport" and c["values"] == ["false"] for c in listed(s["condition"]))
+    ]
+
+
 @pytest.mark.parametrize("bucket", ["behaviour", "artifacts"])
 def test_the_bucket_is_versioned_encrypted_private_and_tls_only(infra, bucket):
     (versioning,) = controls_of(infra, "aws_s3_bucket_versioning", bucket)
@@ -463,15 +477,7 @@ def test_the_bucket_is_versioned_encrypted_private_and_tls_only(infra, bucket):
     assert listed(ownership["rule"])[0]["object_ownership"] == "BucketOwnerEnforced"
 
     (policy,) = controls_of(infra, "aws_s3_bucket_policy", bucket)
-    document = re.fullmatch(r"\$\{data\.aws_iam_policy_document\.([\w-]+)\.json\}", policy["policy"])
-    assert document, "the bucket policy is an aws_iam_policy_document"
-    statements = listed(infra.resources("data")[f"aws_iam_policy_document.{document.group(1)}"]["statement"])
-    deny_plain_http = [
-        s
-        for s in statements
-        if s["effect"] == "Deny"
-        and any(c["variable"] == "aws:SecureTransport" and c["values"] == ["false"] for c in listed(s["condition"]))
-    ]
+    deny_plain_http = plain_http_denials(infra, policy)
     assert deny_plain_http, "no statement denies requests without TLS"
     resources = set(deny_plain_http[0]["resources"])
     assert resources == {f"${{aws_s3_bucket.{bucket}.arn}}", f"${{aws_s3_bucket.{bucket}.arn}}/*"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -19,13 +21,11 @@ from chalice.test import Client
 from moto import mock_aws
 
 from chalicelib import runtime
-from chalicelib.aws import queues as aws_sqs
-from chalicelib.aws import tables as aws_dynamodb
 from chalicelib.aws.bucket import BehaviourBucket
 from chalicelib.aws.queues import RetentionQueues
 from chalicelib.aws.tables import BehaviourTables
-from chalicelib.retry import MAX_ATTEMPTS
-from chalicelib.runs import pipeline as pipeline_module
+from chalicelib.observability import logger
+from chalicelib.retry import MAX_ATTEMPTS, Backoff
 from chalicelib.runs.pipeline import ScoringPipeline
 from chalicelib.scoring.artifact import MODEL_CACHE
 from chalicelib.scoring.events import EventBatch
@@ -129,18 +129,36 @@ def stage_env(monkeypatch) -> dict[str, str]:
     return env
 
 
+# The attributes every log record has; the rest of a record's attributes are the `extra` keys of its call.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class _Warnings(logging.Handler):
+    """Keeps (message, extra keys) of each warning logged."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.logged: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.WARNING:
+            extra = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+            self.logged.append((record.getMessage(), extra))
+
+
 @pytest.fixture
-def warnings_logged(monkeypatch) -> list[tuple[str, dict[str, Any]]]:
+def warnings_logged() -> list[tuple[str, dict[str, Any]]]:
     """The structured warnings the pipeline logs during the test: (message, extra keys) each."""
-    logged: list[tuple[str, dict[str, Any]]] = []
-    real = pipeline_module.logger.warning
-
-    def warning(msg, *args, extra=None, **kwargs):
-        logged.append((msg, dict(extra or {})))
-        return real(msg, *args, extra=extra, **kwargs)
-
-    monkeypatch.setattr(pipeline_module.logger, "warning", warning)
-    return logged
+    # Chalice names its logger after the app ("churnguard", the Powertools service too) and sets its level when
+    # app.py is imported, so the level is set here for the test's length, whatever ran before.
+    handler = _Warnings()
+    target = logging.getLogger(logger.name)
+    level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.WARNING)
+    yield handler.logged
+    target.removeHandler(handler)
+    target.setLevel(level)
 
 
 @pytest.fixture
@@ -182,8 +200,8 @@ STANDARD = Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS}, ma
 
 @pytest.fixture
 def no_sleep(monkeypatch):
-    for module in (aws_dynamodb, aws_sqs, pipeline_module):
-        monkeypatch.setattr(module, "sleep", lambda _s: None)
+    """No backoff sleeps: ours by the settings (handlers) or by the pipeline's backoff, botocore's patched out."""
+    monkeypatch.setenv("RETRY_BASE_DELAY_SECONDS", "0")
     # botocore's own wait before a retry
     monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=lambda _s: None))
 
@@ -195,12 +213,16 @@ def small(population):
 
 
 @pytest.fixture
-def chunks_of_fifty(monkeypatch):
-    monkeypatch.setattr(pipeline_module, "CHUNK_USERS", 50)
+def chunks_of_fifty(aws, monkeypatch):
+    """Runs work in chunks of fifty users: pipelines built from `aws.settings` after it (request it first), and
+    handlers by the environment."""
+    monkeypatch.setenv("CHUNK_USERS", "50")
+    aws.settings = replace(aws.settings, chunk_users=50)
 
 
 def make_pipeline(settings) -> ScoringPipeline:
-    """A pipeline with its own clients, like one Lambda container."""
+    """A pipeline with its own clients, like one Lambda container; it never sleeps before a retry."""
+    backoff = Backoff(settings.retry_base_delay_seconds, settings.retry_max_delay_seconds, sleep=lambda _s: None)
     return ScoringPipeline(
         settings=settings,
         bucket=BehaviourBucket(boto3.client("s3", config=STANDARD), settings.behaviour_bucket),
@@ -208,10 +230,13 @@ def make_pipeline(settings) -> ScoringPipeline:
             boto3.resource("dynamodb", config=STANDARD),
             settings.state_table,
             settings.risk_table,
-            retention_seconds=settings.retention_seconds,
+            settings.write_concurrency,
+            settings.retention_seconds,
+            backoff,
         ),
-        queues=RetentionQueues(boto3.client("sqs", config=STANDARD), settings.queues),
+        queues=RetentionQueues(boto3.client("sqs", config=STANDARD), settings.queues, backoff),
         scorer=Scorer(MODEL_CACHE.get()),
+        backoff=backoff,
     )
 
 

@@ -112,7 +112,7 @@ def throttle_every_third(monkeypatch):
 
 
 def test_throttling_on_every_third_call_is_retried_and_every_user_lands_once(
-    aws, pipeline, small, tmp_path, warnings_logged, throttle_every_third, chunks_of_fifty
+    aws, chunks_of_fifty, pipeline, small, tmp_path, warnings_logged, throttle_every_third
 ):
     # GIVEN DynamoDB, SQS and S3 that throttle every third request
     aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
@@ -177,7 +177,7 @@ def test_unprocessed_keys_and_a_failed_entry_per_batch_are_retried(aws, pipeline
     ],
 )
 def test_a_crash_mid_run_is_finished_by_the_redelivered_event_exactly_once(
-    aws, pipeline, small, tmp_path, chunks_of_fifty, operation, nth, chunks_done
+    aws, chunks_of_fifty, pipeline, small, tmp_path, operation, nth, chunks_done
 ):
     # GIVEN a process that dies at the nth call of one operation, before the request leaves
     calls = Counter()
@@ -206,7 +206,7 @@ def test_a_crash_mid_run_is_finished_by_the_redelivered_event_exactly_once(
 
 
 def test_a_crash_between_send_and_mark_resends_one_batch_under_the_same_ids(
-    aws, pipeline, small, tmp_path, chunks_of_fifty
+    aws, chunks_of_fifty, pipeline, small, tmp_path
 ):
     # GIVEN a process that dies when marking its first message batch as sent (the batch went out)
     # WHEN the event is delivered again
@@ -222,16 +222,20 @@ def test_a_crash_between_send_and_mark_resends_one_batch_under_the_same_ids(
     assert set(copies) == {r["contact_message_id"] for r in risks if "contact_message_id" in r}
 
 
-def test_failures_that_outlive_retries_are_dead_lettered_and_replayed_exactly_once(aws, pipeline, small, tmp_path):
-    # GIVEN three users whose state write, risk write and message keep failing after botocore's retries
-    scores = pipeline.scorer.score(build_state(small), AS_OF.timestamp())
+def _contacted_users(pipeline, events) -> list[str]:
+    """Return the users a run over `events` would send a message to: an action, and not in the holdout."""
+    scores = pipeline.scorer.score(build_state(events), AS_OF.timestamp())
     playbook = pipeline.scorer.playbook
-    actionable = [
+    return [
         u
         for u, a, tier in zip(scores.user_ids, scores.actions, scores.risk_tier)
         if a is not None and not playbook.in_holdout(u, tier)
     ]
-    state_victim, risk_victim, message_victim = actionable[:3]
+
+
+def test_failures_that_outlive_retries_are_dead_lettered_and_replayed_exactly_once(aws, pipeline, small, tmp_path):
+    # GIVEN three users whose state write, risk write and message keep failing after botocore's retries
+    state_victim, risk_victim, message_victim = _contacted_users(pipeline, small)[:3]
     faults = {"on": True}
     tables, sqs = pipeline.tables.client, pipeline.queues.client
     real_put, real_send = tables.put_item, sqs.send_message_batch

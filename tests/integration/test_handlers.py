@@ -34,6 +34,34 @@ def _stored_state(aws) -> StateBatch:
     return StateBatch.from_blobs([i["user_id"] for i in items], [bytes(i["state"].value) for i in items])
 
 
+def _assert_risk_item(item: dict, as_of: str) -> None:
+    """Assert a risk item carries the contract's attributes, in range, scored as of `as_of`."""
+    assert set(SCORE_COLUMNS) | {"run_id", "scored_at", "source"} <= set(item)
+    assert 0 <= float(item["churn_probability"]) <= 1
+    assert item["risk_tier"] in ("high", "medium", "low")
+    assert item["as_of"] == as_of
+    assert item["rfm_segment"] in SEGMENTS and item["activity_cluster"] in ("high", "medium", "low")
+
+
+def _assert_tier_message(message: dict, tier: str, stored: dict) -> None:
+    """Assert a message from `tier`'s queue is valid and agrees with its user's stored risk item."""
+    body, attributes = message["body"], message["attributes"]
+    validate_message(body)
+    assert body["risk_tier"] == tier == stored["risk_tier"]
+    assert attributes["channel"] == body["action"]["channel"]
+    assert attributes["value_tier"] == body["value_tier"]
+    assert body["segment"] == {"rfm": stored["rfm_segment"], "activity": stored["activity_cluster"]}
+    assert body["content"]["locale"] == "en" and body["content"]["text"]
+
+
+def _assert_messages_spare_only_the_holdout(summary: dict, risk: dict[str, dict]) -> None:
+    """Assert every actionable high/medium user got a message unless held out, and the holdout was counted."""
+    actionable = [i for i in risk.values() if i["risk_tier"] != "low" and i["action"]]
+    held_out = [i for i in actionable if i["holdout"]]
+    assert sum(summary["messages_sent"].values()) == len(actionable) - len(held_out) > 0
+    assert summary["suppressed"]["holdout"] == len(held_out) > 0
+
+
 def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, client, population, tmp_path):
     # GIVEN a year of behaviour landing as one gzip file
     event = aws.land("incoming/backfill/history.csv.gz", csv_bytes(population, tmp_path, gz=True))
@@ -46,11 +74,7 @@ def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, cl
     assert summary["status"] == "succeeded"
     assert len(risk) == len(population.user_ids) == summary["users_scored"]
     for item in risk.values():
-        assert set(SCORE_COLUMNS) | {"run_id", "scored_at", "source"} <= set(item)
-        assert 0 <= float(item["churn_probability"]) <= 1
-        assert item["risk_tier"] in ("high", "medium", "low")
-        assert item["as_of"] == "2026-06-01T00:00:00Z"
-        assert item["rfm_segment"] in SEGMENTS and item["activity_cluster"] in ("high", "medium", "low")
+        _assert_risk_item(item, "2026-06-01T00:00:00Z")
     assert len(aws.items(aws.settings.state_table)) == len(population.user_ids)
 
     # AND one valid message per actionable high/medium user, in the queue of their tier
@@ -58,18 +82,9 @@ def test_upload_scores_every_user_into_dynamodb_and_sends_valid_messages(aws, cl
         messages = aws.drain(tier)
         assert len(messages) == summary["messages_sent"][tier]
         for m in messages:
-            validate_message(m["body"])
-            assert m["body"]["risk_tier"] == tier == risk[m["body"]["user_id"]]["risk_tier"]
-            assert m["attributes"]["channel"] == m["body"]["action"]["channel"]
-            assert m["attributes"]["value_tier"] == m["body"]["value_tier"]
-            stored = risk[m["body"]["user_id"]]
-            assert m["body"]["segment"] == {"rfm": stored["rfm_segment"], "activity": stored["activity_cluster"]}
-            assert m["body"]["content"]["locale"] == "en" and m["body"]["content"]["text"]
-    actionable = [i for i in risk.values() if i["risk_tier"] != "low" and i["action"]]
-    held_out = [i for i in actionable if i["holdout"]]
-    assert sum(summary["messages_sent"].values()) == len(actionable) - len(held_out) > 0
+            _assert_tier_message(m, tier, risk[m["body"]["user_id"]])
     # AND the holdout got no message but is recorded, and counted
-    assert summary["suppressed"]["holdout"] == len(held_out) > 0
+    _assert_messages_spare_only_the_holdout(summary, risk)
 
     # AND the run summary is in the bucket, with rows that add up
     stored = json.loads(aws.get(f"runs/{summary['run_id']}.json"))

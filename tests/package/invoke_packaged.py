@@ -2,6 +2,7 @@
 
     python -I invoke_packaged.py ROOT probe            # import app, load the model, score one user
     python -I invoke_packaged.py ROOT invoke < calls   # call handlers as Lambda does: [[name, event], ...]
+    python -I invoke_packaged.py ROOT model-globals    # the globals ROOT/model_artifacts/model.joblib names
 
 Prints one JSON object on stdout. Not a test module: the packaged code cannot import the test suite.
 """
@@ -66,6 +67,41 @@ def probe() -> dict:
     }
 
 
+def model_globals(path: str) -> list[list[str]]:
+    """Load the joblib file at `path`; return the sorted (module, name) of every global its pickle looks up.
+
+    joblib's unpickler (nested object-array streams included) resolves each global through `find_class`,
+    whatever the compression; recording there sees exactly what loading the model needs importable.
+    """
+    import joblib
+    from joblib.numpy_pickle import NumpyUnpickler
+
+    seen: set[tuple[str, str]] = set()
+    original = NumpyUnpickler.find_class
+
+    def recording(self, module: str, name: str):
+        seen.add((module, name))
+        return original(self, module, name)
+
+    NumpyUnpickler.find_class = recording
+    try:
+        joblib.load(path)
+    finally:
+        NumpyUnpickler.find_class = original
+    return sorted([module, name] for module, name in seen)
+
+
+def model_modules(root: str) -> dict:
+    """Return the globals the packaged model names, where each module came from, and the stdlib's names."""
+    found = model_globals(f"{root}/model_artifacts/model.joblib")
+    modules = sorted({module for module, _ in found})
+    return {
+        "globals": found,
+        "origins": {module: _origin(module) for module in modules},
+        "stdlib": sorted(sys.stdlib_module_names),
+    }
+
+
 def invoke(calls: list[list]) -> dict:
     """Call each named handler of app.py with its event and a Lambda-like context, in order."""
     import app
@@ -79,7 +115,12 @@ def invoke(calls: list[list]) -> dict:
 def main() -> None:
     root, mode = sys.argv[1], sys.argv[2]
     sys.path.insert(0, root)
-    out = probe() if mode == "probe" else invoke(json.loads(sys.stdin.read()))
+    if mode == "probe":
+        out = probe()
+    elif mode == "model-globals":
+        out = model_modules(root)
+    else:
+        out = invoke(json.loads(sys.stdin.read()))
     print(json.dumps(out, default=str))
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,10 +27,23 @@ from churnguard_offline.bootstrap import ensure_resources
 from churnguard_offline.generate import generate_events
 from churnguard_offline.lambda_events import scheduled
 from tests.conftest import ROOT
+from tests.imports import is_within, violations
 from tests.integration.conftest import AS_OF, STAGE, STAGE_ENV, Aws, csv_bytes
+from tests.unit.test_layout import NOT_DEPLOYED
 
 PROBE = Path(__file__).resolve().parent / "invoke_packaged.py"
 MANIFEST = json.loads((ROOT / "model_artifacts" / "manifest.json").read_text())
+# Own code in the zip is app.py and chalicelib/; these are the offline tools and what only the repository holds:
+# the offline package, the tests, the scripts, and the two entry points that hand over to the offline package.
+OWN_CODE = ("app.py", "chalicelib/")
+OFFLINE_CODE = (
+    "churnguard_offline/",
+    "tests/",
+    "scripts/",
+    *(f"chalicelib/{name}." for name in ("__main__", "bootstrap")),
+    *(f"chalicelib/__pycache__/{name}." for name in ("__main__", "bootstrap")),
+)
+MODEL_LIBRARIES = ("sklearn", "numpy", "scipy", "joblib")
 BUDGET_BYTES = 150 * 2**20
 LAMBDA_LIMIT_BYTES = 250 * 2**20
 
@@ -105,6 +119,75 @@ def test_package_carries_the_committed_model_schemas_and_playbook(package_dir):
     # AND neither library test suites nor boto3 (the runtime provides it) take room
     assert not [n for n in names if "/tests/" in n and not n.startswith("chalicelib/")]
     assert not [n for n in names if n.startswith(("boto3/", "botocore/"))]
+
+
+def own_modules(names: Iterable[str]) -> list[str]:
+    """Return the project's own modules among zip entry names: app.py and chalicelib/**, source or byte code."""
+    return sorted(n for n in names if n.startswith(OWN_CODE) and n.endswith((".py", ".pyc")))
+
+
+def offline_entries(names: Iterable[str]) -> list[str]:
+    """Return the zip entries that belong to the offline tools, the tests or the scripts (byte code included)."""
+    return sorted(n for n in names if n.startswith(OFFLINE_CODE))
+
+
+def test_offline_entries_catch_the_offline_tools_the_entry_points_and_their_byte_code():
+    # GIVEN entry names as a zip that took the offline tools along would hold
+    names = [
+        "app.py",
+        "chalicelib/runs/pipeline.py",
+        "chalicelib/__main__.py",
+        "chalicelib/__pycache__/__main__.cpython-312.pyc",
+        "chalicelib/__pycache__/bootstrap.cpython-312.pyc",
+        "chalicelib/bootstrap.py",
+        "churnguard_offline/training.py",
+        "tests/conftest.py",
+        "scripts/package.py",
+        "sklearn/tests.pyc",
+    ]
+    # THEN exactly the offline ones are caught, and the own modules are app.py and chalicelib's
+    assert offline_entries(names) == sorted(names[2:9])
+    assert own_modules(names) == sorted(names[:6])
+
+
+def test_package_holds_no_offline_module_and_no_deployed_module_imports_one(package_dir):
+    # GIVEN the project's own modules in the zip
+    with zipfile.ZipFile(package_dir / "deployment.zip") as zf:
+        names = zf.namelist()
+        own = own_modules(names)
+        sources = {name: zf.read(name).decode() for name in own if name.endswith(".py")}
+    assert "app.py" in own and "chalicelib/scoring/artifact.py" in own
+    # THEN none is offline: no churnguard_offline, tests or scripts, nor the entry points that hand over to them
+    offline = offline_entries(names)
+    assert not offline, "offline modules in the deployment zip:\n" + "\n".join(offline)
+    # AND every own byte code file has its source beside it, so reading the sources sees all the code
+    for cached in (n for n in own if n.endswith(".pyc")):
+        package, _, file = cached.rpartition("/__pycache__/")
+        assert f"{package}/{file.split('.')[0]}.py" in sources, f"{cached} ships without its source"
+    # AND no own module imports the offline tools or a test-only library, at any depth
+    found = [v for name, source in sources.items() for v in violations(source, name, NOT_DEPLOYED)]
+    assert not found, "deployed modules importing what is not deployed:\n" + "\n".join(map(str, found))
+
+
+def test_every_module_the_packaged_model_names_is_in_the_package(package_dir, lambda_python, unzipped):
+    # WHEN the packaged python loads the packaged model with every global lookup recorded
+    out = run_packaged(lambda_python, unzipped, "model-globals")
+    modules = sorted(out["origins"])
+    with zipfile.ZipFile(package_dir / "deployment.zip") as zf:
+        names = set(zf.namelist())
+    # THEN it names the project's code, which the zip holds and the package provided
+    own = [m for m in modules if is_within(m, ["chalicelib"])]
+    assert own, "the committed model pickles chalicelib.scoring.btyd's BTYD features"
+    for module in own:
+        path = module.replace(".", "/")
+        assert f"{path}.py" in names or f"{path}/__init__.py" in names, f"the model needs {module}, not in the zip"
+        assert Path(out["origins"][module]).is_relative_to(unzipped), f"{module} came from {out['origins'][module]}"
+    # AND otherwise only the model libraries, from the package, and Python's own modules
+    allowed = ("chalicelib", *MODEL_LIBRARIES, *out["stdlib"])
+    outside = [m for m in modules if not is_within(m, allowed) or is_within(m, ["churnguard_offline", "tests"])]
+    assert not outside, f"the packaged model names modules outside the deployed code and its libraries: {outside}"
+    for module in (m for m in modules if is_within(m, MODEL_LIBRARIES)):
+        assert Path(out["origins"][module]).is_relative_to(unzipped), f"{module} came from {out['origins'][module]}"
 
 
 def test_unzipped_function_is_within_the_size_budget(package_dir, unzipped):
@@ -227,6 +310,26 @@ def test_packaged_handlers_score_a_landed_file_and_run_the_schedule(lambda_pytho
         assert message["model_version"] == MANIFEST["model_version"]
 
 
+def _assert_deploys_the_uploaded_zip(function: dict) -> None:
+    """Assert a generated function deploys the uploaded object's version, on python3.12, after its log group."""
+    assert "filename" not in function
+    assert function["s3_key"] == "${aws_s3_object.deployment.key}"
+    assert function["s3_object_version"] == "${aws_s3_object.deployment.version_id}"
+    assert function["runtime"] == "python3.12"
+    assert function["depends_on"] == ["aws_cloudwatch_log_group.lambda"]
+    assert function["environment"]["variables"]["BEHAVIOUR_BUCKET"] == STAGE_ENV["BEHAVIOUR_BUCKET"]
+
+
+def _assert_stage_variables(variables: dict, functions: dict) -> None:
+    """Assert terraform.tfvars.json names the stage's bucket, tables, queues, timeout and functions."""
+    assert variables["behaviour_bucket"] == STAGE_ENV["BEHAVIOUR_BUCKET"]
+    assert variables["risk_table"] == STAGE_ENV["RISK_TABLE"]
+    assert variables["state_table"] == STAGE_ENV["STATE_TABLE"]
+    assert [variables["queue_high"], variables["queue_medium"]] == [STAGE_ENV["QUEUE_HIGH"], STAGE_ENV["QUEUE_MEDIUM"]]
+    assert variables["lambda_timeout_seconds"] == STAGE["lambda_timeout"]
+    assert variables["lambda_function_names"] == sorted(f["function_name"] for f in functions.values())
+
+
 def test_generated_terraform_deploys_the_zip_from_s3_for_this_stage(package_dir):
     # GIVEN the Terraform the build wrote beside the zip
     generated = json.loads((package_dir / "chalice.tf.json").read_text())
@@ -235,23 +338,13 @@ def test_generated_terraform_deploys_the_zip_from_s3_for_this_stage(package_dir)
     # THEN both functions deploy from the uploaded object (the zip is over the 50 MB direct upload)
     assert sorted(functions) == ["on_behaviour_file", "scheduled_scoring"]
     for function in functions.values():
-        assert "filename" not in function
-        assert function["s3_key"] == "${aws_s3_object.deployment.key}"
-        assert function["s3_object_version"] == "${aws_s3_object.deployment.version_id}"
-        assert function["runtime"] == "python3.12"
-        assert function["depends_on"] == ["aws_cloudwatch_log_group.lambda"]
-        assert function["environment"]["variables"]["BEHAVIOUR_BUCKET"] == STAGE_ENV["BEHAVIOUR_BUCKET"]
+        _assert_deploys_the_uploaded_zip(function)
     # AND the notification waits for the bucket and the permission; the version limits are infra's
     (notification,) = generated["resource"]["aws_s3_bucket_notification"].values()
     assert notification["bucket"] == "${aws_s3_bucket.behaviour.id}"
     assert notification["depends_on"] == ["aws_lambda_permission.on_behaviour_file-s3event"]
     assert "terraform" not in generated
     # AND the stage's names reach the infrastructure as variables, the same the functions read
-    assert variables["behaviour_bucket"] == STAGE_ENV["BEHAVIOUR_BUCKET"]
-    assert variables["risk_table"] == STAGE_ENV["RISK_TABLE"]
-    assert variables["state_table"] == STAGE_ENV["STATE_TABLE"]
-    assert [variables["queue_high"], variables["queue_medium"]] == [STAGE_ENV["QUEUE_HIGH"], STAGE_ENV["QUEUE_MEDIUM"]]
-    assert variables["lambda_timeout_seconds"] == STAGE["lambda_timeout"]
-    assert variables["lambda_function_names"] == sorted(f["function_name"] for f in functions.values())
+    _assert_stage_variables(variables, functions)
     (rule,) = generated["resource"]["aws_cloudwatch_event_rule"].values()
     assert rule["name"] == "churnguard-dev-scheduled_scoring"

@@ -7,10 +7,76 @@ import json
 import pytest
 
 from chalicelib.retention.playbook import load_playbook
-from chalicelib.settings import RETENTION_FLOOR_DAYS, ConfigError, Settings
+from chalicelib.settings import DEFAULTS, RETENTION_FLOOR_DAYS, VARIABLES, ConfigError, Settings
 from tests.conftest import ROOT
 
 BASE = {"BEHAVIOUR_BUCKET": "b", "RISK_TABLE": "risk", "QUEUE_HIGH": "qh", "QUEUE_MEDIUM": "qm"}
+# For every variable of the table: a value a deployment might set, and the field it must land in, as what.
+SAMPLES = {
+    "BEHAVIOUR_BUCKET": ("behaviour_bucket", "acme-behaviour", "acme-behaviour"),
+    "INCOMING_PREFIX": ("incoming_prefix", "landing", "landing/"),
+    "RISK_TABLE": ("risk_table", "acme-risk", "acme-risk"),
+    "STATE_TABLE": ("state_table", "acme-state", "acme-state"),
+    "QUEUE_HIGH": ("queue_high", "acme-high", "acme-high"),
+    "QUEUE_MEDIUM": ("queue_medium", "acme-medium", "acme-medium"),
+    "QUEUE_ACCOUNT_MANAGER": ("queue_account_manager", "acme-am", "acme-am"),
+    "SWEEP_MIN_AGE_SECONDS": ("sweep_min_age_seconds", "120", 120.0),
+    "FUTURE_TOLERANCE_SECONDS": ("future_tolerance_seconds", "3600.5", 3600.5),
+    "MAX_DECOMPRESSED_BYTES": ("max_decompressed_bytes", "65536", 65536),
+    "APPLIED_RUNS_KEEP": ("applied_runs_keep", "8", 8),
+    "APPLIED_RUNS_MAX_AGE_DAYS": ("applied_runs_max_age", "2.5", 2.5 * 86400),
+    "WRITE_CONCURRENCY": ("write_concurrency", "4", 4),
+    "CHECKPOINT_RESERVE_SECONDS": ("checkpoint_reserve_seconds", "45", 45.0),
+    "PLAYBOOK_FILE": ("playbook_file", "/opt/playbook.json", "/opt/playbook.json"),
+    "OPT_OUT_KEY": ("opt_out_key", "lists/opt-out.csv", "lists/opt-out.csv"),
+    "RETENTION_DAYS": ("retention_seconds", "365", 365 * 86400),
+    "CHUNK_USERS": ("chunk_users", "250", 250),
+    "RETRY_BASE_DELAY_SECONDS": ("retry_base_delay_seconds", "0.2", 0.2),
+    "RETRY_MAX_DELAY_SECONDS": ("retry_max_delay_seconds", "30", 30.0),
+}
+NUMERIC = [v.name for v in VARIABLES.values() if isinstance(SAMPLES[v.name][2], int | float)]
+BOUNDED = [(v.name, v.minimum) for v in VARIABLES.values() if v.minimum is not None]
+
+
+def test_every_setting_of_the_table_is_read_from_its_variable():
+    # GIVEN the table covers exactly the variables sampled here (a new setting needs a sample)
+    assert {v.name for v in VARIABLES.values()} == set(SAMPLES)
+    for field_name, variable in VARIABLES.items():
+        sampled_field, text, expected = SAMPLES[variable.name]
+        # WHEN only that variable is set beyond the required ones
+        settings = Settings.from_env({**BASE, variable.name: text})
+        # THEN it lands in its field, parsed and converted, and differs from what stands in when it is unset
+        assert field_name == sampled_field
+        assert getattr(settings, field_name) == expected, variable.name
+        assert type(getattr(settings, field_name)) is type(expected), variable.name
+        assert getattr(Settings.from_env(BASE), field_name) != expected, variable.name
+
+
+def test_a_minimal_environment_gives_exactly_the_dataclass_defaults():
+    # GIVEN only the required variables, and the same names handed to the constructor
+    from_env = Settings.from_env(BASE)
+    constructed = Settings(
+        behaviour_bucket="b", risk_table="risk", state_table="risk", queue_high="qh", queue_medium="qm"
+    )
+
+    # THEN both agree field for field, and each default is the one DEFAULTS publishes
+    assert from_env == constructed
+    assert {name: getattr(from_env, name) for name in DEFAULTS} == dict(DEFAULTS)
+    assert DEFAULTS["write_concurrency"] == 16 and DEFAULTS["checkpoint_reserve_seconds"] == 20.0
+
+
+def test_every_default_is_written_once_in_the_variables_unit():
+    for field_name, default in DEFAULTS.items():
+        variable = VARIABLES[field_name]
+        assert variable.convert(variable.default) == default, variable.name
+
+
+def test_chunking_and_backoff_settings_have_their_defaults():
+    settings = Settings.from_env(BASE)
+    assert settings.chunk_users == 1000
+    assert (settings.retry_base_delay_seconds, settings.retry_max_delay_seconds) == (0.05, 5.0)
+    no_wait = Settings.from_env({**BASE, "RETRY_BASE_DELAY_SECONDS": "0", "RETRY_MAX_DELAY_SECONDS": "0"})
+    assert (no_wait.retry_base_delay_seconds, no_wait.retry_max_delay_seconds) == (0.0, 0.0)
 
 
 def test_defaults_fill_what_the_environment_leaves_out():
@@ -53,11 +119,64 @@ def test_delivery_settings_are_read():
         ("RETENTION_DAYS", "two years", "RETENTION_DAYS must be a number, not 'two years'"),
         ("RETENTION_DAYS", "nan", "RETENTION_DAYS must be a finite number"),
         ("RETENTION_DAYS", "inf", "RETENTION_DAYS must be a finite number"),
+        ("MAX_DECOMPRESSED_BYTES", "0", "MAX_DECOMPRESSED_BYTES must be at least 1, not 0"),
+        ("MAX_DECOMPRESSED_BYTES", "lots", "MAX_DECOMPRESSED_BYTES must be a whole number, not 'lots'"),
+        ("CHUNK_USERS", "0", "CHUNK_USERS must be at least 1, not 0"),
+        ("CHUNK_USERS", "all", "CHUNK_USERS must be a number, not 'all'"),
+        ("RETRY_BASE_DELAY_SECONDS", "-0.01", "RETRY_BASE_DELAY_SECONDS must be at least 0, not -0.01"),
+        ("RETRY_MAX_DELAY_SECONDS", "-1", "RETRY_MAX_DELAY_SECONDS must be at least 0, not -1"),
+        ("RETRY_MAX_DELAY_SECONDS", "nan", "RETRY_MAX_DELAY_SECONDS must be a finite number"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(name, value, says):
     with pytest.raises(ConfigError, match=says):
         Settings.from_env({**BASE, name: value})
+
+
+@pytest.mark.parametrize(("name", "minimum"), BOUNDED)
+def test_a_value_below_its_bound_is_refused_naming_the_variable(name, minimum):
+    below = minimum - 1 if name == "MAX_DECOMPRESSED_BYTES" else minimum - 0.5
+    with pytest.raises(ConfigError, match=f"^{name} must be at least {minimum:g}, not {below:g}$"):
+        Settings.from_env({**BASE, name: f"{below:g}"})
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "ten"])
+def test_a_number_that_is_not_finite_is_refused_naming_the_variable(name, text):
+    with pytest.raises(ConfigError, match=f"^{name} must be a "):
+        Settings.from_env({**BASE, name: text})
+
+
+@pytest.mark.parametrize("text", ["1.5", "1e9", "4 GiB", "nan"])
+def test_the_decompression_limit_must_be_a_whole_number_of_bytes(text):
+    with pytest.raises(ConfigError, match=f"MAX_DECOMPRESSED_BYTES must be a whole number, not '{text}'"):
+        Settings.from_env({**BASE, "MAX_DECOMPRESSED_BYTES": text})
+
+
+@pytest.mark.parametrize(
+    ("name", "field_name", "expected"),
+    [
+        ("INCOMING_PREFIX", "incoming_prefix", "incoming/"),
+        ("STATE_TABLE", "state_table", "risk"),
+        ("QUEUE_ACCOUNT_MANAGER", "queue_account_manager", None),
+        ("PLAYBOOK_FILE", "playbook_file", None),
+        ("OPT_OUT_KEY", "opt_out_key", "suppression/opt-out.csv"),
+        ("CHUNK_USERS", "chunk_users", 1000),
+        ("RETENTION_DAYS", "retention_seconds", 730 * 86400),
+    ],
+)
+def test_an_empty_variable_counts_as_unset(name, field_name, expected):
+    assert getattr(Settings.from_env({**BASE, name: ""}), field_name) == expected
+
+
+def test_a_prefix_already_ending_in_a_slash_is_kept_as_it_is():
+    settings = Settings.from_env({**BASE, "INCOMING_PREFIX": "landing/"})
+    assert (settings.incoming_prefix, settings.snapshot_prefix) == ("landing/", "landing/snapshots/")
+
+
+def test_an_empty_required_variable_counts_as_missing():
+    with pytest.raises(ConfigError, match=r"^missing environment variable\(s\): BEHAVIOUR_BUCKET$"):
+        Settings.from_env({**BASE, "BEHAVIOUR_BUCKET": ""})
 
 
 def test_missing_required_variables_are_named():

@@ -26,6 +26,7 @@ def workdir(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # trains a model on a generated year: left to make test
 def test_generate_train_score_evaluate_round_trip(workdir, capsys):
     events = workdir / "events.csv.gz"
     # train

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import queues as aws_sqs
-from chalicelib.aws import tables as aws_dynamodb
 from chalicelib.aws.queues import RetentionQueues
-from chalicelib.aws.tables import BehaviourTables, RiskWrite
+from chalicelib.aws.tables import BehaviourTables
 from chalicelib.errors import RetryableError
+from chalicelib.retry import Backoff
+from chalicelib.runs.ports import CONFLICT, FAILED, RiskWrite
 
 
 class FakeDynamo:
@@ -33,6 +35,7 @@ class FakeDynamo:
         return {"Responses": {table: items}, "UnprocessedKeys": {}}
 
     def put_item(self, **kwargs):
+        self.last_put = kwargs
         if self.put_error:
             raise ClientError({"Error": {"Code": self.put_error, "Message": "no"}}, "PutItem")
         return {}
@@ -58,15 +61,20 @@ class FakeSqs:
 
 
 @pytest.fixture
-def sleeps(monkeypatch):
-    slept: list[float] = []
-    monkeypatch.setattr(aws_dynamodb, "sleep", slept.append)
-    monkeypatch.setattr(aws_sqs, "sleep", slept.append)
-    return slept
+def sleeps() -> list[float]:
+    """The sleeps the adapters asked for (none is slept)."""
+    return []
+
+
+def tables_of(client: FakeDynamo, slept: list[float] | None = None) -> BehaviourTables:
+    """Return a tables adapter over a fake client, recording its sleeps in `slept`."""
+    return BehaviourTables(
+        client, "state", "risk", 1, 730 * 86400, Backoff(sleep=(slept if slept is not None else []).append)
+    )
 
 
 def test_unprocessed_keys_are_retried_with_backoff_until_read(sleeps):
-    tables = BehaviourTables(FakeDynamo(unprocessed=2), "state", "risk")
+    tables = tables_of(FakeDynamo(unprocessed=2), sleeps)
     assert sorted(tables.get_risks([f"u{i}" for i in range(3)])) == ["u0", "u1", "u2"]
     assert len(sleeps) == 2
     assert tables.calls["BatchGetItem"] == 3
@@ -74,7 +82,7 @@ def test_unprocessed_keys_are_retried_with_backoff_until_read(sleeps):
 
 
 def test_unprocessed_keys_that_never_clear_raise_a_retryable_error(sleeps):
-    tables = BehaviourTables(FakeDynamo(unprocessed=100), "state", "risk")
+    tables = tables_of(FakeDynamo(unprocessed=100), sleeps)
     with pytest.raises(RetryableError, match="UnprocessedKeys"):
         tables.get_risks(["u1"])
 
@@ -82,19 +90,19 @@ def test_unprocessed_keys_that_never_clear_raise_a_retryable_error(sleeps):
 @pytest.mark.parametrize(
     ("code", "outcome"),
     [
-        ("ConditionalCheckFailedException", aws_dynamodb.CONFLICT),
-        ("ProvisionedThroughputExceededException", aws_dynamodb.FAILED),
-        ("ThrottlingException", aws_dynamodb.FAILED),
-        ("InternalServerError", aws_dynamodb.FAILED),
+        ("ConditionalCheckFailedException", CONFLICT),
+        ("ProvisionedThroughputExceededException", FAILED),
+        ("ThrottlingException", FAILED),
+        ("InternalServerError", FAILED),
     ],
 )
 def test_a_refused_conditional_write_is_a_conflict_and_a_lasting_fault_a_failure(code, outcome):
-    tables = BehaviourTables(FakeDynamo(put_error=code), "state", "risk")
+    tables = tables_of(FakeDynamo(put_error=code))
     assert tables.put_risks([RiskWrite({"user_id": "u1", "as_of": "x"}, expected=3, last_event=0.0)]) == {"u1": outcome}
 
 
 def test_a_malformed_write_is_a_bug_and_raises():
-    tables = BehaviourTables(FakeDynamo(put_error="ValidationException"), "state", "risk")
+    tables = tables_of(FakeDynamo(put_error="ValidationException"))
     with pytest.raises(ClientError):
         tables.put_risks([RiskWrite({"user_id": "u1"}, expected=0, last_event=0.0)])
 
@@ -105,7 +113,7 @@ def _message(i: int) -> dict:
 
 def test_failed_message_entries_are_resent_once_each(sleeps):
     sqs = FakeSqs(fail=1)
-    queues = RetentionQueues(sqs, {"high": "q-high"})
+    queues = RetentionQueues(sqs, {"high": "q-high"}, Backoff(sleep=sleeps.append))
     assert queues.send("high", [_message(i) for i in range(12)]) == (12, [])
     assert sorted(json.loads(b)["message_id"] for b in sqs.bodies) == sorted(str(i) for i in range(12))
     assert queues.calls == 3
@@ -114,6 +122,18 @@ def test_failed_message_entries_are_resent_once_each(sleeps):
 
 def test_message_entries_that_keep_failing_are_handed_back(sleeps):
     sqs = FakeSqs(fail=100)
-    queues = RetentionQueues(sqs, {"high": "q-high"})
+    queues = RetentionQueues(sqs, {"high": "q-high"}, Backoff(sleep=sleeps.append))
     sent, failed = queues.send("high", [_message(i) for i in range(3)])
     assert (sent, [m["message_id"] for m in failed]) == (2, ["0"])
+
+
+def test_every_float_of_a_risk_item_reaches_dynamodb_as_an_exact_decimal():
+    # GIVEN a risk item with a float at the top, one nested, and a numpy float in a list
+    client = FakeDynamo()
+    item = {"user_id": "u1", "churn_probability": 0.906571, "extra": {"p": 0.25}, "xs": [np.float32(0.5), "a"]}
+    # WHEN it is written
+    assert tables_of(client).put_risks([RiskWrite(item, expected=0, last_event=0.0)]) == {"u1": "written"}
+    # THEN boto3 gets decimals (it refuses floats), each the float's shortest decimal
+    stored = client.last_put["Item"]
+    assert stored["churn_probability"] == Decimal("0.906571") and stored["extra"] == {"p": Decimal("0.25")}
+    assert stored["xs"] == [Decimal("0.5"), "a"] and stored["risk_version"] == 1

@@ -1,0 +1,192 @@
+"""A landed behaviour file: read it, merge its users' deltas, re-score them, deliver; once per object content."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from chalicelib.errors import UnreadableFileError
+from chalicelib.ingest import ReadResult, read_events
+from chalicelib.retention.contact_policy import parse_opt_outs
+from chalicelib.retention.outcomes import EventIndex
+from chalicelib.runs.chunk import ChunkWorker
+from chalicelib.runs.context import RunContext
+from chalicelib.runs.deadline import Deadline, RunInterrupted
+from chalicelib.runs.ports import ObjectGoneError, S3Object
+from chalicelib.runs.records import Run, RunRecords
+from chalicelib.scoring.scorer import iso_time
+from chalicelib.scoring.state import StateBatch, build_state
+
+
+def key_problem(key: str) -> str | None:
+    """Return why an object key is refused (a path trick or a control character), or None when it is fine."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "the key holds a control character"
+    if "\\" in key:
+        return "the key holds a backslash"
+    segments = key.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return "the key has a '.' or '..' path segment"
+    if "" in segments[:-1]:
+        return "the key has an empty path segment"
+    return None
+
+
+def object_run_id(bucket: str, key: str, etag: str) -> str:
+    """Return the run id of one object content: the same on every redelivery."""
+    return "obj-" + hashlib.sha256(f"{bucket}\x1f{key}\x1f{etag}".encode()).hexdigest()[:20]
+
+
+class FileRun:
+    """Processes one landed object, resuming from its checkpoint when an earlier attempt stopped."""
+
+    def __init__(self, ctx: RunContext, worker: ChunkWorker, records: RunRecords) -> None:
+        self.ctx = ctx
+        self.worker = worker
+        self.records = records
+
+    def process(
+        self, key: str, version_id: str | None = None, landed_at: float | None = None, deadline: Deadline | None = None
+    ) -> dict[str, Any]:
+        """Merge one landed behaviour file into its users' state and re-score them; return the run summary.
+
+        Raises RunInterrupted after writing a checkpoint when `deadline` leaves no room for another chunk.
+        """
+        started = self.ctx.clock()
+        landed_at = started if landed_at is None else landed_at
+        source = self.ctx.bucket.url(key)
+        refused = self._refusal(key, source)
+        if refused is not None:
+            return self.records.finish(refused, started)
+        try:
+            obj = self.ctx.bucket.open(key, version_id)
+        except ObjectGoneError as exc:
+            return self.records.finish({"status": "gone", "source": source, "why": str(exc)}, started)
+        run_id = object_run_id(self.ctx.bucket.bucket, key, obj.etag)
+        summary: dict[str, Any] = {
+            "run_id": run_id,
+            "trigger": "s3",
+            "source": source,
+            "object": {"key": key, "etag": obj.etag, "version_id": obj.version_id, "bytes": obj.size},
+        }
+        previous = self.ctx.bucket.ledger_get(key, obj.etag)
+        if previous is not None:
+            obj.body.close()
+            summary.update(status="duplicate", first_run=previous)
+            return self.records.finish(summary, started, write=False)
+        result = self._read(obj, source, landed_at, summary)
+        if result is None:
+            return self.records.finish(summary, started)
+        as_of = self._merge_all(key, result, landed_at, summary, deadline or Deadline())
+        # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
+        self.ctx.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": summary["status"], "as_of": as_of})
+        self.ctx.bucket.checkpoint_delete(run_id)
+        return self.records.finish(summary, started)
+
+    def _refusal(self, key: str, source: str) -> dict[str, Any] | None:
+        """Return the summary of a key that is not processed at all, or None when it may be."""
+        if not key.startswith(self.ctx.settings.incoming_prefix):
+            return {"status": "ignored", "source": source, "why": "outside the incoming prefix"}
+        trick = key_problem(key)
+        if trick is None:
+            return None
+        # Keys are copied into other prefixes (rejected/, quarantine/); one that reads as a path elsewhere
+        # is refused before anything is read or written.
+        self.ctx.logger.warning("key refused", extra={"source": source, "why": trick})
+        return {"status": "refused", "source": source, "why": trick}
+
+    def _read(self, obj: S3Object, source: str, landed_at: float, summary: dict[str, Any]) -> ReadResult | None:
+        """Read the file's events and keep its rejected rows; quarantine it (and return None) if unreadable."""
+        try:
+            result = read_events(
+                obj.body,
+                source,
+                not_after=landed_at + self.ctx.settings.future_tolerance_seconds,
+                max_decompressed_bytes=self.ctx.settings.max_decompressed_bytes,
+            )
+        except UnreadableFileError as exc:
+            self._quarantine(obj, source, summary, exc)
+            return None
+        finally:
+            obj.body.close()
+        summary["rows"] = {
+            "read": result.rows_read,
+            "scored": result.rows_accepted,
+            "rejected": result.rows_rejected,
+            "rejected_by_reason": dict(result.rejects.by_reason),
+        }
+        if result.rows_rejected:
+            summary["rejected_file"] = self.ctx.bucket.put_rejected(obj.key, result.rejects.to_bytes())
+            self.ctx.logger.warning(
+                "rows rejected",
+                extra={
+                    "run_id": summary["run_id"],
+                    "source": source,
+                    "rejected_by_reason": summary["rows"]["rejected_by_reason"],
+                },
+            )
+        result.rejects.close()
+        return result
+
+    def _quarantine(self, obj: S3Object, source: str, summary: dict[str, Any], exc: UnreadableFileError) -> None:
+        """Move an unreadable file aside, with its reason, and record it so it is never retried in a loop."""
+        run_id = summary["run_id"]
+        # The full text may quote the file (a header-less file's first row); it goes only beside the
+        # quarantined file, while the log and the run summary get the description without it.
+        dest = self.ctx.bucket.quarantine(
+            obj.key, obj.version_id, {"source": source, "reason": str(exc), "run_id": run_id}
+        )
+        summary.update(status="unreadable", reason=exc.safe_message, moved_to=dest)
+        self.ctx.logger.warning("file rejected", extra={"run_id": run_id, "source": source, "reason": exc.safe_message})
+        self.ctx.bucket.ledger_put(obj.key, obj.etag, {"run_id": run_id, "status": "unreadable"})
+
+    def _merge_all(
+        self, key: str, result: ReadResult, landed_at: float, summary: dict[str, Any], deadline: Deadline
+    ) -> str:
+        """Merge, score and deliver the file's users chunk by chunk; fill the summary; return the run's as_of."""
+        events = result.events
+        delta = build_state(events)
+        snapshot = key.startswith(self.ctx.settings.snapshot_prefix)
+        summary["mode"] = "snapshot" if snapshot else "delta"
+        as_of = max(landed_at, float(events.time.max()) if len(events) else landed_at)
+        opt_outs = parse_opt_outs(self.ctx.bucket.opt_out_list(self.ctx.settings.opt_out_key))
+        run, checkpoint = self.records.resume(summary["run_id"], summary["source"], opt_outs)
+        run.events = EventIndex(events)
+        run.file_locales = events.locales
+        self._chunks(run, delta, snapshot, as_of, int(checkpoint.get("done", 0)), summary, deadline)
+        summary.update(run.totals)
+        summary["as_of"] = iso_time(as_of)
+        for name in ("users_new", "users_scored"):
+            summary.setdefault(name, 0)
+        summary.setdefault("messages_sent", dict.fromkeys(self.ctx.queues.queue_names, 0))
+        summary["model_version"] = self.ctx.scorer.model.model_version
+        self.records.settle(run, summary)
+        return summary["as_of"]
+
+    def _chunks(
+        self,
+        run: Run,
+        delta: StateBatch,
+        snapshot: bool,
+        as_of: float,
+        done: int,
+        summary: dict[str, Any],
+        deadline: Deadline,
+    ) -> None:
+        """Work through the chunks after the `done` ones, checkpointing after each."""
+        size = self.ctx.settings.chunk_users
+        n_chunks = -(-len(delta) // size)
+        summary["chunks"] = n_chunks
+        if done:
+            summary["resumed_after_chunks"] = done
+        for i in range(done, n_chunks):
+            if not deadline.room_for_another():
+                self.records.checkpoint(run, i, {"as_of": as_of})
+                raise RunInterrupted(run.run_id, i, n_chunks)
+            deadline.start_chunk()
+            users = delta.user_ids[i * size : (i + 1) * size]
+            rows = delta.values[i * size : (i + 1) * size]
+            self.worker.merge_score_deliver(run, users, rows, snapshot, as_of)
+            deadline.end_chunk()
+            if i + 1 < n_chunks:
+                self.records.checkpoint(run, i + 1, {"as_of": as_of})

@@ -1,0 +1,203 @@
+"""The small interfaces a run talks to: the bucket, the tables and the queues, and the data they exchange.
+
+One adapter per AWS service implements each (chalicelib/aws); tests hand in in-memory fakes. The adapter that
+owns a store owns its layout: S3 keys, DynamoDB attribute names and conditions, SQS batching.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, BinaryIO, Protocol
+
+from chalicelib.errors import ChurnGuardError
+from chalicelib.retention.contact_policy import PENDING as PENDING  # claim statuses, re-exported for adapters
+from chalicelib.retention.contact_policy import SENT as SENT
+from chalicelib.scoring.state import StateBatch
+
+# What became of one conditional write.
+WRITTEN, CONFLICT, FAILED = "written", "conflict", "failed"
+
+
+class ObjectGoneError(ChurnGuardError):
+    """The object of an event was deleted before it could be read; retrying cannot help."""
+
+
+@dataclass
+class S3Object:
+    """An opened object: a streaming body and the identity of the exact version read."""
+
+    key: str
+    body: BinaryIO
+    etag: str
+    version_id: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One entry of a listing."""
+
+    key: str
+    etag: str
+    last_modified: datetime
+
+
+@dataclass
+class StoredStates:
+    """Stored state of some users, with each one's version and recently merged runs."""
+
+    batch: StateBatch
+    versions: dict[str, int] = field(default_factory=dict)
+    applied: dict[str, list[str]] = field(default_factory=dict)
+    locales: dict[str, tuple[float, str]] = field(default_factory=dict)
+    expired: int = 0  # users left out because their expiry had passed (TTL deletes within days, not at once)
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """One user's new state, to be written only if the stored version is still `expected`."""
+
+    user_id: str
+    blob: bytes
+    first_seen: str
+    last_seen: str
+    last_event: float  # epoch seconds of the user's latest event: the expiry counts from it
+    events: int
+    run_id: str
+    expected: int  # 0: the user has no stored state yet
+    applied: list[str]
+    locale: tuple[float, str] | None = None  # (time, locale) of the user's latest row naming one
+
+    @property
+    def version(self) -> int:
+        """Return the version the item has once this write lands."""
+        return self.expected + 1
+
+
+@dataclass(frozen=True)
+class RiskWrite:
+    """One user's whole risk item, to be written only if the stored item is still at version `expected`."""
+
+    item: dict[str, Any]
+    expected: int  # 0: the user has no risk item yet
+    last_event: float  # epoch seconds of the latest event in the state scored: the expiry counts from it
+
+    @property
+    def user_id(self) -> str:
+        """Return the user the item belongs to."""
+        return self.item["user_id"]
+
+
+class Bucket(Protocol):
+    """Where behaviour files land and where a run keeps its records (ledger, checkpoints, dead letters...)."""
+
+    bucket: str
+
+    def url(self, key: str) -> str:
+        """Return the s3:// address of a key."""
+
+    def open(self, key: str, version_id: str | None = None) -> S3Object:
+        """Open one object (one exact version when given); raise ObjectGoneError when it is gone."""
+
+    def unprocessed(self, prefix: str) -> Iterator[Listed]:
+        """Yield every object under `prefix` whose content has no ledger record."""
+
+    def ledger_get(self, key: str, etag: str) -> dict[str, Any] | None:
+        """Return the ledger record of an object content, or None if never processed."""
+
+    def ledger_put(self, key: str, etag: str, record: dict[str, Any]) -> None:
+        """Record that an object content was processed."""
+
+    def quarantine(self, key: str, version_id: str | None, reason: dict[str, Any]) -> str:
+        """Move an unreadable file aside with its reason beside it; return where it went."""
+
+    def put_rejected(self, key: str, data: bytes) -> str:
+        """Keep the rejected rows of a file (CSV); return their address."""
+
+    def opt_out_list(self, key: str) -> bytes | None:
+        """Return the opt-out list's bytes, or None when there is none."""
+
+    def run_record_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the record of a finished run, or None."""
+
+    def run_record_put(self, run_id: str, record: dict[str, Any]) -> None:
+        """Write the record of a run."""
+
+    def checkpoint_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the checkpoint of an unfinished run, or None."""
+
+    def checkpoint_put(self, run_id: str, record: dict[str, Any]) -> None:
+        """Record where an unfinished run stands."""
+
+    def checkpoint_delete(self, run_id: str) -> None:
+        """Forget the checkpoint of a run that finished."""
+
+    def dead_letters_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return what a run left to replay, or None."""
+
+    def dead_letters_put(self, run_id: str, record: dict[str, Any]) -> str:
+        """Keep what a run left to replay; return its address."""
+
+    def dead_letters_url(self, run_id: str) -> str:
+        """Return the address of a run's dead-letter record."""
+
+    def dead_letters_delete(self, run_id: str) -> None:
+        """Forget the dead letters of a run that was replayed."""
+
+    def closed_get(self, run_id: str) -> list[dict[str, Any]]:
+        """Return the exposures a run replaced (empty when none)."""
+
+    def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
+        """Keep the exposures a run replaced, for the lift report."""
+
+    def closed_all(self) -> Iterator[dict[str, Any]]:
+        """Yield every exposure any run replaced."""
+
+    def lift_report_put(self, report: dict[str, Any]) -> str:
+        """Write the latest lift report; return its address."""
+
+
+class Tables(Protocol):
+    """Per-user behaviour state and current risk, each written under its own condition."""
+
+    retries: Counter[str]
+
+    def expiry(self, last_event: float) -> int:
+        """Return the epoch second after which a user last seen at `last_event` is forgotten."""
+
+    def get_states(self, user_ids: list[str]) -> StoredStates:
+        """Return the stored state of the given users (users never seen are left out)."""
+
+    def scan_states(
+        self, start_key: dict[str, Any] | None, page_items: int, *, as_of: float
+    ) -> Iterator[tuple[StoredStates, dict[str, Any] | None]]:
+        """Yield each page of live states and the key that resumes after it (None after the last)."""
+
+    def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Return the stored risk items of the given users."""
+
+    def scan_exposures(self) -> list[dict[str, Any]]:
+        """Return the exposure attributes of every risk item that has one."""
+
+    def put_states(self, writes: list[StateWrite]) -> dict[str, str]:
+        """Write each state if its version is unchanged; return user -> WRITTEN | CONFLICT | FAILED."""
+
+    def put_risks(self, writes: list[RiskWrite]) -> dict[str, str]:
+        """Write each risk item if its version is unchanged; return user -> WRITTEN | CONFLICT | FAILED."""
+
+    def confirm_sent(self, claims: list[tuple[str, str]]) -> int:
+        """Mark (user, message id) claims as sent; return how many were still this message's claim."""
+
+
+class Queues(Protocol):
+    """Retention messages to one queue per destination (the actionable risk tiers, account managers)."""
+
+    queue_names: dict[str, str]
+    retries: Counter[str]
+    batch_size: int  # messages per send call: the unit a run marks sent at once
+
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """Send messages to a destination's queue; return (how many were accepted, the bodies still failing)."""

@@ -1,0 +1,154 @@
+"""What a run keeps about itself: its totals, its dead letters, its checkpoints and its summary."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from chalicelib.retention.outcomes import EventIndex
+from chalicelib.runs.context import RunContext
+from chalicelib.scoring.scorer import iso_time
+
+# A run in one of these states is done: a redelivered event finds it and does nothing.
+FINAL = ("succeeded", "incomplete", "replayed")
+
+
+@dataclass
+class DeadLetters:
+    """Users and messages that still failed after their retries, kept so `replay` can finish the run.
+
+    A user is kept as work to redo (the file's delta for that user, or just a re-score), not as the
+    item that failed: redone through the same conditional path, it can never overwrite newer state.
+    """
+
+    users: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.messages)
+
+    def add_user(self, user_id: str, as_of: float, delta: np.ndarray | None = None, snapshot: bool = False) -> None:
+        """Keep a user to redo: a merge of `delta` (a snapshot or an addition), or only a re-score."""
+        mode = "score" if delta is None else ("snapshot" if snapshot else "delta")
+        blob = None if delta is None else base64.b64encode(delta.astype("<f8").tobytes()).decode()
+        self.users.append({"user_id": user_id, "mode": mode, "as_of": as_of, "delta": blob})
+
+    def to_json(self, run_id: str) -> dict[str, Any]:
+        """Return the dead-letter record of the run."""
+        return {"run_id": run_id, "users": self.users, "messages": self.messages}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any] | None) -> DeadLetters:
+        """Return the dead letters of a stored record (none for None)."""
+        record = record or {}
+        return cls(users=list(record.get("users", [])), messages=list(record.get("messages", [])))
+
+
+@dataclass
+class Run:
+    """The counts and leftovers of one run, carried across chunks and across checkpoints."""
+
+    run_id: str
+    source: str
+    totals: dict[str, Any] = field(default_factory=dict)
+    dead: DeadLetters = field(default_factory=DeadLetters)
+    opt_outs: frozenset[str] = frozenset()
+    events: EventIndex | None = None  # the file's events, to see who came back after an exposure
+    file_locales: dict[str, tuple[float, str]] = field(default_factory=dict)  # from the file's locale column
+    locales: dict[str, str] = field(default_factory=dict)  # locale of the users being scored now
+    closed: list[dict[str, Any]] = field(default_factory=list)  # exposures replaced by newer ones
+
+    def add(self, counts: dict[str, Any]) -> None:
+        """Add one step's counts into the run totals."""
+        add_counts(self.totals, counts)
+
+    def count(self, *path: str, n: int = 1) -> None:
+        """Add `n` to the delivery counter at `path` (e.g. "retries", "BatchGetItem")."""
+        node = self.totals.setdefault("delivery", {})
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = node.get(path[-1], 0) + n
+
+    @property
+    def messages_claimed(self) -> int:
+        """Return how many messages the run has claimed so far."""
+        return self.totals.get("messages_claimed", 0)
+
+
+class RunRecords:
+    """Keeps runs' checkpoints, dead letters, replaced exposures and summaries in the bucket."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def resume(self, run_id: str, source: str, opt_outs: frozenset[str]) -> tuple[Run, dict[str, Any]]:
+        """Return the run as its last checkpoint left it (a fresh one when there is none) and the checkpoint."""
+        bucket = self.ctx.bucket
+        checkpoint = bucket.checkpoint_get(run_id)
+        run = Run(run_id, source, opt_outs=opt_outs)
+        if checkpoint is None:
+            return run, {}
+        run.totals = checkpoint.get("totals", {})
+        run.dead = DeadLetters.from_json(bucket.dead_letters_get(run_id))
+        run.closed = bucket.closed_get(run_id)
+        return run, checkpoint
+
+    def save_closed(self, run: Run) -> None:
+        """Keep the exposures this run replaced, with their outcomes, for the lift report."""
+        if run.closed:
+            self.ctx.bucket.closed_put(run.run_id, run.closed)
+
+    def checkpoint(self, run: Run, done: int, extra: dict[str, Any]) -> None:
+        """Write where the run stands after `done` chunks, with what it has to keep so far."""
+        self.save_closed(run)
+        if run.dead:
+            self.ctx.bucket.dead_letters_put(run.run_id, run.dead.to_json(run.run_id))
+        record = {"run_id": run.run_id, "done": done, "totals": run.totals, "at": iso_time(self.ctx.clock()), **extra}
+        self.ctx.bucket.checkpoint_put(run.run_id, record)
+        self.ctx.logger.info("checkpoint", extra={"run_id": run.run_id, "done": done})
+
+    def settle(self, run: Run, summary: dict[str, Any]) -> None:
+        """Mark the run succeeded, or keep what failed as a dead-letter record and mark it incomplete."""
+        self.save_closed(run)
+        delivery = summary.setdefault("delivery", {})
+        delivery["dead_lettered"] = {"users": len(run.dead.users), "messages": len(run.dead.messages)}
+        if not run.dead:
+            summary["status"] = "succeeded"
+            return
+        where = self.ctx.bucket.dead_letters_put(run.run_id, run.dead.to_json(run.run_id))
+        summary["status"] = "incomplete"
+        summary["dead_letter"] = {
+            "key": where,
+            "users": len(run.dead.users),
+            "messages": len(run.dead.messages),
+            "replay": f"python -m chalicelib replay {run.run_id}",
+        }
+        self.ctx.logger.warning("run incomplete", extra={"run_id": run.run_id, "dead_letter": summary["dead_letter"]})
+
+    def finish(self, summary: dict[str, Any], started: float, write: bool = True) -> dict[str, Any]:
+        """Time the run, log its summary and (unless `write` is False) keep it as the run's record."""
+        summary["duration_s"] = round(self.ctx.clock() - started, 3)
+        summary["finished_at"] = iso_time(self.ctx.clock())
+        self.ctx.logger.info("run summary", extra={"summary": summary})
+        if write and "run_id" in summary:
+            self.ctx.bucket.run_record_put(summary["run_id"], summary)
+        return summary
+
+
+def bump(counts: dict[str, Any], key: str) -> None:
+    """Add one to `counts[key]`."""
+    counts[key] = counts.get(key, 0) + 1
+
+
+def add_counts(totals: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add one chunk's counts into the run totals (nested dicts of ints are summed)."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            add_counts(totals.setdefault(key, {}), value)
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            totals[key] = totals.get(key, 0) + int(value)
+        else:
+            totals[key] = value

@@ -1,0 +1,101 @@
+"""The schedule: process landed files that were missed, then re-score every known user, so silence raises risk."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from chalicelib.retention.contact_policy import parse_opt_outs
+from chalicelib.retention.outcomes import exposure_from_item, lift_report
+from chalicelib.runs.chunk import ChunkWorker
+from chalicelib.runs.context import RunContext
+from chalicelib.runs.deadline import Deadline, RunInterrupted
+from chalicelib.runs.file_run import FileRun
+from chalicelib.runs.records import FINAL, Run, RunRecords
+from chalicelib.scoring.scorer import iso_time
+
+
+def schedule_run_id(at: float) -> str:
+    """Return the run id of the scheduled run at epoch time `at`."""
+    return "sched-" + datetime.fromtimestamp(at, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class ScheduleRun:
+    """Sweeps missed files, re-scores every user page by page, and writes the lift report."""
+
+    def __init__(self, ctx: RunContext, worker: ChunkWorker, records: RunRecords, files: FileRun) -> None:
+        self.ctx = ctx
+        self.worker = worker
+        self.records = records
+        self.files = files
+
+    def run(self, at: float | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
+        """Process missed files, then re-score every known user as of `at` (default now); return the summary.
+
+        Raises RunInterrupted after writing a checkpoint when `deadline` leaves no room for another page.
+        """
+        started = self.ctx.clock()
+        deadline = deadline or Deadline()
+        at = started if at is None else at
+        run_id = schedule_run_id(at)
+        summary: dict[str, Any] = {"run_id": run_id, "trigger": "schedule", "source": "schedule"}
+        previous = self.ctx.bucket.run_record_get(run_id)
+        if previous is not None and previous.get("status") in FINAL:
+            summary.update(status="duplicate", first_run={"run_id": run_id, "status": previous["status"]})
+            return self.records.finish(summary, started, write=False)
+        summary["swept_files"] = self.sweep(started, deadline)
+        opt_outs = parse_opt_outs(self.ctx.bucket.opt_out_list(self.ctx.settings.opt_out_key))
+        run, checkpoint = self.records.resume(run_id, "schedule", opt_outs)
+        self._pages(run, checkpoint, at, summary, deadline)
+        summary.update(run.totals)
+        summary["as_of"] = iso_time(at)
+        summary["model_version"] = self.ctx.scorer.model.model_version
+        summary.setdefault("users_scored", 0)
+        summary.setdefault("messages_sent", dict.fromkeys(self.ctx.queues.queue_names, 0))
+        self.records.settle(run, summary)
+        self.ctx.bucket.checkpoint_delete(run_id)
+        # Once a day is enough for the lift report: it scans the whole risk table.
+        summary["lift_report"] = self.ctx.bucket.lift_report_put(self.lift_report(as_of=at))
+        return self.records.finish(summary, started)
+
+    def _pages(
+        self, run: Run, checkpoint: dict[str, Any], at: float, summary: dict[str, Any], deadline: Deadline
+    ) -> None:
+        """Re-score the users of each page of the state table after the checkpoint's, checkpointing after each."""
+        pages_done = int(checkpoint.get("done", 0))
+        if pages_done:
+            summary["resumed_after_chunks"] = pages_done
+        page_start = checkpoint.get("scan_key")
+        for stored, resume in self.ctx.tables.scan_states(page_start, self.ctx.settings.chunk_users, as_of=at):
+            if not deadline.room_for_another():
+                self.records.checkpoint(run, pages_done, {"scan_key": page_start})
+                raise RunInterrupted(run.run_id, pages_done, None)
+            deadline.start_chunk()
+            # Users past their retention are forgotten, even while TTL has yet to delete their items.
+            run.add({"expired_skipped": stored.expired})
+            run.locales = {uid: loc[1] for uid, loc in stored.locales.items()}
+            self.worker.score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, at))
+            deadline.end_chunk()
+            pages_done += 1
+            page_start = resume
+            if resume:
+                self.records.checkpoint(run, pages_done, {"scan_key": resume})
+
+    def sweep(self, now: float, deadline: Deadline) -> list[dict[str, Any]]:
+        """Process every incoming file that has no ledger entry and is older than the minimum age."""
+        swept = []
+        for item in self.ctx.bucket.unprocessed(self.ctx.settings.incoming_prefix):
+            if now - item.last_modified.timestamp() < self.ctx.settings.sweep_min_age_seconds:
+                continue  # its own S3 trigger is probably still running
+            result = self.files.process(item.key, None, item.last_modified.timestamp(), deadline)
+            swept.append({"key": item.key, "run_id": result.get("run_id"), "status": result["status"]})
+        return swept
+
+    def lift_report(
+        self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None
+    ) -> dict[str, Any]:
+        """Return win-back rates of treated and holdout users, per risk tier and action, with the lift."""
+        exposures = list(self.ctx.bucket.closed_all())
+        exposures += [exposure_from_item(item) for item in self.ctx.tables.scan_exposures()]
+        horizon = horizon_days if horizon_days is not None else self.ctx.scorer.model.horizon_days
+        return lift_report(exposures, horizon, self.ctx.clock() if as_of is None else as_of, since)

@@ -1,0 +1,263 @@
+"""In-memory fakes of the run's ports (chalicelib.runs.ports): the same conditions, none of the I/O.
+
+Each fake keeps what a real store keeps and answers as the adapter does: versioned conditional writes that
+report WRITTEN / CONFLICT / FAILED, message claims marked sent only while they are still the item's claim,
+scans in pages with a resume key. Faults are planted by naming users or message ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from chalicelib.runs.ports import (
+    CONFLICT,
+    FAILED,
+    SENT,
+    WRITTEN,
+    Listed,
+    ObjectGoneError,
+    RiskWrite,
+    S3Object,
+    StateWrite,
+    StoredStates,
+)
+from chalicelib.scoring.state import StateBatch, empty_rows
+
+
+class FakeBucket:
+    """A bucket: landed objects, and every record a run keeps, in dictionaries."""
+
+    def __init__(self, name: str = "bucket") -> None:
+        self.bucket = name
+        self.objects: dict[str, tuple[bytes, datetime]] = {}
+        self.ledger: dict[tuple[str, str], dict[str, Any]] = {}
+        self.quarantined: dict[str, dict[str, Any]] = {}
+        self.rejected: dict[str, bytes] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.checkpoints: dict[str, dict[str, Any]] = {}
+        self.dead_letters: dict[str, dict[str, Any]] = {}
+        self.closed: dict[str, list[dict[str, Any]]] = {}
+        self.lift: dict[str, Any] | None = None
+        self.opt_outs: dict[str, bytes] = {}
+        self.checkpoint_history: list[dict[str, Any]] = []
+
+    def land(self, key: str, data: bytes, at: datetime | None = None) -> str:
+        """Put an object; return its etag."""
+        self.objects[key] = (data, at or datetime(2026, 1, 1, tzinfo=UTC))
+        return _etag(data)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def open(self, key: str, version_id: str | None = None) -> S3Object:
+        if key not in self.objects:
+            raise ObjectGoneError(f"{self.url(key)} no longer exists")
+        data = self.objects[key][0]
+        return S3Object(key, io.BytesIO(data), _etag(data), version_id, len(data))
+
+    def unprocessed(self, prefix: str) -> Iterator[Listed]:
+        for key, (data, at) in sorted(self.objects.items()):
+            if key.startswith(prefix) and (key, _etag(data)) not in self.ledger:
+                yield Listed(key, _etag(data), at)
+
+    def ledger_get(self, key: str, etag: str) -> dict[str, Any] | None:
+        return self.ledger.get((key, etag))
+
+    def ledger_put(self, key: str, etag: str, record: dict[str, Any]) -> None:
+        self.ledger[(key, etag)] = _copy(record)
+
+    def quarantine(self, key: str, version_id: str | None, reason: dict[str, Any]) -> str:
+        self.objects.pop(key)
+        self.quarantined[key] = _copy(reason)
+        return f"quarantine/{key}"
+
+    def put_rejected(self, key: str, data: bytes) -> str:
+        self.rejected[key] = data
+        return self.url(f"rejected/{key}.csv")
+
+    def opt_out_list(self, key: str) -> bytes | None:
+        return self.opt_outs.get(key)
+
+    def run_record_get(self, run_id: str) -> dict[str, Any] | None:
+        return _copy(self.runs.get(run_id))
+
+    def run_record_put(self, run_id: str, record: dict[str, Any]) -> None:
+        self.runs[run_id] = _copy(record)
+
+    def checkpoint_get(self, run_id: str) -> dict[str, Any] | None:
+        return _copy(self.checkpoints.get(run_id))
+
+    def checkpoint_put(self, run_id: str, record: dict[str, Any]) -> None:
+        self.checkpoints[run_id] = _copy(record)
+        self.checkpoint_history.append(_copy(record))
+
+    def checkpoint_delete(self, run_id: str) -> None:
+        self.checkpoints.pop(run_id, None)
+
+    def dead_letters_get(self, run_id: str) -> dict[str, Any] | None:
+        return _copy(self.dead_letters.get(run_id))
+
+    def dead_letters_put(self, run_id: str, record: dict[str, Any]) -> str:
+        self.dead_letters[run_id] = _copy(record)
+        return self.dead_letters_url(run_id)
+
+    def dead_letters_url(self, run_id: str) -> str:
+        return self.url(f"dead-letter/{run_id}.json")
+
+    def dead_letters_delete(self, run_id: str) -> None:
+        self.dead_letters.pop(run_id, None)
+
+    def closed_get(self, run_id: str) -> list[dict[str, Any]]:
+        return _copy(self.closed.get(run_id, []))
+
+    def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
+        self.closed[run_id] = _copy(exposures)
+
+    def closed_all(self) -> Iterator[dict[str, Any]]:
+        for exposures in self.closed.values():
+            yield from _copy(exposures)
+
+    def lift_report_put(self, report: dict[str, Any]) -> str:
+        self.lift = _copy(report)
+        return self.url("reports/lift.json")
+
+
+class FakeTables:
+    """State and risk items with versions; users named in `fail_states` / `fail_risks` fail every write."""
+
+    def __init__(self, retention_seconds: int = 730 * 86400) -> None:
+        self.retention_seconds = retention_seconds
+        self.states: dict[str, dict[str, Any]] = {}
+        self.risks: dict[str, dict[str, Any]] = {}
+        self.fail_states: set[str] = set()
+        self.fail_risks: set[str] = set()
+        # Users whose next write is beaten by another run's: the stored version moves on first.
+        self.race_states: set[str] = set()
+        self.retries: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+
+    def expiry(self, last_event: float) -> int:
+        return math.ceil(last_event) + self.retention_seconds
+
+    def get_states(self, user_ids: list[str]) -> StoredStates:
+        self.calls["get_states"] += 1
+        return self._stored([uid for uid in user_ids if uid in self.states])
+
+    def scan_states(
+        self, start_key: dict[str, Any] | None, page_items: int, *, as_of: float
+    ) -> Iterator[tuple[StoredStates, dict[str, Any] | None]]:
+        ids = sorted(self.states)
+        if start_key:
+            ids = [uid for uid in ids if uid > start_key["user_id"]]
+        for start in range(0, len(ids), page_items):
+            page = ids[start : start + page_items]
+            live = [uid for uid in page if self.states[uid]["expires_at"] >= as_of]
+            stored = self._stored(live)
+            stored.expired = len(page) - len(live)
+            more = start + page_items < len(ids)
+            yield stored, ({"user_id": page[-1]} if more else None)
+
+    def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {uid: _copy(self.risks[uid]) for uid in user_ids if uid in self.risks}
+
+    def scan_exposures(self) -> list[dict[str, Any]]:
+        keys = ("user_id", "exposed_at", "exposure_group", "exposure_tier", "exposure_action", "returned_at")
+        return [{k: i[k] for k in keys if k in i} for i in self.risks.values() if "exposed_at" in i]
+
+    def put_states(self, writes: list[StateWrite]) -> dict[str, str]:
+        return {w.user_id: self._put_state(w) for w in writes}
+
+    def put_risks(self, writes: list[RiskWrite]) -> dict[str, str]:
+        return {w.user_id: self._put_risk(w) for w in writes}
+
+    def confirm_sent(self, claims: list[tuple[str, str]]) -> int:
+        confirmed = 0
+        for uid, mid in claims:
+            item = self.risks.get(uid)
+            if item is not None and item.get("contact_message_id") == mid:
+                item["contact_status"] = SENT
+                item["risk_version"] += 1
+                confirmed += 1
+        return confirmed
+
+    def events_of(self, user_id: str) -> int:
+        """Return how many events a user's stored state counts."""
+        return self.states[user_id]["events"]
+
+    def _put_state(self, w: StateWrite) -> str:
+        if w.user_id in self.fail_states:
+            return FAILED
+        if w.user_id in self.race_states:
+            self.race_states.discard(w.user_id)
+            # Another run wrote first (an empty delta): the stored version moves on under this writer.
+            blank = {"row": empty_rows(1)[0], "version": 0, "applied": [], "locale": None, "events": 0}
+            stored = self.states.setdefault(w.user_id, {**blank, "expires_at": self.expiry(w.last_event)})
+            stored["version"] += 1
+            return CONFLICT
+        if self.states.get(w.user_id, {}).get("version", 0) != w.expected:
+            return CONFLICT
+        self.states[w.user_id] = {
+            "row": np.frombuffer(w.blob, dtype="<f8").copy(),
+            "version": w.version,
+            "applied": list(w.applied),
+            "locale": w.locale,
+            "events": w.events,
+            "expires_at": self.expiry(w.last_event),
+        }
+        return WRITTEN
+
+    def _put_risk(self, w: RiskWrite) -> str:
+        if w.user_id in self.fail_risks:
+            return FAILED
+        if int(self.risks.get(w.user_id, {}).get("risk_version", 0)) != w.expected:
+            return CONFLICT
+        self.risks[w.user_id] = {**_copy(w.item), "risk_version": w.expected + 1}
+        return WRITTEN
+
+    def _stored(self, ids: list[str]) -> StoredStates:
+        rows = np.stack([self.states[uid]["row"] for uid in ids]) if ids else empty_rows(0)
+        return StoredStates(
+            batch=StateBatch(ids, rows),
+            versions={uid: self.states[uid]["version"] for uid in ids},
+            applied={uid: list(self.states[uid]["applied"]) for uid in ids},
+            locales={uid: self.states[uid]["locale"] for uid in ids if self.states[uid]["locale"]},
+        )
+
+
+class FakeQueues:
+    """One list of bodies per destination; message ids in `fail_ids` are refused every time."""
+
+    batch_size = 10
+
+    def __init__(self, queue_names: dict[str, str]) -> None:
+        self.queue_names = dict(queue_names)
+        self.sent: dict[str, list[dict[str, Any]]] = {dest: [] for dest in queue_names}
+        self.fail_ids: set[str] = set()
+        self.retries: Counter[str] = Counter()
+
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        failed = [m for m in messages if m["message_id"] in self.fail_ids]
+        self.sent[tier] += [_copy(m) for m in messages if m["message_id"] not in self.fail_ids]
+        return len(messages) - len(failed), failed
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """Return every message sent, whatever its queue."""
+        return [m for sent in self.sent.values() for m in sent]
+
+
+def _etag(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _copy(value: Any) -> Any:
+    """Return a deep copy as a store would hand it back (through JSON, numbers and strings only)."""
+    return None if value is None else json.loads(json.dumps(value, default=str))

@@ -1,0 +1,252 @@
+"""The run logic against in-memory ports: merges, staleness, claims, contact policy, exposures, dead letters,
+checkpoints. No AWS, no moto: what lands is read straight from the fakes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from chalicelib.retry import Backoff
+from chalicelib.runs.deadline import Deadline, RunInterrupted
+from chalicelib.runs.pipeline import ScoringPipeline
+from chalicelib.scoring.artifact import MODEL_CACHE
+from chalicelib.scoring.events import EventBatch
+from chalicelib.scoring.scorer import Scorer
+from chalicelib.settings import Settings
+from churnguard_offline.generate import generate_events, write_event_log
+from tests.fakes import FakeBucket, FakeQueues, FakeTables
+
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
+SETTINGS = Settings(
+    behaviour_bucket="bucket",
+    incoming_prefix="incoming/",
+    risk_table="risk",
+    state_table="state",
+    queue_high="q-high",
+    queue_medium="q-medium",
+    chunk_users=40,
+)
+
+
+class World:
+    """One container's pipeline over fakes, with a clock the test moves."""
+
+    def __init__(self, settings: Settings = SETTINGS) -> None:
+        self.now = AS_OF.timestamp()
+        self.bucket = FakeBucket()
+        self.tables = FakeTables(settings.retention_seconds)
+        self.queues = FakeQueues(settings.queues)
+        self.slept: list[float] = []
+        self.pipeline = ScoringPipeline(
+            settings,
+            self.bucket,
+            self.tables,
+            self.queues,
+            Scorer(MODEL_CACHE.get()),
+            clock=lambda: self.now,
+            backoff=Backoff(sleep=self.slept.append),
+        )
+
+    def land(self, key: str, batch: EventBatch, tmp_path) -> str:
+        path = tmp_path / "events.csv"
+        write_event_log(batch, path)
+        return self.bucket.land(key, path.read_bytes())
+
+    def process(self, key: str, **kwargs):
+        return self.pipeline.process_object(key, landed_at=self.now, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def population() -> EventBatch:
+    """A year of behaviour of 120 synthetic users, ending at AS_OF."""
+    return generate_events(120, 365, 11, AS_OF)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_a_landed_file_is_merged_scored_and_each_message_sent_once_and_marked(world, population, tmp_path):
+    # GIVEN a file of 120 users
+    world.land("incoming/day.csv", population, tmp_path)
+    # WHEN it is processed
+    summary = world.process("incoming/day.csv")
+    # THEN every user has state and a risk item, and every claimed message went out once and is marked sent
+    assert summary["status"] == "succeeded" and summary["chunks"] == 3
+    assert set(world.tables.states) == set(world.tables.risks) == set(population.user_ids)
+    sent = world.queues.bodies()
+    assert sent and len({m["message_id"] for m in sent}) == len(sent) == summary["messages_claimed"]
+    claims = {
+        r["contact_message_id"]: r["contact_status"] for r in world.tables.risks.values() if "contact_status" in r
+    }
+    assert set(claims) == {m["message_id"] for m in sent} and set(claims.values()) == {"sent"}
+    assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
+
+
+def test_a_redelivered_file_changes_nothing(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    first = world.process("incoming/day.csv")
+    states = {u: s["version"] for u, s in world.tables.states.items()}
+    # WHEN the same object's event comes again
+    again = world.process("incoming/day.csv")
+    # THEN it is a duplicate: no state written, no message sent
+    assert again["status"] == "duplicate" and again["first_run"]["run_id"] == first["run_id"]
+    assert {u: s["version"] for u, s in world.tables.states.items()} == states
+    assert len(world.queues.bodies()) == first["messages_claimed"]
+
+
+def test_a_stored_score_that_knows_more_is_never_replaced(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    uid = population.user_ids[0]
+    newer = {**world.tables.risks[uid], "as_of": "2027-01-01T00:00:00Z", "scored_state_version": 99}
+    world.tables.risks[uid] = newer
+    # WHEN the schedule re-scores everyone at an older time
+    summary = world.pipeline.run_schedule(at=AS_OF.timestamp() + 3600)
+    # THEN the newer score stays, and the run says so
+    assert world.tables.risks[uid]["as_of"] == "2027-01-01T00:00:00Z"
+    assert summary["delivery"]["skipped_as_older"] == 1
+
+
+def test_a_newer_time_with_older_state_is_scored_again_from_both(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    uid = population.user_ids[0]
+    later = AS_OF + timedelta(days=3)
+    world.tables.risks[uid]["as_of"] = later.strftime("%Y-%m-%dT%H:%M:%SZ")
+    world.tables.risks[uid]["scored_state_version"] = 0  # scored from older state than is stored
+    summary = world.pipeline.run_schedule(at=AS_OF.timestamp() + 3600)
+    assert summary["delivery"]["rescored_at_newer_as_of"] == 1
+    item = world.tables.risks[uid]
+    assert item["as_of"] == later.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert item["scored_state_version"] == world.tables.states[uid]["version"]
+
+
+def test_within_the_cooldown_nobody_is_contacted_again(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    first = world.process("incoming/day.csv")
+    world.now += 3600
+    summary = world.pipeline.run_schedule(at=world.now)
+    assert summary.get("messages_claimed", 0) == 0
+    assert summary["suppressed"]["cooldown"] > 0
+    assert len(world.queues.bodies()) == first["messages_claimed"]
+
+
+def test_opted_out_users_get_no_message_and_no_action(world, population, tmp_path):
+    world.bucket.opt_outs[SETTINGS.opt_out_key] = ("\n".join(["user_id", *population.user_ids]) + "\n").encode()
+    world.land("incoming/day.csv", population, tmp_path)
+    summary = world.process("incoming/day.csv")
+    assert not world.queues.bodies() and summary["suppressed"]["opted_out"] > 0
+    assert all(r["action"] == "" for r in world.tables.risks.values() if r["risk_tier"] != "low")
+
+
+def test_holdout_users_are_exposed_as_the_control_group_and_get_nothing(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    sent = {m["user_id"] for m in world.queues.bodies()}
+    held = [r for r in world.tables.risks.values() if r.get("exposure_group") == "holdout"]
+    treated = [r for r in world.tables.risks.values() if r.get("exposure_group") == "treated"]
+    assert held and all(r["holdout"] and r["user_id"] not in sent for r in held)
+    assert {r["user_id"] for r in treated} == sent
+
+
+def test_a_user_who_comes_back_after_an_exposure_is_counted_as_returned(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    exposed = [r["user_id"] for r in world.tables.risks.values() if "exposed_at" in r]
+    back = population.select(population.user_index == population.user_ids.index(exposed[0]))
+    back.time[:] = AS_OF.timestamp() + 86400  # their event a day after the exposure
+    world.now += 2 * 86400
+    world.land("incoming/later.csv", back.select(back.time > 0), tmp_path)
+    world.process("incoming/later.csv")
+    assert world.tables.risks[exposed[0]]["returned_at"] == (AS_OF + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_lost_write_races_are_read_again_and_merged_once(world, population, tmp_path):
+    world.tables.race_states = set(population.user_ids[:5])
+    world.land("incoming/day.csv", population, tmp_path)
+    summary = world.process("incoming/day.csv")
+    assert summary["status"] == "succeeded" and summary["delivery"]["write_conflicts"] == 5
+    assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
+    assert len(world.slept) >= 1  # the retry waited through the pipeline's own backoff
+
+
+def test_users_whose_writes_keep_failing_are_dead_lettered_and_replay_finishes_them(world, population, tmp_path):
+    failing = set(population.user_ids[:3])
+    world.tables.fail_states = set(failing)
+    world.land("incoming/day.csv", population, tmp_path)
+    summary = world.process("incoming/day.csv")
+    assert summary["status"] == "incomplete" and summary["dead_letter"]["users"] == 3
+    record = world.bucket.dead_letters[summary["run_id"]]
+    assert {u["user_id"] for u in record["users"]} == failing and all(u["mode"] == "delta" for u in record["users"])
+    # WHEN the fault clears and the run is replayed
+    world.tables.fail_states.clear()
+    replayed = world.pipeline.replay(summary["run_id"])
+    # THEN those users are merged exactly once, and the run is done
+    assert replayed["status"] == "replayed" and summary["run_id"] not in world.bucket.dead_letters
+    assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
+    assert world.bucket.runs[summary["run_id"]]["status"] == "replayed"
+
+
+def test_messages_the_queue_keeps_refusing_are_dead_lettered_and_resent_by_replay(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    # plant a refusal of the first message this run will claim: process once on a copy to learn its id
+    probe = World()
+    probe.land("incoming/day.csv", population, tmp_path)
+    first_id = probe.process("incoming/day.csv") and probe.queues.bodies()[0]["message_id"]
+    world.queues.fail_ids = {first_id}
+    summary = world.process("incoming/day.csv")
+    assert summary["status"] == "incomplete" and summary["dead_letter"]["messages"] == 1
+    world.queues.fail_ids.clear()
+    replayed = world.pipeline.replay(summary["run_id"])
+    assert replayed["status"] == "replayed"
+    assert [m["message_id"] for m in world.queues.bodies()].count(first_id) == 1
+
+
+def test_a_run_out_of_time_checkpoints_and_the_next_attempt_merges_the_rest_once(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    left = iter([100.0, 100.0, 1.0])  # room for two chunks, then the invocation is nearly over
+    deadline = Deadline(lambda: next(left), reserve=20.0, clock=lambda: 0.0)
+    with pytest.raises(RunInterrupted):
+        world.process("incoming/day.csv", deadline=deadline)
+    (run_id,) = world.bucket.checkpoints
+    assert world.bucket.checkpoints[run_id]["done"] == 2
+    # WHEN the event is delivered again
+    summary = world.process("incoming/day.csv")
+    # THEN it resumes after the checkpoint and every event is merged once
+    assert summary["status"] == "succeeded" and summary["resumed_after_chunks"] == 2
+    assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
+    assert not world.bucket.checkpoints
+
+
+def test_the_schedule_resumes_its_scan_after_the_last_page_it_finished(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    at = AS_OF.timestamp() + 30 * 86400
+    left = iter([100.0, 1.0])
+    with pytest.raises(RunInterrupted):
+        world.pipeline.run_schedule(at=at, deadline=Deadline(lambda: next(left), reserve=20.0, clock=lambda: 0.0))
+    summary = world.pipeline.run_schedule(at=at)
+    assert summary["status"] == "succeeded" and summary["resumed_after_chunks"] == 1
+    # the totals carried over from the first attempt count every user once: no page scored twice
+    assert summary["users_scored"] == len(population.user_ids)
+    assert {r["as_of"] for r in world.tables.risks.values()} == {
+        datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    }
+
+
+def test_a_second_schedule_event_for_the_same_time_does_nothing(world, population, tmp_path):
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    at = AS_OF.timestamp() + 86400
+    world.pipeline.run_schedule(at=at)
+    assert world.pipeline.run_schedule(at=at)["status"] == "duplicate"
+
+
+def test_a_smaller_chunk_size_comes_from_the_settings(population, tmp_path):
+    world = World(replace(SETTINGS, chunk_users=7))
+    world.land("incoming/day.csv", population, tmp_path)
+    assert world.process("incoming/day.csv")["chunks"] == -(-len(population.user_ids) // 7)
