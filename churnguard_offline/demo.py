@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,17 @@ def _table(counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class _Stage:
+    """What the demo's steps drive: the app's test client, the embedded S3, the settings and the demo clock."""
+
+    client: Any
+    s3: Any
+    settings: Any
+    now: datetime
+    t_end: float  # the midnight (UTC) that ends the generated history
+
+
 def run_demo(users: int = 1500, seed: int = 11) -> None:
     """Run the demo and print what landed in DynamoDB and each queue."""
     _stage_environment()
@@ -119,9 +131,7 @@ def run_demo(users: int = 1500, seed: int = 11) -> None:
     today = datetime(now.year, now.month, now.day, tzinfo=UTC)
     t_end = today.timestamp()
     events = generate_events(users, 365, seed, today)
-    backfill = events.select(events.time <= t_end - 2 * SECONDS_PER_DAY)
-    day_one = events.select((events.time > t_end - 2 * SECONDS_PER_DAY) & (events.time <= t_end - SECONDS_PER_DAY))
-    day_two = events.select(events.time > t_end - SECONDS_PER_DAY)
+    backfill, day_one, day_two = _split_days(events, t_end)
     print(f"ChurnGuard demo: {len(events)} synthetic events of {users} users over 365 days to {iso_time(t_end)}")
 
     with mock_aws():
@@ -129,57 +139,83 @@ def run_demo(users: int = 1500, seed: int = 11) -> None:
         settings = Settings.from_env()
         ensure_resources(settings)
         s3 = boto3.client("s3")
-        bucket = settings.behaviour_bucket
-        _print(
-            "resources",
-            {"bucket": bucket, "tables": [settings.state_table, settings.risk_table], "queues": settings.queues},
-        )
-
-        def land(key: str, data: bytes) -> dict[str, Any]:
-            resp = s3.put_object(Bucket=bucket, Key=key, Body=data)
-            return s3_object_created(
-                bucket,
-                key,
-                etag=resp["ETag"].strip('"'),
-                size=len(data),
-                event_time=now.timestamp(),
-                version_id=resp.get("VersionId"),
-            )
-
+        _print_resources(settings)
         timeout = _stage_config()["lambda_timeout"]
         with stage_timeout(timeout), Client(app, stage_name="dev", project_dir=str(ROOT)) as client:
-            first = land(f"{settings.incoming_prefix}backfill/history.csv.gz", _csv_gz(backfill))
-            result = client.lambda_.invoke("on_behaviour_file", first).payload
-            _print("S3 trigger: backfill of a year", _brief(result[0]))
-
-            delta_key = f"{settings.incoming_prefix}daily/{iso_time(t_end - SECONDS_PER_DAY)[:10]}.csv.gz"
-            second = land(delta_key, _csv_gz(day_one, BAD_ROWS))
-            result = client.lambda_.invoke("on_behaviour_file", second).payload
-            _print("S3 trigger: a day's delta with three bad rows", _brief(result[0]))
-
-            result = client.lambda_.invoke("on_behaviour_file", second).payload
-            _print("S3 trigger: the same event delivered again", _brief(result[0]))
-
-            result = client.lambda_.invoke("scheduled_scoring", scheduled(now.timestamp() + 3600)).payload
-            _print(
-                "schedule, an hour later (inside every cooldown): nobody contacted above is contacted again",
-                _brief(result),
-            )
-
-            s3.put_object(
-                Bucket=bucket,
-                Key=f"{settings.incoming_prefix}daily/{iso_time(t_end)[:10]}.csv.gz",
-                Body=_csv_gz(day_two),
-            )
-            week_later = t_end + 7 * SECONDS_PER_DAY
-            result = client.lambda_.invoke("scheduled_scoring", scheduled(week_later)).payload
-            _print(
-                "schedule, a week later: sweeps the file whose trigger never came, re-scores everyone", _brief(result)
-            )
-            _print("risk tier x value tier (users, scheduled run)", _table(result.get("risk_x_value", {})))
-
+            stage = _Stage(client=client, s3=s3, settings=settings, now=now, t_end=t_end)
+            _triggered_runs(stage, backfill, day_one)
+            _scheduled_runs(stage, day_two)
         _show_landed(settings, s3)
     runtime.clear()
+
+
+def _split_days(events: EventBatch, t_end: float) -> tuple[EventBatch, EventBatch, EventBatch]:
+    """Return (the history up to two days before `t_end`, the day after it, the last day)."""
+    backfill = events.select(events.time <= t_end - 2 * SECONDS_PER_DAY)
+    day_one = events.select((events.time > t_end - 2 * SECONDS_PER_DAY) & (events.time <= t_end - SECONDS_PER_DAY))
+    day_two = events.select(events.time > t_end - SECONDS_PER_DAY)
+    return backfill, day_one, day_two
+
+
+def _print_resources(settings: Any) -> None:
+    """Print the bucket, tables and queues the demo created."""
+    _print(
+        "resources",
+        {
+            "bucket": settings.behaviour_bucket,
+            "tables": [settings.state_table, settings.risk_table],
+            "queues": settings.queues,
+        },
+    )
+
+
+def _land(stage: _Stage, key: str, data: bytes) -> dict[str, Any]:
+    """Put a file into the behaviour bucket and return the S3 event that announces it."""
+    bucket = stage.settings.behaviour_bucket
+    resp = stage.s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return s3_object_created(
+        bucket,
+        key,
+        etag=resp["ETag"].strip('"'),
+        size=len(data),
+        event_time=stage.now.timestamp(),
+        version_id=resp.get("VersionId"),
+    )
+
+
+def _triggered_runs(stage: _Stage, backfill: EventBatch, day_one: EventBatch) -> None:
+    """Land the backfill and a day's delta with bad rows, redeliver the delta's event, and print each run."""
+    prefix = stage.settings.incoming_prefix
+    first = _land(stage, f"{prefix}backfill/history.csv.gz", _csv_gz(backfill))
+    result = stage.client.lambda_.invoke("on_behaviour_file", first).payload
+    _print("S3 trigger: backfill of a year", _brief(result[0]))
+
+    delta_key = f"{prefix}daily/{iso_time(stage.t_end - SECONDS_PER_DAY)[:10]}.csv.gz"
+    second = _land(stage, delta_key, _csv_gz(day_one, BAD_ROWS))
+    result = stage.client.lambda_.invoke("on_behaviour_file", second).payload
+    _print("S3 trigger: a day's delta with three bad rows", _brief(result[0]))
+
+    result = stage.client.lambda_.invoke("on_behaviour_file", second).payload
+    _print("S3 trigger: the same event delivered again", _brief(result[0]))
+
+
+def _scheduled_runs(stage: _Stage, day_two: EventBatch) -> None:
+    """Run the schedule an hour later, then a week later after a file lands without a trigger; print each run."""
+    result = stage.client.lambda_.invoke("scheduled_scoring", scheduled(stage.now.timestamp() + 3600)).payload
+    _print(
+        "schedule, an hour later (inside every cooldown): nobody contacted above is contacted again",
+        _brief(result),
+    )
+
+    stage.s3.put_object(
+        Bucket=stage.settings.behaviour_bucket,
+        Key=f"{stage.settings.incoming_prefix}daily/{iso_time(stage.t_end)[:10]}.csv.gz",
+        Body=_csv_gz(day_two),
+    )
+    week_later = stage.t_end + 7 * SECONDS_PER_DAY
+    result = stage.client.lambda_.invoke("scheduled_scoring", scheduled(week_later)).payload
+    _print("schedule, a week later: sweeps the file whose trigger never came, re-scores everyone", _brief(result))
+    _print("risk tier x value tier (users, scheduled run)", _table(result.get("risk_x_value", {})))
 
 
 def _show_landed(settings: Any, s3: Any) -> None:

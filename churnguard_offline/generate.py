@@ -8,7 +8,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -194,9 +194,20 @@ def _latent_state(
     rng: np.random.Generator, persona: np.ndarray, hazard0: np.ndarray, days: int, promo: np.ndarray
 ) -> _Latent:
     """Return each user's hidden trajectory according to their persona."""
-    n = persona.size
     d = np.arange(days, dtype=np.float64)[None, :]
-    state = _Latent(
+    state = _steady_state(hazard0, days)
+    for code, shape in _PERSONA_TRAJECTORIES:
+        rows = np.flatnonzero(persona == code)
+        if rows.size:
+            shape(rng, state, rows, d, promo)
+    state.hazard *= d >= state.join_day[:, None]
+    return state
+
+
+def _steady_state(hazard0: np.ndarray, days: int) -> _Latent:
+    """Return the state of users who stay as they are: full engagement, base rates, no personal deals."""
+    n = hazard0.size
+    return _Latent(
         engagement=np.ones((n, days)),
         hazard=np.repeat(hazard0[:, None], days, axis=1),
         complaints=np.full((n, days), _BASE_COMPLAINT_RATE),
@@ -207,74 +218,120 @@ def _latent_state(
         coupon_stop=np.full(n, np.inf),
     )
 
-    rows = np.flatnonzero(persona == DECLINING)
-    if rows.size:
-        # Engagement decays over weeks; some settle on a low plateau instead of leaving soon.
-        onset = rng.uniform(*_ONSET_SPAN, rows.size)[:, None]
-        tau = rng.uniform(14, 50, rows.size)[:, None]
-        floor = np.where(rng.random(rows.size) < 0.3, rng.uniform(0.2, 0.5, rows.size), 0.0)[:, None]
-        eng = floor + (1 - floor) * np.exp(-np.clip(d - onset, 0, None) / tau)
-        state.engagement[rows] = eng
-        state.hazard[rows] += 0.045 * (1 - eng) ** 2
-        state.complaints[rows] += 0.03 * (1 - eng)
-        state.tickets[rows] += 0.01 * (1 - eng)
 
-    rows = np.flatnonzero(persona == ABRUPT)
-    if rows.size:
-        # A bad experience: usually a burst of complaints/tickets, then most leave within days.
-        trigger = rng.uniform(*_ONSET_SPAN, rows.size)[:, None]
-        burst = rng.uniform(3, 12, rows.size)[:, None]
-        visible = (rng.random(rows.size) < 0.7)[:, None]
-        leaves = (rng.random(rows.size) < 0.8)[:, None]
-        in_burst = (d >= trigger) & (d < trigger + burst) & visible
-        after = d >= trigger
-        state.complaints[rows] += 0.25 * in_burst
-        state.tickets[rows] += 0.3 * in_burst
-        state.engagement[rows] = np.where(after, 0.8, 1.0)
-        state.hazard[rows] += 0.12 * (after & leaves)
+def _declining(rng: np.random.Generator, state: _Latent, rows: np.ndarray, d: np.ndarray, promo: np.ndarray) -> None:
+    """Engagement decays over weeks; some settle on a low plateau instead of leaving soon."""
+    onset = rng.uniform(*_ONSET_SPAN, rows.size)[:, None]
+    tau = rng.uniform(14, 50, rows.size)[:, None]
+    floor = np.where(rng.random(rows.size) < 0.3, rng.uniform(0.2, 0.5, rows.size), 0.0)[:, None]
+    eng = floor + (1 - floor) * np.exp(-np.clip(d - onset, 0, None) / tau)
+    state.engagement[rows] = eng
+    state.hazard[rows] += 0.045 * (1 - eng) ** 2
+    state.complaints[rows] += 0.03 * (1 - eng)
+    state.tickets[rows] += 0.01 * (1 - eng)
 
-    rows = np.flatnonzero(persona == NEW)
-    if rows.size:
-        # Users who struggle with the product file tickets, explore few features and leave early.
-        state.join_day[rows] = rng.integers(0, days, rows.size)
-        state.difficulty[rows] = rng.beta(2.0, 3.0, rows.size)
-        age = np.clip(d - state.join_day[rows][:, None], 0, None)
-        q = state.difficulty[rows][:, None]
-        fading = np.exp(-age / 20)
-        state.engagement[rows] = 1 - 0.5 * q * (1 - fading)
-        state.tickets[rows] += 0.25 * q**2 * fading
-        state.hazard[rows] += 0.09 * q**3 * np.exp(-age / 25) + 0.002 * q
 
-    rows = np.flatnonzero(persona == SEASONAL)
-    if rows.size:
-        # Mostly quiet, very active in the shared sale weeks: long silences that end.
-        state.engagement[rows] = 0.5 + 3.0 * promo[None, :]
-        state.coupon_rate[rows] = 0.15
+def _abrupt(rng: np.random.Generator, state: _Latent, rows: np.ndarray, d: np.ndarray, promo: np.ndarray) -> None:
+    """A bad experience: usually a burst of complaints/tickets, then most leave within days."""
+    trigger = rng.uniform(*_ONSET_SPAN, rows.size)[:, None]
+    burst = rng.uniform(3, 12, rows.size)[:, None]
+    visible = (rng.random(rows.size) < 0.7)[:, None]
+    leaves = (rng.random(rows.size) < 0.8)[:, None]
+    in_burst = (d >= trigger) & (d < trigger + burst) & visible
+    after = d >= trigger
+    state.complaints[rows] += 0.25 * in_burst
+    state.tickets[rows] += 0.3 * in_burst
+    state.engagement[rows] = np.where(after, 0.8, 1.0)
+    state.hazard[rows] += 0.12 * (after & leaves)
 
-    rows = np.flatnonzero(persona == PRICE_SENSITIVE)
-    if rows.size:
-        # They buy with coupons; once the personal deals stop, activity fades and they leave.
-        stop = rng.uniform(*_ONSET_SPAN, rows.size)
-        tau = rng.uniform(10, 40, rows.size)[:, None]
-        eng = 0.35 + 0.65 * np.exp(-np.clip(d - stop[:, None], 0, None) / tau)
-        state.engagement[rows] = eng
-        state.hazard[rows] += 0.035 * (1 - eng)
-        state.complaints[rows] += 0.01 * (1 - eng)
-        state.coupon_rate[rows] = rng.uniform(0.55, 0.9, rows.size)
-        state.coupon_stop[rows] = stop
 
-    rows = np.flatnonzero(persona == COMPLAINING)
-    if rows.size:
-        # Complaints build up over one to three months and drag engagement down with them.
-        onset = rng.uniform(*_ONSET_SPAN, rows.size)[:, None]
-        ramp = np.clip((d - onset) / rng.uniform(30, 90, rows.size)[:, None], 0, 1.5)
-        state.complaints[rows] += 0.12 * ramp
-        state.tickets[rows] += 0.04 * ramp
-        state.engagement[rows] = 1 - 0.35 * np.clip(ramp, 0, 1)
-        state.hazard[rows] += 0.035 * ramp**2
+def _new(rng: np.random.Generator, state: _Latent, rows: np.ndarray, d: np.ndarray, promo: np.ndarray) -> None:
+    """Users who struggle with the product file tickets, explore few features and leave early."""
+    state.join_day[rows] = rng.integers(0, d.shape[1], rows.size)
+    state.difficulty[rows] = rng.beta(2.0, 3.0, rows.size)
+    age = np.clip(d - state.join_day[rows][:, None], 0, None)
+    q = state.difficulty[rows][:, None]
+    fading = np.exp(-age / 20)
+    state.engagement[rows] = 1 - 0.5 * q * (1 - fading)
+    state.tickets[rows] += 0.25 * q**2 * fading
+    state.hazard[rows] += 0.09 * q**3 * np.exp(-age / 25) + 0.002 * q
 
-    state.hazard *= d >= state.join_day[:, None]
-    return state
+
+def _seasonal(rng: np.random.Generator, state: _Latent, rows: np.ndarray, d: np.ndarray, promo: np.ndarray) -> None:
+    """Mostly quiet, very active in the shared sale weeks: long silences that end."""
+    state.engagement[rows] = 0.5 + 3.0 * promo[None, :]
+    state.coupon_rate[rows] = 0.15
+
+
+def _price_sensitive(
+    rng: np.random.Generator, state: _Latent, rows: np.ndarray, d: np.ndarray, promo: np.ndarray
+) -> None:
+    """They buy with coupons; once the personal deals stop, activity fades and they leave."""
+    stop = rng.uniform(*_ONSET_SPAN, rows.size)
+    tau = rng.uniform(10, 40, rows.size)[:, None]
+    eng = 0.35 + 0.65 * np.exp(-np.clip(d - stop[:, None], 0, None) / tau)
+    state.engagement[rows] = eng
+    state.hazard[rows] += 0.035 * (1 - eng)
+    state.complaints[rows] += 0.01 * (1 - eng)
+    state.coupon_rate[rows] = rng.uniform(0.55, 0.9, rows.size)
+    state.coupon_stop[rows] = stop
+
+
+def _complaining(rng: np.random.Generator, state: _Latent, rows: np.ndarray, d: np.ndarray, promo: np.ndarray) -> None:
+    """Complaints build up over one to three months and drag engagement down with them."""
+    onset = rng.uniform(*_ONSET_SPAN, rows.size)[:, None]
+    ramp = np.clip((d - onset) / rng.uniform(30, 90, rows.size)[:, None], 0, 1.5)
+    state.complaints[rows] += 0.12 * ramp
+    state.tickets[rows] += 0.04 * ramp
+    state.engagement[rows] = 1 - 0.35 * np.clip(ramp, 0, 1)
+    state.hazard[rows] += 0.035 * ramp**2
+
+
+# Each persona's trajectory, in the order they draw from the random stream (loyal users keep the steady state).
+_PERSONA_TRAJECTORIES: tuple[tuple[int, Callable[..., None]], ...] = (
+    (DECLINING, _declining),
+    (ABRUPT, _abrupt),
+    (NEW, _new),
+    (SEASONAL, _seasonal),
+    (PRICE_SENSITIVE, _price_sensitive),
+    (COMPLAINING, _complaining),
+)
+
+
+@dataclass
+class _Traits:
+    """What every persona shares, per user: activity level, spend, weekly and daily rhythm, activity mix."""
+
+    persona: np.ndarray  # int8 index into PERSONAS
+    level: np.ndarray  # mean ordinary events per active day
+    spend: np.ndarray  # typical basket
+    session_minutes: np.ndarray  # typical session length
+    tz_shift: np.ndarray  # seconds the user's day is shifted from UTC
+    weekly: np.ndarray  # users x 7 weekday multiplier, mean 1
+    week_noise: np.ndarray  # users x weeks multiplier
+    mix: np.ndarray  # users x activity types share
+    hazard0: np.ndarray  # base probability-rate of leaving
+
+
+@dataclass
+class _Departure:
+    """When each user of a chunk leaves for good, if they do inside the window."""
+
+    churned: np.ndarray  # bool per user
+    churn_day: np.ndarray  # day of leaving; `days` for users who stay
+    churn_at: np.ndarray  # epoch seconds of leaving (meaningful only where churned)
+
+
+@dataclass
+class _Activity:
+    """A chunk's ordinary activity events, with the day each falls on and whether a purchase used a coupon."""
+
+    user: np.ndarray
+    day: np.ndarray
+    time: np.ndarray
+    code: np.ndarray
+    value: np.ndarray
+    coupon: np.ndarray
 
 
 def _simulate_chunk(
@@ -288,101 +345,23 @@ def _simulate_chunk(
     first_user: int,
 ) -> dict[str, np.ndarray]:
     """Simulate `n` users over the window and return their events plus ground truth, as columns."""
-    d = np.arange(days, dtype=np.float64)[None, :]
-    end = start + days * _DAY
-    persona = rng.choice(len(PERSONAS), size=n, p=np.asarray(PERSONA_SHARES)).astype(np.int8)
-
-    # Heterogeneity every persona shares: activity level, spend, weekly and daily rhythm.
-    level = _LEVEL_MEDIAN[kind] * rng.lognormal(0.0, _LEVEL_SIGMA[kind], n) * _PERSONA_LEVEL[persona]
-    spend = rng.lognormal(math.log(35.0), 0.6, n) * np.where(persona == PRICE_SENSITIVE, 0.6, 1.0)
-    session_minutes = rng.lognormal(math.log(14.0), 0.5, n)
-    weekend = rng.lognormal(0.0, 0.35, n)
-    tz_shift = rng.normal(0.0, 2.5 * 3600, n)
-    weekly = np.ones((n, 7))
-    weekly[:, 4] = 1.1
-    weekly[:, 5:] = weekend[:, None]
-    weekly /= weekly.mean(axis=1, keepdims=True)
-    week_noise = rng.lognormal(-0.045, 0.3, (n, (days + 6) // 7))
-    buyer = (persona == PRICE_SENSITIVE) | (persona == SEASONAL)
-    mix = np.empty((n, len(_ACTIVITY_TYPES)))
-    for rows, mean in ((~buyer, _MIX_DEFAULT), (buyer, _MIX_BUYERS)):
-        mix[rows] = rng.dirichlet(mean * _MIX_CONCENTRATION, int(rows.sum()))
-    # Less active users are a little more likely to leave, so the level itself carries signal.
-    hazard0 = _BASE_HAZARD * (level / _LEVEL_MEDIAN[kind]) ** -0.4 * rng.lognormal(0.0, 0.4, n)
-    state = _latent_state(rng, persona, hazard0, days, promo)
-
-    # Some people go quiet for a few weeks (travel, exams) and come back.
-    away = rng.random(n) < _ABSENCE_SHARE
-    away_start = rng.uniform(-20, days, n)[:, None]
-    away_end = away_start + rng.uniform(30, 90, n)[:, None]
-    absent = away[:, None] & (d >= away_start) & (d < away_end) & (persona != NEW)[:, None]
-
-    # Leaving is a hazard process over the latent state: the user is gone once the cumulative
-    # hazard passes an exponential threshold, so visible decline precedes most departures.
-    cumulative = np.cumsum(state.hazard, axis=1)
-    threshold = rng.exponential(1.0, n)
-    churned = cumulative[:, -1] > threshold
-    churn_day = np.where(churned, np.argmax(cumulative > threshold[:, None], axis=1), days)
-    churn_at = start + churn_day.astype(np.int64) * _DAY + rng.integers(1, _DAY, n)
-    active = (d >= state.join_day[:, None]) & (d < churn_day[:, None]) & ~absent
-
-    week = np.arange(days) // 7
-    activity = (
-        level[:, None] * weekly[:, dow] * week_noise[:, week] * state.engagement * (1 + 0.2 * promo[None, :]) * active
-    )
-
+    # The steps draw from `rng` in this order: reordering them changes every generated file.
+    traits = _draw_traits(rng, n, days, kind)
+    state = _latent_state(rng, traits.persona, traits.hazard0, days, promo)
+    absent = _absences(rng, traits.persona, days)
+    leaving = _departures(rng, state.hazard, start)
+    active = _active_days(state, leaving, absent)
     day_start = start + np.arange(days, dtype=np.int64) * _DAY
-    user, day = _expand(rng, activity)
-    time = _times(rng, day_start[day], tz_shift[user])
-    n_act = user.size
-    if kind == "purchases":
-        slot = np.full(n_act, _PURCHASE_SLOT)
-    else:
-        cum_mix = np.cumsum(mix, axis=1)
-        slot = np.minimum((rng.random(n_act)[:, None] > cum_mix[user]).sum(axis=1), len(_ACTIVITY_TYPES) - 1)
-        # New users who find their way around use many features in their first weeks.
-        age = day - state.join_day[user]
-        explores = rng.random(n_act) < 0.5 * (1 - state.difficulty[user]) * np.exp(-age / 30)
-        slot = np.where(explores & (persona[user] == NEW), _ACTIVITY_TYPES.index("feature_use"), slot)
-    code = _ACTIVITY_CODES[slot]
-    value = np.full(n_act, np.nan)
-
-    # Disengaging users keep shorter sessions and smaller baskets.
-    eng_at = np.minimum(state.engagement[user, day], 1.0)
-    is_session = code == TYPE_CODE["session"]
-    minutes = session_minutes[user] * (0.4 + 0.6 * eng_at) * rng.lognormal(0, 0.5, n_act)
-    value[is_session] = np.round(minutes[is_session], 1)
-
-    is_purchase = code == TYPE_CODE["purchase"]
-    p_coupon = np.where(day < state.coupon_stop[user], state.coupon_rate[user], 0.05) + 0.15 * promo[day]
-    coupon = is_purchase & (rng.random(n_act) < p_coupon)
-    amount = spend[user] * (0.5 + 0.5 * eng_at) * rng.lognormal(0, 0.35, n_act)
-    amount *= np.where(coupon, rng.uniform(0.6, 0.85, n_act), 1.0)
-    value[is_purchase] = np.maximum(np.round(amount[is_purchase], 2), 0.5)
+    rate = _activity_rate(traits, state, active, dow, promo)
+    activity = _activity(rng, traits, state, rate, day_start, promo, kind)
 
     out = _Columns()
-    out.add(user, time, code, value)
+    out.add(activity.user, activity.time, activity.code, activity.value)
     if kind == "multi":
-        # Complaints and support tickets, at rates driven by the same latent state as leaving.
-        signal_rate = (state.complaints + state.tickets) * active
-        s_user, s_day = _expand(rng, signal_rate)
-        complaint_rate = state.complaints[s_user, s_day]
-        p_complaint = complaint_rate / (complaint_rate + state.tickets[s_user, s_day])
-        s_code = np.where(rng.random(s_user.size) < p_complaint, TYPE_CODE["complaint"], TYPE_CODE["support_ticket"])
-        out.add(s_user, _times(rng, day_start[s_day], tz_shift[s_user]), s_code)
-
-        # A coupon is redeemed moments before the purchase it discounts.
-        redeemed = time[coupon] - rng.integers(5, 300, int(coupon.sum()))
-        out.add(user[coupon], np.maximum(redeemed, day_start[day[coupon]] + 1), TYPE_CODE["coupon_redeem"])
-
-        # Refunds follow purchases more often when the user is unhappy, and never after they left.
-        refund = is_purchase & (rng.random(n_act) < 0.03 + 0.5 * state.complaints[user, day])
-        refund_time = time[refund] + rng.integers(_DAY, 10 * _DAY, int(refund.sum()))
-        keep = refund_time <= np.where(churned, churn_at, end)[user[refund]]
-        out.add(user[refund][keep], refund_time[keep], TYPE_CODE["refund"], value[refund][keep])
-
-        says_bye = np.flatnonzero(churned & (rng.random(n) < _UNSUBSCRIBE_SHARE))
-        out.add(says_bye, churn_at[says_bye], TYPE_CODE["unsubscribe"])
+        _add_signals(rng, out, traits, state, active, day_start)
+        _add_coupon_redemptions(rng, out, activity, day_start)
+        _add_refunds(rng, out, activity, state, leaving, start + days * _DAY)
+        _add_unsubscribes(rng, out, leaving)
 
     users, times, codes, values = out.arrays()
     return {
@@ -390,10 +369,193 @@ def _simulate_chunk(
         "time": times,
         "code": codes,
         "value": values,
-        "persona": persona,
+        "persona": traits.persona,
         "join_time": (start + state.join_day * _DAY).astype(np.float64),
-        "churn_time": np.where(churned, churn_at, np.nan).astype(np.float64),
+        "churn_time": np.where(leaving.churned, leaving.churn_at, np.nan).astype(np.float64),
     }
+
+
+def _draw_traits(rng: np.random.Generator, n: int, days: int, kind: str) -> _Traits:
+    """Draw each user's persona and the heterogeneity every persona shares."""
+    persona = rng.choice(len(PERSONAS), size=n, p=np.asarray(PERSONA_SHARES)).astype(np.int8)
+    level = _LEVEL_MEDIAN[kind] * rng.lognormal(0.0, _LEVEL_SIGMA[kind], n) * _PERSONA_LEVEL[persona]
+    spend = rng.lognormal(math.log(35.0), 0.6, n) * np.where(persona == PRICE_SENSITIVE, 0.6, 1.0)
+    session_minutes = rng.lognormal(math.log(14.0), 0.5, n)
+    weekend = rng.lognormal(0.0, 0.35, n)
+    tz_shift = rng.normal(0.0, 2.5 * 3600, n)
+    weekly = _weekly_rhythm(weekend)
+    week_noise = rng.lognormal(-0.045, 0.3, (n, (days + 6) // 7))
+    mix = _activity_mix(rng, persona)
+    # Less active users are a little more likely to leave, so the level itself carries signal.
+    hazard0 = _BASE_HAZARD * (level / _LEVEL_MEDIAN[kind]) ** -0.4 * rng.lognormal(0.0, 0.4, n)
+    return _Traits(persona, level, spend, session_minutes, tz_shift, weekly, week_noise, mix, hazard0)
+
+
+def _weekly_rhythm(weekend: np.ndarray) -> np.ndarray:
+    """Return users x 7 weekday multipliers with mean 1: a busier Friday and each user's own weekend."""
+    weekly = np.ones((weekend.size, 7))
+    weekly[:, 4] = 1.1
+    weekly[:, 5:] = weekend[:, None]
+    weekly /= weekly.mean(axis=1, keepdims=True)
+    return weekly
+
+
+def _activity_mix(rng: np.random.Generator, persona: np.ndarray) -> np.ndarray:
+    """Draw each user's share of every ordinary activity type; coupon buyers purchase more."""
+    buyer = (persona == PRICE_SENSITIVE) | (persona == SEASONAL)
+    mix = np.empty((persona.size, len(_ACTIVITY_TYPES)))
+    for rows, mean in ((~buyer, _MIX_DEFAULT), (buyer, _MIX_BUYERS)):
+        mix[rows] = rng.dirichlet(mean * _MIX_CONCENTRATION, int(rows.sum()))
+    return mix
+
+
+def _absences(rng: np.random.Generator, persona: np.ndarray, days: int) -> np.ndarray:
+    """Return users x days True while a user is away for a few weeks (travel, exams) before coming back."""
+    n = persona.size
+    d = np.arange(days, dtype=np.float64)[None, :]
+    away = rng.random(n) < _ABSENCE_SHARE
+    away_start = rng.uniform(-20, days, n)[:, None]
+    away_end = away_start + rng.uniform(30, 90, n)[:, None]
+    return away[:, None] & (d >= away_start) & (d < away_end) & (persona != NEW)[:, None]
+
+
+def _departures(rng: np.random.Generator, hazard: np.ndarray, start: int) -> _Departure:
+    """Draw who leaves and when from the users x days hazard.
+
+    The user is gone once the cumulative hazard passes an exponential threshold, so visible decline
+    precedes most departures.
+    """
+    n, days = hazard.shape
+    cumulative = np.cumsum(hazard, axis=1)
+    threshold = rng.exponential(1.0, n)
+    churned = cumulative[:, -1] > threshold
+    churn_day = np.where(churned, np.argmax(cumulative > threshold[:, None], axis=1), days)
+    churn_at = start + churn_day.astype(np.int64) * _DAY + rng.integers(1, _DAY, n)
+    return _Departure(churned=churned, churn_day=churn_day, churn_at=churn_at)
+
+
+def _active_days(state: _Latent, leaving: _Departure, absent: np.ndarray) -> np.ndarray:
+    """Return users x days True from joining until leaving, except while away."""
+    d = np.arange(absent.shape[1], dtype=np.float64)[None, :]
+    return (d >= state.join_day[:, None]) & (d < leaving.churn_day[:, None]) & ~absent
+
+
+def _activity_rate(
+    traits: _Traits, state: _Latent, active: np.ndarray, dow: np.ndarray, promo: np.ndarray
+) -> np.ndarray:
+    """Return the users x days rate of ordinary activity events."""
+    week = np.arange(active.shape[1]) // 7
+    return (
+        traits.level[:, None]
+        * traits.weekly[:, dow]
+        * traits.week_noise[:, week]
+        * state.engagement
+        * (1 + 0.2 * promo[None, :])
+        * active
+    )
+
+
+def _activity(
+    rng: np.random.Generator,
+    traits: _Traits,
+    state: _Latent,
+    rate: np.ndarray,
+    day_start: np.ndarray,
+    promo: np.ndarray,
+    kind: str,
+) -> _Activity:
+    """Draw the ordinary activity events from their rate: when, which type, and their minutes or amount."""
+    user, day = _expand(rng, rate)
+    time = _times(rng, day_start[day], traits.tz_shift[user])
+    code = _ACTIVITY_CODES[_activity_slots(rng, traits, state, user, day, kind)]
+    value = np.full(user.size, np.nan)
+    # Disengaging users keep shorter sessions and smaller baskets.
+    eng_at = np.minimum(state.engagement[user, day], 1.0)
+    _set_session_minutes(rng, value, code, traits.session_minutes[user] * (0.4 + 0.6 * eng_at))
+    p_coupon = np.where(day < state.coupon_stop[user], state.coupon_rate[user], 0.05) + 0.15 * promo[day]
+    coupon = _set_purchase_amounts(rng, value, code, p_coupon, traits.spend[user] * (0.5 + 0.5 * eng_at))
+    return _Activity(user=user, day=day, time=time, code=code, value=value, coupon=coupon)
+
+
+def _activity_slots(
+    rng: np.random.Generator, traits: _Traits, state: _Latent, user: np.ndarray, day: np.ndarray, kind: str
+) -> np.ndarray:
+    """Draw each event's index into `_ACTIVITY_TYPES` from its user's mix (all purchases for order exports)."""
+    n_act = user.size
+    if kind == "purchases":
+        return np.full(n_act, _PURCHASE_SLOT)
+    cum_mix = np.cumsum(traits.mix, axis=1)
+    slot = np.minimum((rng.random(n_act)[:, None] > cum_mix[user]).sum(axis=1), len(_ACTIVITY_TYPES) - 1)
+    # New users who find their way around use many features in their first weeks.
+    age = day - state.join_day[user]
+    explores = rng.random(n_act) < 0.5 * (1 - state.difficulty[user]) * np.exp(-age / 30)
+    return np.where(explores & (traits.persona[user] == NEW), _ACTIVITY_TYPES.index("feature_use"), slot)
+
+
+def _set_session_minutes(rng: np.random.Generator, value: np.ndarray, code: np.ndarray, typical: np.ndarray) -> None:
+    """Fill in the length of every session event in `value`, around each one's `typical` minutes."""
+    is_session = code == TYPE_CODE["session"]
+    minutes = typical * rng.lognormal(0, 0.5, code.size)
+    value[is_session] = np.round(minutes[is_session], 1)
+
+
+def _set_purchase_amounts(
+    rng: np.random.Generator, value: np.ndarray, code: np.ndarray, p_coupon: np.ndarray, basket: np.ndarray
+) -> np.ndarray:
+    """Fill in the amount of every purchase event in `value`, discounted where a coupon was used; return which were."""
+    n_act = code.size
+    is_purchase = code == TYPE_CODE["purchase"]
+    coupon = is_purchase & (rng.random(n_act) < p_coupon)
+    amount = basket * rng.lognormal(0, 0.35, n_act)
+    amount *= np.where(coupon, rng.uniform(0.6, 0.85, n_act), 1.0)
+    value[is_purchase] = np.maximum(np.round(amount[is_purchase], 2), 0.5)
+    return coupon
+
+
+def _add_signals(
+    rng: np.random.Generator,
+    out: _Columns,
+    traits: _Traits,
+    state: _Latent,
+    active: np.ndarray,
+    day_start: np.ndarray,
+) -> None:
+    """Add complaints and support tickets, at rates driven by the same latent state as leaving."""
+    s_user, s_day = _expand(rng, (state.complaints + state.tickets) * active)
+    complaint_rate = state.complaints[s_user, s_day]
+    p_complaint = complaint_rate / (complaint_rate + state.tickets[s_user, s_day])
+    s_code = np.where(rng.random(s_user.size) < p_complaint, TYPE_CODE["complaint"], TYPE_CODE["support_ticket"])
+    out.add(s_user, _times(rng, day_start[s_day], traits.tz_shift[s_user]), s_code)
+
+
+def _add_coupon_redemptions(
+    rng: np.random.Generator, out: _Columns, activity: _Activity, day_start: np.ndarray
+) -> None:
+    """Add a coupon redemption moments before each purchase it discounts."""
+    coupon = activity.coupon
+    redeemed = activity.time[coupon] - rng.integers(5, 300, int(coupon.sum()))
+    out.add(
+        activity.user[coupon], np.maximum(redeemed, day_start[activity.day[coupon]] + 1), TYPE_CODE["coupon_redeem"]
+    )
+
+
+def _add_refunds(
+    rng: np.random.Generator, out: _Columns, activity: _Activity, state: _Latent, leaving: _Departure, end: int
+) -> None:
+    """Add refunds, which follow purchases more often when the user is unhappy, and never after they left."""
+    user, day, time = activity.user, activity.day, activity.time
+    is_purchase = activity.code == TYPE_CODE["purchase"]
+    refund = is_purchase & (rng.random(user.size) < 0.03 + 0.5 * state.complaints[user, day])
+    refund_time = time[refund] + rng.integers(_DAY, 10 * _DAY, int(refund.sum()))
+    keep = refund_time <= np.where(leaving.churned, leaving.churn_at, end)[user[refund]]
+    out.add(user[refund][keep], refund_time[keep], TYPE_CODE["refund"], activity.value[refund][keep])
+
+
+def _add_unsubscribes(rng: np.random.Generator, out: _Columns, leaving: _Departure) -> None:
+    """Add an unsubscribe at the moment of leaving for some of the users who leave."""
+    churned = leaving.churned
+    says_bye = np.flatnonzero(churned & (rng.random(churned.size) < _UNSUBSCRIBE_SHARE))
+    out.add(says_bye, leaving.churn_at[says_bye], TYPE_CODE["unsubscribe"])
 
 
 class _Columns:

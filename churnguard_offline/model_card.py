@@ -85,11 +85,38 @@ def _row(name: str, m: dict[str, float]) -> str:
     )
 
 
+_METRICS_HEADER = "| model | AUC | PR-AUC | Brier | log-loss | lift top decile |\n|---|---|---|---|---|---|"
+_LIMITS = [
+    "## Limits",
+    "- It knows only the behaviour in the event log: nothing of prices, competitors, outages or campaigns.",
+    "- Trained on one customer's history; behaviour that changes (a new product, a pricing change) needs",
+    "  retraining. Run `evaluate` on fresh data before trusting it.",
+    "- Churn means no event at all in the horizon; an event type that is not churn-relevant but is logged",
+    "  (an email open) counts as activity.",
+    "- Users silent for longer than the lookback window were not in training; their scores extrapolate.",
+    "- Score the same kind of log it was trained on: signals missing from a file read as disengagement.",
+    "",
+]
+
+
 def card_text(manifest: dict[str, Any]) -> str:
     """Return the model card in Markdown."""
-    data, val, metrics = manifest["training_data"], manifest["validation"], manifest["metrics"]
-    header = "| model | AUC | PR-AUC | Brier | log-loss | lift top decile |\n|---|---|---|---|---|---|"
     lines = [
+        *_data_section(manifest),
+        *_quality_section(manifest),
+        *_baselines_section(manifest),
+        *_tiers_section(manifest),
+        *_plots_section(manifest),
+        *_LIMITS,
+        *_provenance(manifest),
+    ]
+    return "\n".join(lines)
+
+
+def _data_section(manifest: dict[str, Any]) -> list[str]:
+    """Return the title, what the model predicts, and the data and origins it learned from."""
+    data, val = manifest["training_data"], manifest["validation"]
+    return [
         f"# Model card: {manifest['model_version']}",
         "",
         f"Predicts the probability that a user has **no activity of any kind in the next {data['horizon_days']:g} "
@@ -109,33 +136,48 @@ def card_text(manifest: dict[str, Any]) -> str:
         f"{', '.join(c[:10] for c in val['fit_origins'])} and judged at {val['cutoff'][:10]} "
         f"({val['users']} users, churn rate {val['churn_rate']:.3f})",
         "",
+    ]
+
+
+def _quality_section(manifest: dict[str, Any]) -> list[str]:
+    """Return the chosen model's and every candidate's validation metrics, and how the choice was made."""
+    return [
         "## Quality on validation",
         "",
-        header,
-        _row(f"**chosen: {manifest['estimator']}, calibration {manifest['calibration']}**", metrics),
+        _METRICS_HEADER,
+        _row(f"**chosen: {manifest['estimator']}, calibration {manifest['calibration']}**", manifest["metrics"]),
         "",
         "Candidates (before calibration):",
         "",
-        header,
+        _METRICS_HEADER,
         *[_row(name, m) for name, m in manifest["candidates"].items()],
         "",
         f"Selection: {manifest['selection']}. Brier score by calibration: "
         + ", ".join(f"{k} {v:.4f}" for k, v in manifest["calibration_brier"].items())
         + " (calibration is kept only when it lowers the Brier score).",
         "",
-        "## Baselines (same validation users, fitted one horizon earlier)",
-        "",
     ]
-    if manifest["baselines"]:
-        lines += [header, *[_row(name, m) for name, m in manifest["baselines"].items()], ""]
-        lines.append(
-            "`recency`: logistic fit on days since the last event. `rfm`: classic R/F/M quintile score. "
-            "`bg_nbd`: BG/NBD buy-till-you-die model (all events as transactions), P(no event in the horizon)."
-        )
-    else:
-        lines.append("Not available: the data has no origin earlier than the validation one.")
+
+
+def _baselines_section(manifest: dict[str, Any]) -> list[str]:
+    """Return the baselines' validation metrics, or why there are none."""
+    lines = ["## Baselines (same validation users, fitted one horizon earlier)", ""]
+    if not manifest["baselines"]:
+        return [*lines, "Not available: the data has no origin earlier than the validation one."]
+    return [
+        *lines,
+        _METRICS_HEADER,
+        *[_row(name, m) for name, m in manifest["baselines"].items()],
+        "",
+        "`recency`: logistic fit on days since the last event. `rfm`: classic R/F/M quintile score. "
+        "`bg_nbd`: BG/NBD buy-till-you-die model (all events as transactions), P(no event in the horizon).",
+    ]
+
+
+def _tiers_section(manifest: dict[str, Any]) -> list[str]:
+    """Return how the risk thresholds were set, how each risk tier does, and the value-tier thresholds."""
     policy = manifest["tier_policy"]
-    lines += [
+    lines = [
         "",
         "## Risk tiers",
         "",
@@ -155,11 +197,18 @@ def card_text(manifest: dict[str, Any]) -> str:
             f"{perf['precision']:.3f} | {perf['recall']:.3f} |"
         )
     vt = manifest["value_thresholds"]
-    top = list(manifest["feature_importance"].items())[:10]
-    lines += [
+    return [
+        *lines,
         "",
         f"Value tiers by {vt['basis'].replace('_', ' ')}: high >= {vt['high']:.2f}, medium >= {vt['medium']:.2f}.",
         "",
+    ]
+
+
+def _plots_section(manifest: dict[str, Any]) -> list[str]:
+    """Return the plot links and the most important features."""
+    top = list(manifest["feature_importance"].items())[:10]
+    return [
         "## Plots",
         "",
         f"![calibration]({PLOTS['calibration']}) ![cumulative gains]({PLOTS['gains']})",
@@ -169,17 +218,13 @@ def card_text(manifest: dict[str, Any]) -> str:
         + ", ".join(f"`{name}` {value:.4f}" for name, value in top)
         + ".",
         "",
-        "## Limits",
-        "- It knows only the behaviour in the event log: nothing of prices, competitors, outages or campaigns.",
-        "- Trained on one customer's history; behaviour that changes (a new product, a pricing change) needs",
-        "  retraining. Run `evaluate` on fresh data before trusting it.",
-        "- Churn means no event at all in the horizon; an event type that is not churn-relevant but is logged",
-        "  (an email open) counts as activity.",
-        "- Users silent for longer than the lookback window were not in training; their scores extrapolate.",
-        "- Score the same kind of log it was trained on: signals missing from a file read as disengagement.",
-        "",
+    ]
+
+
+def _provenance(manifest: dict[str, Any]) -> list[str]:
+    """Return the libraries, Python version and model checksum the artifact was built with."""
+    return [
         f"Libraries: {', '.join(f'{k} {v}' for k, v in manifest['library_versions'].items())}; "
         f"python {manifest['python_version']}; model.joblib sha256 `{manifest['model_sha256']}`.",
         "",
     ]
-    return "\n".join(lines)

@@ -221,6 +221,31 @@ def _calibrated(estimator: Any, method: str) -> Any:
     return CalibratedClassifierCV(estimator, method=method, cv=3)
 
 
+@dataclass
+class _Choice:
+    """The candidate chosen out of time, fitted on the earlier origins, and the scores that chose it."""
+
+    winner: str
+    runner_up: str
+    model: Any  # the winner as fitted on the fit origins, calibrated when that helped
+    calibration_method: str
+    calibration: dict[str, float]  # out-of-time Brier score by calibration method
+    scores: dict[str, dict[str, float]]  # out-of-time metrics of every candidate, before calibration
+
+
+@dataclass
+class _Judgement:
+    """How the chosen model does at the validation origin, against the baselines, and its risk thresholds."""
+
+    p_val: np.ndarray
+    metrics: dict[str, float]
+    baseline_p: dict[str, np.ndarray]
+    baselines: dict[str, dict[str, float]]
+    thresholds: dict[str, float]
+    tier_inputs: dict[str, Any]
+    importance: dict[str, float]
+
+
 def train(
     events: EventBatch,
     *,
@@ -236,104 +261,199 @@ def train(
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
     """Fit candidates on earlier origins, choose and calibrate out of time, write the artifact; return its manifest."""
-    import joblib
-
     from churnguard_offline.model_card import write_model_card
 
     policy = policy or TierPolicy()
+    sets = _origin_sets(events, cutoff, horizon_days, lookback_days, max_origins, min_history_days, progress)
+    validation, history = _split_out_of_time(sets, seed)
+    fit = _stack(history)
+    check_learnable(fit[1], "before the validation origin")
+    choice = _choose(fit, (validation.features, validation.labels), seed, horizon_days, progress)
+    judged = _judge(choice, validation, history[0], policy, seed, progress)
+    final, rows = _refit(choice, sets, seed, horizon_days, progress)
+    digest = _save_model(final, out_dir)
+    manifest: dict[str, Any] = {
+        **_identity(choice, digest),
+        "training_data": _training_data(
+            events,
+            sets,
+            rows,
+            source=source,
+            cutoff=cutoff,
+            horizon_days=horizon_days,
+            lookback_days=lookback_days,
+            seed=seed,
+        ),
+        "validation": _validation_record(validation, history),
+        "candidates": choice.scores,
+        "selection": _selection_text(choice, validation),
+        **_evidence(choice, judged, validation, sets[0], seed),
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    progress("writing the model card and plots")
+    write_model_card(out_dir, manifest, validation.labels, judged.p_val, judged.baseline_p)
+    return manifest
+
+
+def _origin_sets(
+    events: EventBatch,
+    cutoff: float,
+    horizon_days: float,
+    lookback_days: float,
+    max_origins: int,
+    min_history_days: float,
+    progress: Callable[[str], None],
+) -> list[LabelledSet]:
+    """Return the labelled set at each training origin, latest first, after checking the latest is learnable."""
     origins = training_origins(events, cutoff, horizon_days, max_origins, min_history_days)
     progress(
         f"building features and labels at {len(origins)} origin(s): {', '.join(iso_time(o)[:10] for o in origins)}"
     )
     sets = [labelled_set(events, origin, horizon_days, lookback_days) for origin in origins]
     check_learnable(sets[0].labels, f"at the cutoff {iso_time(cutoff)[:10]}")
-    validation, history = _split_out_of_time(sets, seed)
-    X_fit, y_fit = _stack(history)
-    check_learnable(y_fit, "before the validation origin")
-    X_val, y_val = validation.features, validation.labels
+    return sets
 
-    scores, fitted = _fit_candidates((X_fit, y_fit), (X_val, y_val), seed, horizon_days, progress)
+
+def _choose(fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None]) -> _Choice:
+    """Fit every candidate on `fit`, rank them on `val` and calibrate the winner when that helps out of time."""
+    scores, fitted = _fit_candidates(fit, val, seed, horizon_days, progress)
     winner, runner_up = _rank(scores)
-    chosen_model, calibration_method, calibration = _calibrate(
-        winner, (fitted[winner], scores[winner]["brier"]), (X_fit, y_fit), (X_val, y_val), seed, horizon_days, progress
+    model, method, calibration = _calibrate(
+        winner, (fitted[winner], scores[winner]["brier"]), fit, val, seed, horizon_days, progress
     )
-    p_val = chosen_model.predict_proba(X_val)[:, 1]
-    metrics = _clean(classification_metrics(y_val, p_val))
+    return _Choice(winner, runner_up, model, method, calibration, scores)
 
-    baseline_p = _baseline_predictions(history[0], validation) if validation.cutoff > history[0].cutoff else {}
+
+def _judge(
+    choice: _Choice,
+    validation: LabelledSet,
+    earliest_fit: LabelledSet,
+    policy: TierPolicy,
+    seed: int,
+    progress: Callable[[str], None],
+) -> _Judgement:
+    """Measure the chosen model and the baselines at the validation origin and set the risk thresholds."""
+    X_val, y_val = validation.features, validation.labels
+    p_val = choice.model.predict_proba(X_val)[:, 1]
+    metrics = _clean(classification_metrics(y_val, p_val))
+    out_of_time = validation.cutoff > earliest_fit.cutoff
+    baseline_p = _baseline_predictions(earliest_fit, validation) if out_of_time else {}
     baselines = {name: _clean(classification_metrics(y_val, p)) for name, p in baseline_p.items()}
     thresholds, tier_inputs = policy.thresholds(p_val, validation.features)
     progress("measuring feature importance")
-    importance = _importance(chosen_model, X_val, y_val, seed)
+    importance = _importance(choice.model, X_val, y_val, seed)
+    return _Judgement(p_val, metrics, baseline_p, baselines, thresholds, tier_inputs, importance)
 
-    progress(f"refitting {winner} on all {sum(len(d.labels) for d in sets)} rows")
-    final = candidates(seed, horizon_days)[winner]
-    if calibration_method != "none":
-        final = _calibrated(final, calibration_method)
+
+def _refit(
+    choice: _Choice, sets: list[LabelledSet], seed: int, horizon_days: float, progress: Callable[[str], None]
+) -> tuple[Any, int]:
+    """Refit the winner, calibrated as chosen, on every origin; return the model and the rows it was fitted on."""
+    progress(f"refitting {choice.winner} on all {sum(len(d.labels) for d in sets)} rows")
+    final = candidates(seed, horizon_days)[choice.winner]
+    if choice.calibration_method != "none":
+        final = _calibrated(final, choice.calibration_method)
     X_all, y_all = _stack(sets)
     final.fit(X_all, y_all)
+    return final, int(y_all.size)
+
+
+def _save_model(model: Any, out_dir: Path) -> str:
+    """Write the model into the artifact directory and return its sha256."""
+    import joblib
+
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
-    joblib.dump(final, model_path, compress=3)
-    digest = sha256_of(model_path)
+    joblib.dump(model, model_path, compress=3)
+    return sha256_of(model_path)
+
+
+def _identity(choice: _Choice, digest: str) -> dict[str, Any]:
+    """Return the manifest fields that name the model and what it needs to load and score."""
     created = datetime.now(UTC)
-    latest = sets[0]
-    manifest: dict[str, Any] = {
+    return {
         "model_version": f"churn-{created:%Y%m%d}-{digest[:8]}",
         "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "estimator": winner,
-        "calibration": calibration_method,
+        "estimator": choice.winner,
+        "calibration": choice.calibration_method,
         "feature_names": list(FEATURE_NAMES),
         "state_layout": LAYOUT_ID,
         "library_versions": library_versions(),
         "python_version": platform.python_version(),
         "model_sha256": digest,
-        "training_data": {
-            "source": source,
-            "events": len(events),
-            "first_event": iso_time(float(events.time.min())),
-            "last_event": iso_time(float(events.time.max())),
-            "cutoff": iso_time(cutoff),
-            "horizon_days": horizon_days,
-            "lookback_days": lookback_days,
-            "origins": [_origin_record(d) for d in sets],
-            "rows": int(y_all.size),
-            "users": int(latest.labels.size),
-            "churners": int(latest.labels.sum()),
-            "churn_rate": round(float(latest.labels.mean()), 6),
-            "event_type_shares": _type_shares(events),
-            "seed": seed,
-        },
-        "validation": {
-            "kind": "out_of_time" if validation.cutoff > history[0].cutoff else "held_out_users",
-            "fit_origins": sorted({iso_time(d.cutoff) for d in history}),
-            "cutoff": iso_time(validation.cutoff),
-            "users": int(y_val.size),
-            "churn_rate": round(float(y_val.mean()), 6),
-        },
-        "candidates": scores,
-        "selection": (
-            f"{winner} had the best out-of-time PR-AUC ({scores[winner]['pr_auc']:.4f} against "
-            f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}) on {y_val.size} users at "
-            f"{iso_time(validation.cutoff)[:10]}"
-        ),
-        "calibration_brier": calibration,
-        "metrics": metrics,
-        "baselines": baselines,
-        "risk_thresholds": thresholds,
-        "tier_policy": tier_inputs,
-        "tier_performance": tier_performance(y_val, p_val, thresholds),
+    }
+
+
+def _training_data(
+    events: EventBatch,
+    sets: list[LabelledSet],
+    rows: int,
+    *,
+    source: str,
+    cutoff: float,
+    horizon_days: float,
+    lookback_days: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Return the manifest's description of the data the model learned from."""
+    latest = sets[0]
+    return {
+        "source": source,
+        "events": len(events),
+        "first_event": iso_time(float(events.time.min())),
+        "last_event": iso_time(float(events.time.max())),
+        "cutoff": iso_time(cutoff),
+        "horizon_days": horizon_days,
+        "lookback_days": lookback_days,
+        "origins": [_origin_record(d) for d in sets],
+        "rows": rows,
+        "users": int(latest.labels.size),
+        "churners": int(latest.labels.sum()),
+        "churn_rate": round(float(latest.labels.mean()), 6),
+        "event_type_shares": _type_shares(events),
+        "seed": seed,
+    }
+
+
+def _validation_record(validation: LabelledSet, history: list[LabelledSet]) -> dict[str, Any]:
+    """Return the manifest's description of how the candidates were judged."""
+    return {
+        "kind": "out_of_time" if validation.cutoff > history[0].cutoff else "held_out_users",
+        "fit_origins": sorted({iso_time(d.cutoff) for d in history}),
+        "cutoff": iso_time(validation.cutoff),
+        "users": int(validation.labels.size),
+        "churn_rate": round(float(validation.labels.mean()), 6),
+    }
+
+
+def _selection_text(choice: _Choice, validation: LabelledSet) -> str:
+    """Return one sentence saying why the winner was chosen."""
+    scores, winner, runner_up = choice.scores, choice.winner, choice.runner_up
+    return (
+        f"{winner} had the best out-of-time PR-AUC ({scores[winner]['pr_auc']:.4f} against "
+        f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}) on {validation.labels.size} users at "
+        f"{iso_time(validation.cutoff)[:10]}"
+    )
+
+
+def _evidence(
+    choice: _Choice, judged: _Judgement, validation: LabelledSet, latest: LabelledSet, seed: int
+) -> dict[str, Any]:
+    """Return the manifest fields of quality, thresholds and the reference data scoring compares against."""
+    return {
+        "calibration_brier": choice.calibration,
+        "metrics": judged.metrics,
+        "baselines": judged.baselines,
+        "risk_thresholds": judged.thresholds,
+        "tier_policy": judged.tier_inputs,
+        "tier_performance": tier_performance(validation.labels, judged.p_val, judged.thresholds),
         "value_thresholds": fit_value_thresholds(latest.features),
         "segments": fit_segments(latest.features, seed),
         "reference_features": {
             name: float(v) for name, v in zip(FEATURE_NAMES, np.median(latest.features[latest.labels == 0], axis=0))
         },
-        "feature_importance": importance,
+        "feature_importance": judged.importance,
     }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    progress("writing the model card and plots")
-    write_model_card(out_dir, manifest, y_val, p_val, baseline_p)
-    return manifest
 
 
 def _fit_candidates(
