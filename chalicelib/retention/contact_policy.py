@@ -12,11 +12,25 @@ PENDING, SENT = "pending", "sent"
 
 
 def parse_opt_outs(data: bytes | None) -> frozenset[str]:
-    """Return the user ids of an opt-out list (one per line, optional `user_id` header, quotes stripped)."""
+    """Return the user ids of an opt-out list: one id per line, an optional `user_id` header, ids quoted or not.
+
+    Only LF or CRLF ends a line (an id may hold U+2028 or U+0085, which `splitlines` would split on), a UTF-8
+    byte-order mark is dropped, and each id is stripped as the reader strips the ids it stores, so a listed
+    user is matched exactly as their events name them.
+    """
     if data is None:
         return frozenset()
-    lines = (line.strip().strip('"') for line in data.decode("utf-8", errors="replace").splitlines())
-    return frozenset(line for line in lines if line and line != "user_id")
+    text = data.decode("utf-8-sig", errors="replace")
+    ids = (_opt_out_id(line.removesuffix("\r")) for line in text.split("\n"))
+    return frozenset(uid for uid in ids if uid and uid != "user_id")
+
+
+def _opt_out_id(line: str) -> str:
+    """Return the id of one opt-out line: stripped, and unquoted when written as a quoted CSV field."""
+    field = line.strip()
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        field = field[1:-1].replace('""', '"').strip()
+    return field
 
 
 def why_not(

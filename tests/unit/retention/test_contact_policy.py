@@ -96,6 +96,10 @@ def test_the_cap_comes_from_the_playbook():
         (b"", set()),
         (b"user_id\nu1\nu2\n", {"u1", "u2"}),
         (b'"u1"\r\n u2 \n\n', {"u1", "u2"}),
+        ("\ufeffuser_id\r\nu1\r\n".encode(), {"u1"}),  # a byte-order mark is not part of the header
+        ("a\u2028b\nc\x85d\n".encode(), {"a\u2028b", "c\x85d"}),  # only LF ends a line
+        (b'"q""uote"\n"  padded  "\n', {'q"uote', "padded"}),  # a quoted CSV field, stripped as the reader does
+        (b"old\rmac\n", {"old\rmac"}),  # a lone CR does not end a line
     ],
 )
 def test_an_opt_out_list_is_one_user_id_per_line_with_an_optional_header(data, expected):

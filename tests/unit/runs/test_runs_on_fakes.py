@@ -250,3 +250,23 @@ def test_a_smaller_chunk_size_comes_from_the_settings(population, tmp_path):
     world = World(replace(SETTINGS, chunk_users=7))
     world.land("incoming/day.csv", population, tmp_path)
     assert world.process("incoming/day.csv")["chunks"] == -(-len(population.user_ids) // 7)
+
+
+def test_every_user_on_an_opt_out_list_written_any_common_way_is_suppressed(population, tmp_path):
+    # GIVEN users whose ids hold a line separator, a C1 control, a quote and an accent
+    special = {0: "a\u2028b", 1: "a\x85b", 2: 'q"uote', 3: "café"}
+    ids = [special.get(i, uid) for i, uid in enumerate(population.user_ids)]
+    batch = replace(population, user_ids=ids)
+    # AND an opt-out list saved with a BOM and CRLF, quoted, padded and plain ids, one per line
+    lines = ['"a\u2028b"', "a\x85b  ", '"q""uote"', "  café", *ids[4:]]
+    listed = ("\ufeffuser_id\r\n" + "\r\n".join(lines) + "\r\n").encode()
+    control, world = World(), World()
+    world.bucket.opt_outs[SETTINGS.opt_out_key] = listed
+    for w in (control, world):
+        w.land("incoming/day.csv", batch, tmp_path)
+    # WHEN the file is processed with and without the list
+    sent_without = {m["user_id"] for m in control.queues.bodies()} if control.process("incoming/day.csv") else set()
+    summary = world.process("incoming/day.csv")
+    # THEN without it the special users are messaged, and with it nobody is
+    assert set(special.values()) & sent_without, "the special users must be actionable for the test to mean anything"
+    assert world.queues.bodies() == [] and summary["suppressed"]["opted_out"] >= len(sent_without)
