@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from chalicelib.errors import RetryableError
-from chalicelib.settings import DEFAULTS
+from chalicelib.settings import DEFAULTS, ConfigError
 
 # Kept free at the end of an invocation: the checkpoint and the summary are written in it.
 DEFAULT_RESERVE_SECONDS: float = DEFAULTS["checkpoint_reserve_seconds"]
@@ -36,15 +36,18 @@ class Deadline:
         self.reserve = reserve
         self.clock = clock
         self.longest_chunk = 0.0
+        self.chunks_done = 0
         self._chunk_started: float | None = None
 
     @classmethod
     def from_lambda_context(cls, context: object, reserve: float = DEFAULT_RESERVE_SECONDS) -> Deadline:
-        """Return a deadline read from a Lambda context (none when there is no context)."""
+        """Return a deadline read from a Lambda context (none when there is no context); see `check_start`."""
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         if remaining is None:
             return cls(None, reserve)
-        return cls(lambda: remaining() / 1000.0, reserve)
+        deadline = cls(lambda: remaining() / 1000.0, reserve)
+        deadline.check_start()
+        return deadline
 
     def start_chunk(self) -> None:
         """Note that a chunk of work starts now."""
@@ -55,9 +58,23 @@ class Deadline:
         if self._chunk_started is not None:
             self.longest_chunk = max(self.longest_chunk, self.clock() - self._chunk_started)
             self._chunk_started = None
+            self.chunks_done += 1
 
     def room_for_another(self) -> bool:
-        """Return True when one more chunk (as long as the longest so far) plus the reserve still fits."""
-        if self.seconds_left is None:
+        """Return True when one more chunk (as long as the longest so far) plus the reserve still fits.
+
+        Every invocation does at least one chunk, so a run always makes progress; an invocation too short for
+        even that is refused at its start (`check_start`) instead of checkpointing "after 0 chunks" for ever.
+        """
+        if self.seconds_left is None or self.chunks_done == 0:
             return True
         return self.seconds_left() > self.reserve + 1.5 * self.longest_chunk
+
+    def check_start(self) -> None:
+        """Raise ConfigError when the invocation starts with no more time than the reserve (no chunk could run)."""
+        left = None if self.seconds_left is None else self.seconds_left()
+        if left is not None and left <= self.reserve:
+            raise ConfigError(
+                f"the invocation has {left:.1f}s left, no more than the checkpoint reserve"
+                f" (CHECKPOINT_RESERVE_SECONDS={self.reserve:g}): raise the function's timeout or lower the reserve"
+            )

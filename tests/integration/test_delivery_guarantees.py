@@ -13,6 +13,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.scoring.events import EVENT_TYPES, SECONDS_PER_DAY
 from chalicelib.scoring.state import StateBatch, col
+from chalicelib.settings import ConfigError
 from churnguard_offline.bootstrap import ensure_resources
 from churnguard_offline.lambda_events import stage_timeout
 from tests.integration.conftest import (
@@ -184,7 +185,11 @@ def test_overlapping_files_processed_at_once_lose_no_update(aws, small, tmp_path
 
 
 class Budget:
-    """A Lambda context's time left: plenty for `chunks` chunks, then nothing."""
+    """A Lambda context's time left: plenty for `chunks` chunks, then nothing.
+
+    A run asks before each chunk after its first (the first always runs), so the first `chunks - 1` answers
+    leave plenty of time.
+    """
 
     def __init__(self, chunks: int) -> None:
         self.checks = 0
@@ -192,7 +197,7 @@ class Budget:
 
     def __call__(self) -> float:
         self.checks += 1
-        return 900.0 if self.checks <= self.chunks else 1.0
+        return 900.0 if self.checks < self.chunks else 1.0
 
 
 def test_a_run_out_of_time_checkpoints_and_the_next_invocation_finishes_it(
@@ -217,16 +222,18 @@ def test_a_run_out_of_time_checkpoints_and_the_next_invocation_finishes_it(
     assert aws.keys("checkpoints/") == []
 
 
-def test_the_handler_hands_an_unfinished_run_to_lambdas_retry(aws, client, small, tmp_path):
-    # GIVEN an invocation whose context leaves less time than the checkpoint reserve
+def test_an_invocation_shorter_than_the_checkpoint_reserve_is_refused_before_it_reads_anything(
+    aws, client, small, tmp_path
+):
+    # GIVEN an invocation whose context leaves less time than the checkpoint reserve: no chunk could ever run
     event = aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
-    with stage_timeout(1), pytest.raises(RunInterrupted):
+    # THEN it fails at once with the setting to change, instead of checkpointing "after 0 chunks" on every retry
+    with stage_timeout(1), pytest.raises(ConfigError, match="CHECKPOINT_RESERVE_SECONDS"):
         client.lambda_.invoke("on_behaviour_file", event)
+    assert aws.items(aws.settings.state_table) == [] and aws.keys("checkpoints/") == []
 
-    # WHEN Lambda retries the event with time enough
+    # AND with a timeout that fits, the same event does the whole run
     [summary] = client.lambda_.invoke("on_behaviour_file", event).payload
-
-    # THEN the retry does the whole run
     assert summary["status"] == "succeeded" and summary["users_scored"] == len(small.user_ids)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from chalicelib.runs import applied_runs
 from chalicelib.runs.deadline import Deadline
+from chalicelib.settings import ConfigError
 
 DAY = 86400.0
 
@@ -62,5 +65,19 @@ def test_a_lambda_context_gives_the_time_left():
         def get_remaining_time_in_millis(self) -> int:
             return 10_000
 
-    assert not Deadline.from_lambda_context(Context(), reserve=20.0).room_for_another()
     assert Deadline.from_lambda_context(Context(), reserve=5.0).room_for_another()
+    with pytest.raises(ConfigError, match="CHECKPOINT_RESERVE_SECONDS=20"):
+        Deadline.from_lambda_context(Context(), reserve=20.0).room_for_another()
+
+
+def test_every_invocation_does_at_least_one_chunk_however_long_the_last_one_took():
+    # GIVEN an invocation with 30 s left and a 20 s reserve: room for the reserve, not for 1.5 chunks of 30 s
+    clock = Clock()
+    deadline = Deadline(lambda: 30.0 - clock.now, reserve=20.0, clock=clock)
+    deadline.longest_chunk = 30.0  # as a checkpoint of an earlier attempt might suggest
+    # THEN its first chunk still runs, and only after it does the deadline stop the run
+    assert deadline.room_for_another()
+    deadline.start_chunk()
+    clock.now = 5.0
+    deadline.end_chunk()
+    assert not deadline.room_for_another()

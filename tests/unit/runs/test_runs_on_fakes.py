@@ -208,7 +208,7 @@ def test_messages_the_queue_keeps_refusing_are_dead_lettered_and_resent_by_repla
 
 def test_a_run_out_of_time_checkpoints_and_the_next_attempt_merges_the_rest_once(world, population, tmp_path):
     world.land("incoming/day.csv", population, tmp_path)
-    left = iter([100.0, 100.0, 1.0])  # room for two chunks, then the invocation is nearly over
+    left = iter([100.0, 1.0])  # asked after the first and the second chunk: room for one more, then none
     deadline = Deadline(lambda: next(left), reserve=20.0, clock=lambda: 0.0)
     with pytest.raises(RunInterrupted):
         world.process("incoming/day.csv", deadline=deadline)
@@ -226,7 +226,7 @@ def test_the_schedule_resumes_its_scan_after_the_last_page_it_finished(world, po
     world.land("incoming/day.csv", population, tmp_path)
     world.process("incoming/day.csv")
     at = AS_OF.timestamp() + 30 * 86400
-    left = iter([100.0, 1.0])
+    left = iter([1.0])  # asked after the first page: the invocation is nearly over
     with pytest.raises(RunInterrupted):
         world.pipeline.run_schedule(at=at, deadline=Deadline(lambda: next(left), reserve=20.0, clock=lambda: 0.0))
     summary = world.pipeline.run_schedule(at=at)
@@ -270,3 +270,25 @@ def test_every_user_on_an_opt_out_list_written_any_common_way_is_suppressed(popu
     # THEN without it the special users are messaged, and with it nobody is
     assert set(special.values()) & sent_without, "the special users must be actionable for the test to mean anything"
     assert world.queues.bodies() == [] and summary["suppressed"]["opted_out"] >= len(sent_without)
+
+
+def test_a_run_whose_every_invocation_is_short_still_finishes_one_chunk_at_a_time(world, population, tmp_path):
+    # GIVEN invocations that each leave room for the reserve and one 10-second chunk, not for two
+    world.land("incoming/day.csv", population, tmp_path)
+
+    def short_invocation() -> Deadline:
+        ticks = iter(range(0, 1000, 10))
+        return Deadline(lambda: 25.0, reserve=20.0, clock=lambda: float(next(ticks)))
+
+    # WHEN the event is delivered until the run completes
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            summary = world.process("incoming/day.csv", deadline=short_invocation())
+            break
+        except RunInterrupted as stop:
+            assert stop.done == attempts  # one more chunk each time: never "after 0 chunks" again
+    # THEN each of the three chunks took one invocation and every event was merged once
+    assert attempts == 3 and summary["status"] == "succeeded"
+    assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
