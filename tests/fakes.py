@@ -49,6 +49,7 @@ class FakeBucket:
         self.lift: dict[str, Any] | None = None
         self.opt_outs: dict[str, bytes] = {}
         self.checkpoint_history: list[dict[str, Any]] = []
+        self.unreadable: set[str] = set()  # keys whose every read fails, as a poison file's would
 
     def land(self, key: str, data: bytes, at: datetime | None = None) -> str:
         """Put an object; return its etag."""
@@ -61,6 +62,8 @@ class FakeBucket:
     def open(self, key: str, version_id: str | None = None) -> S3Object:
         if key not in self.objects:
             raise ObjectGoneError(f"{self.url(key)} no longer exists")
+        if key in self.unreadable:
+            raise OSError(f"{self.url(key)}: the read failed")
         data = self.objects[key][0]
         return S3Object(key, io.BytesIO(data), _etag(data), version_id, len(data))
 

@@ -20,6 +20,11 @@ _FIELD_SET = frozenset(FIELDS)
 _Columns = tuple[list[object], list[object], list[object], list[object]]
 
 
+# Python's JSON decoder recurses once per nesting level; a row nested past the interpreter's limit is refused
+# as that row alone, never as the file (a RecursionError would fail the whole run on every attempt).
+TOO_DEEP = "JSON nested too deeply to read"
+
+
 class JsonReader:
     """Turns blocks of JSON Lines into validated chunks."""
 
@@ -66,12 +71,18 @@ class JsonReader:
             obj, end = self._decode(line)
             if end != len(line) and line[end:].strip():
                 raise json.JSONDecodeError("Extra data", line, end)
+        except RecursionError:
+            self.builder.reject(number, "bad_json", TOO_DEEP, None)
+            return None
         except json.JSONDecodeError as exc:
             stripped = line.strip()
             if not stripped:
                 return None  # blank line: not a row
             try:
                 obj = json.loads(stripped)
+            except RecursionError:
+                self.builder.reject(number, "bad_json", TOO_DEEP, None)
+                return None
             except json.JSONDecodeError:
                 if bad_encoding:
                     self.builder.reject(number, "bad_encoding", "row is not valid UTF-8", None)
@@ -91,7 +102,8 @@ class JsonReader:
         """Decode a block where every line is exactly one JSON object, in bulk; False if any is not."""
         try:
             parsed = list(map(self._scan, lines, repeat(0)))
-        except (StopIteration, ValueError):  # a blank line, leading space, or bad JSON: go line by line
+        # A blank line, leading space, bad JSON or nesting deeper than the decoder recurses: go line by line.
+        except (StopIteration, ValueError, RecursionError):
             return False
         if not parsed:
             return True

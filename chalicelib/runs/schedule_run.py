@@ -11,6 +11,7 @@ from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.file_run import FileRun
+from chalicelib.runs.ports import Listed
 from chalicelib.runs.records import FINAL, Run, RunRecords
 from chalicelib.scoring.scorer import iso_time
 
@@ -87,9 +88,21 @@ class ScheduleRun:
         for item in self.ctx.bucket.unprocessed(self.ctx.settings.incoming_prefix):
             if now - item.last_modified.timestamp() < self.ctx.settings.sweep_min_age_seconds:
                 continue  # its own S3 trigger is probably still running
-            result = self.files.process(item.key, None, item.last_modified.timestamp(), deadline)
-            swept.append({"key": item.key, "run_id": result.get("run_id"), "status": result["status"]})
+            swept.append(self._sweep_one(item, deadline))
         return swept
+
+    def _sweep_one(self, item: Listed, deadline: Deadline) -> dict[str, Any]:
+        """Process one missed file; a failure of that file is logged and reported, never raised into the schedule."""
+        try:
+            result = self.files.process(item.key, None, item.last_modified.timestamp(), deadline)
+        except RunInterrupted:
+            raise  # out of time: the whole invocation hands over, the file's checkpoint included
+        except Exception as exc:  # the isolation boundary: one bad file must never stop the re-score of everyone
+            source = self.ctx.bucket.url(item.key)
+            # Named by type only: an error's text may quote the file.
+            self.ctx.logger.warning("swept file failed", extra={"source": source, "error": type(exc).__name__})
+            return {"key": item.key, "run_id": None, "status": "failed", "error": type(exc).__name__}
+        return {"key": item.key, "run_id": result.get("run_id"), "status": result["status"]}
 
     def lift_report(
         self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None

@@ -114,3 +114,23 @@ def test_loose_keys_and_fields_of_the_wrong_type_in_one_block_are_each_handled()
 def test_a_json_document_rather_than_json_lines_is_unreadable(data: bytes, message: str) -> None:
     with pytest.raises(UnreadableFileError, match=message):
         read(data, "events.jsonl")
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        "[" * 100_000 + "]" * 100_000,  # past the decoder's recursion limit
+        " " + "[" * 100_000 + "]" * 100_000,  # the same after a leading space (the slower path)
+        '{"a":' * 50_000 + "1" + "}" * 50_000,  # nested objects
+    ],
+)
+def test_a_row_nested_too_deeply_to_decode_is_rejected_alone(poison: str) -> None:
+    # GIVEN a JSON Lines file whose second row is nested deeper than Python's decoder can recurse
+    row = '{"user_id": "u%d", "event_time": "2026-01-01", "event_type": "login"}'
+    data = "\n".join([row % 1, poison, row % 2, ""]).encode()
+    # WHEN it is read
+    result = read_events(io.BytesIO(data), "deep.jsonl")
+    # THEN that row alone is rejected as bad JSON, at its line, and the rows around it are read
+    assert result.rows_read == 3 and result.rows_accepted == 2
+    assert reasons_by_line(result) == {2: "bad_json"}
+    assert list(result.events.user_ids) == ["u1", "u2"]

@@ -292,3 +292,20 @@ def test_a_run_whose_every_invocation_is_short_still_finishes_one_chunk_at_a_tim
     # THEN each of the three chunks took one invocation and every event was merged once
     assert attempts == 3 and summary["status"] == "succeeded"
     assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
+
+
+def test_a_missed_file_that_fails_on_every_attempt_never_stops_the_schedule(world, population, tmp_path):
+    # GIVEN known users, and a landed file whose trigger was missed and whose every read fails
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    world.bucket.land("incoming/poison.csv", b"user_id,event_time,event_type\n")
+    world.bucket.unreadable.add("incoming/poison.csv")
+    at = AS_OF.timestamp() + 7 * 86400
+    # WHEN the schedule runs, twice (the file stays unprocessed, so the next sweep meets it again)
+    for day in (0, 1):
+        summary = world.pipeline.run_schedule(at=at + day * 86400)
+        # THEN the file is reported as failed, and everyone is still re-scored
+        assert summary["swept_files"] == [
+            {"key": "incoming/poison.csv", "run_id": None, "status": "failed", "error": "OSError"}
+        ]
+        assert summary["status"] == "succeeded" and summary["users_scored"] == len(population.user_ids)
