@@ -194,6 +194,20 @@ def test_one_hostile_row_is_rejected_with_its_reason_and_the_rest_is_scored(aws,
     _assert_accounted(aws, summary, key, users, scored, [reason])
 
 
+def test_a_json_row_nested_past_the_decoders_limit_costs_only_that_row(aws, client):
+    # GIVEN a JSON Lines file with one row nested 100,000 levels deep among valid rows
+    rows = [json.dumps(dict(zip(HEADER.split(","), row, strict=True))) for row in _valid_rows("deep")]
+    lines = [*rows[:5], "[" * 100_000 + "]" * 100_000, *rows[5:]]
+    key = "incoming/deep.jsonl"
+    event = aws.land(key, ("\n".join(lines) + "\n").encode())
+
+    # WHEN the S3 trigger runs (it raised RecursionError on every attempt before)
+    summary = _invoke(client, event)
+
+    # THEN that row alone is rejected as bad JSON and everyone else is scored
+    _assert_accounted(aws, summary, key, _users(_valid_rows("deep")), len(rows), ["bad_json"])
+
+
 # ------------------------------------------------------------------------------------ unreadable files
 
 
