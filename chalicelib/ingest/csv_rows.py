@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 
 import numpy as np
 
 from chalicelib.errors import UnreadableFileError
+from chalicelib.ingest.csv_records import MAX_RECORD_LINES, Line, Record, single_line_rows, split_records
 from chalicelib.ingest.rejects import FIELDS, short
 from chalicelib.ingest.stream import Blocks, decode
 from chalicelib.ingest.validate import Builder
@@ -187,51 +187,56 @@ class CsvReader:
         )
 
     def _quoted(self, data: bytes, first: int) -> None:
-        """Read this block and every later one with the csv module, tracking where each record starts."""
-        bad_lines: set[int] = set()
-        reader = csv.reader(self._lines(data, first, bad_lines), delimiter=self.layout.delimiter)
-        consumed = 0  # reader.line_num after the last record handled
-        while True:
-            rows: list[list[str]] = []
-            error = None
-            try:
-                rows.extend(islice(reader, self.chunk_rows))
-            except csv.Error as exc:
-                error = exc  # rows read before the faulty record are kept by extend
-            start = first + consumed
-            if rows:
-                # Records span one line each unless the reader consumed more lines than it gave records.
-                single = error is None and reader.line_num - consumed == len(rows)
-                spans = _spans(rows, single)
-                starts = start + np.concatenate(([0], np.cumsum(spans)[:-1]))
-                self._rows(rows, starts, spans, bad_lines)
-                start += int(spans.sum())
-            if error is not None:
-                self.builder.reject(start, "malformed_row", f"unreadable CSV record: {error}", None)
-            elif not rows:
-                return
-            self.builder.flush()
-            consumed = reader.line_num
-            if bad_lines:
-                bad_lines.intersection_update([line for line in bad_lines if line >= first + consumed])
-
-    def _lines(self, data: bytes, first: int, bad_lines: set[int]) -> Iterator[str]:
-        """Yield the lines of this block and all later blocks, noting lines that are not UTF-8."""
+        """Read this block and every later one with the csv module, each record tied to the lines it spans."""
+        delimiter = self.layout.delimiter
+        carry: list[Line] = []
         block: tuple[bytes, int] | None = (data, first)
         while block is not None:
-            text, bad = decode(block[0])
-            bad_lines.update(block[1] + i for i in bad)
-            yield from io.StringIO(text, newline="\n")
+            data, first = block
+            text, bad = decode(data)
+            lines = io.StringIO(text, newline="\n").readlines()
             block = self.blocks.next_block()
+            rows = None if carry else single_line_rows(lines, delimiter)
+            if rows is not None:
+                self._rows(rows, first + np.arange(len(rows)), set(bad))
+            else:
+                bad_set = set(bad)
+                numbered = carry + [(first + i, line, i in bad_set) for i, line in enumerate(lines)]
+                found, carry = split_records(numbered, delimiter, block is None, self._plausible)
+                self._records(found)
+            self.builder.flush()
 
-    def _rows(self, rows: list[list[str]], starts: np.ndarray, spans: np.ndarray, bad_lines: set[int]) -> None:
+    def _plausible(self, row: list[str]) -> bool:
+        """Return whether a record spanning lines may stand: the header's width, and no line break in the user
+        id or the time (neither can hold one, so such a record is a stray quote's, not a multi-line field's)."""
+        layout = self.layout
+        return len(row) == layout.ncols and "\n" not in row[layout.user] and "\n" not in row[layout.time]
+
+    def _records(self, found: list[Record]) -> None:
+        """Validate records one csv record each; refuse the unclosed and the unreadable ones alone."""
+        rows: list[list[str]] = []
+        starts: list[int] = []
+        bad_rows: set[int] = set()
+        for record in found:
+            if record.unclosed:
+                detail = f"a quoted field opened on this line is still open {MAX_RECORD_LINES} lines later"
+                self.builder.reject(record.start, "malformed_row", detail, None)
+                continue
+            try:
+                row = next(csv.reader([record.text], delimiter=self.layout.delimiter))
+            except csv.Error as exc:  # e.g. a lone CR in an unquoted field: that record alone is refused
+                self.builder.reject(record.start, "malformed_row", _unreadable(record.text, exc), None)
+                continue
+            if record.bad_encoding:
+                bad_rows.add(len(rows))
+            rows.append(row)
+            starts.append(record.start)
+        if rows:
+            self._rows(rows, np.array(starts, dtype=np.int64), bad_rows)
+
+    def _rows(self, rows: list[list[str]], starts: np.ndarray, bad_rows: set[int]) -> None:
         """Validate csv records: regular ones in bulk, irregular or undecodable ones one by one."""
         width = self.layout.ncols
-        bad_rows: set[int] = set()
-        for line in bad_lines:
-            i = int(np.searchsorted(starts, line, side="right")) - 1
-            if i >= 0 and line < starts[i] + spans[i]:
-                bad_rows.add(i)
         if not bad_rows and all(len(row) == width for row in rows):
             self._emit(list(chain.from_iterable(rows)), starts)
             return
@@ -245,8 +250,8 @@ class CsvReader:
         self._emit(list(chain.from_iterable(keep)), np.array(keep_at, dtype=np.int64))
 
 
-def _spans(rows: list[list[str]], single: bool) -> np.ndarray:
-    """Return how many physical lines each csv record spans: one each when `single`, else counted."""
-    if single:
-        return np.ones(len(rows), dtype=np.int64)
-    return np.fromiter((1 + sum(f.count("\n") for f in row) for row in rows), np.int64, len(rows))
+def _unreadable(text: str, error: csv.Error) -> str:
+    """Return why the csv module refused a record, in the file's terms."""
+    if "\r" in text.removesuffix("\n").removesuffix("\r"):
+        return "the row holds a carriage return (CR) that does not end a line"
+    return f"unreadable CSV record: {error}"

@@ -208,6 +208,20 @@ def test_a_json_row_nested_past_the_decoders_limit_costs_only_that_row(aws, clie
     _assert_accounted(aws, summary, key, _users(_valid_rows("deep")), len(rows), ["bad_json"])
 
 
+def test_a_quote_that_never_closes_costs_one_row_not_the_rest_of_the_file(aws, client):
+    # GIVEN a stray quote in one field, followed by 600 valid rows (once, they all vanished into one reject)
+    rows = _valid_rows("quote", users=100)
+    key = "incoming/stray-quote.csv"
+    data = _csv([["quote-bad", '"2026-05-10T10:00:00Z', "login", ""], *rows])
+    event = aws.land(key, data)
+
+    # WHEN the S3 trigger runs
+    summary = _invoke(client, event)
+
+    # THEN that line alone is rejected and every valid row is scored
+    _assert_accounted(aws, summary, key, _users(rows), len(rows), ["malformed_row"])
+
+
 # ------------------------------------------------------------------------------------ unreadable files
 
 
