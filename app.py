@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, S3Eve
 from chalice import Chalice
 
 from chalicelib import runtime
-from chalicelib.observability import logger
+from chalicelib.observability import flush_metrics, logger
 from chalicelib.settings import DEFAULT_INCOMING_PREFIX, DEFAULT_SCHEDULE
 
 app = Chalice(app_name="churnguard")
@@ -20,7 +20,7 @@ app = Chalice(app_name="churnguard")
 
 @app.middleware("all")
 def observability(event: Any, get_response: Callable[[Any], Any]) -> Any:
-    """Put the Lambda request id and function name on every log line of this invocation."""
+    """Put the Lambda request id and function name on every log line of this invocation; publish its metrics."""
     context = getattr(event, "context", None)
     logger.append_keys(
         request_id=getattr(context, "aws_request_id", None),
@@ -30,6 +30,7 @@ def observability(event: Any, get_response: Callable[[Any], Any]) -> Any:
         return get_response(event)
     finally:
         logger.remove_keys(["request_id", "function_name"])
+        flush_metrics()
 
 
 @app.on_s3_event(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.observability import logger as default_logger
+from chalicelib.observability import metrics as default_metrics
 from chalicelib.retry import Backoff
 from chalicelib.runs.ports import Bucket, Queues, Tables
 from chalicelib.scoring.scorer import Scorer
@@ -26,3 +27,4 @@ class RunContext:
     clock: Callable[[], float] = time.time
     backoff: Backoff = field(default_factory=Backoff)
     logger: Any = default_logger
+    metrics: Any = default_metrics  # Powertools Metrics: add_metric(name=, unit=, value=)

@@ -7,6 +7,7 @@ from typing import Any
 
 from chalicelib.errors import UnreadableFileError
 from chalicelib.ingest import ReadResult, read_events
+from chalicelib.observability import COUNT
 from chalicelib.retention.contact_policy import parse_opt_outs
 from chalicelib.retention.outcomes import EventIndex
 from chalicelib.runs.chunk import ChunkWorker
@@ -161,7 +162,21 @@ class FileRun:
         summary.setdefault("messages_sent", dict.fromkeys(self.ctx.queues.queue_names, 0))
         summary["model_version"] = self.ctx.scorer.model.model_version
         self.records.settle(run, summary)
+        if result.rows_read and not result.rows_accepted:
+            self._all_rejected(summary)
         return summary["as_of"]
+
+    def _all_rejected(self, summary: dict[str, Any]) -> None:
+        """Mark a file none of whose rows could be used: its own status, a warning line and a metric."""
+        summary["status"] = "rejected"
+        rows = summary["rows"]
+        extra = {
+            "run_id": summary["run_id"],
+            "source": summary["source"],
+            "rejected_by_reason": rows["rejected_by_reason"],
+        }
+        self.ctx.logger.warning("every row rejected", extra=extra)
+        self.ctx.metrics.add_metric(name="FilesAllRowsRejected", unit=COUNT, value=1)
 
     def _chunks(
         self,

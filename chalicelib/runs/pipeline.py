@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib.observability import logger as default_logger
+from chalicelib.observability import metrics as default_metrics
 from chalicelib.retry import Backoff
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
@@ -38,8 +39,9 @@ class ScoringPipeline:
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
         logger: Any = default_logger,
+        metrics: Any = default_metrics,
     ) -> None:
-        self.ctx = RunContext(settings, bucket, tables, queues, scorer, clock, backoff or Backoff(), logger)
+        self.ctx = RunContext(settings, bucket, tables, queues, scorer, clock, backoff or Backoff(), logger, metrics)
         worker = ChunkWorker(self.ctx)
         records = RunRecords(self.ctx)
         self.files = FileRun(self.ctx, worker, records)

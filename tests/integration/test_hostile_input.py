@@ -222,6 +222,20 @@ def test_a_quote_that_never_closes_costs_one_row_not_the_rest_of_the_file(aws, c
     _assert_accounted(aws, summary, key, _users(rows), len(rows), ["malformed_row"])
 
 
+def test_a_file_whose_every_row_is_rejected_ends_rejected_and_publishes_a_metric(aws, client, capsys):
+    # GIVEN a file of 63 rows, none with a readable time
+    key = "incoming/all-bad.csv"
+    event = aws.land(key, _csv([[f"bad-u{i}", "31/05/2026", "login", ""] for i in range(63)]))
+
+    # WHEN the S3 trigger runs
+    summary = _invoke(client, event)
+
+    # THEN the run has its own status, and the invocation wrote the metric as an embedded-metric log line
+    assert summary["status"] == "rejected" and summary["rows"]["scored"] == 0 and summary["rows"]["rejected"] == 63
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert any(m.get("FilesAllRowsRejected") == [1.0] for m in emitted)
+
+
 # ------------------------------------------------------------------------------------ unreadable files
 
 

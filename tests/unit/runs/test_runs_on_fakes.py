@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from chalicelib.observability import COUNT
 from chalicelib.retry import Backoff
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.pipeline import ScoringPipeline
@@ -33,7 +34,7 @@ SETTINGS = Settings(
 class World:
     """One container's pipeline over fakes, with a clock the test moves."""
 
-    def __init__(self, settings: Settings = SETTINGS) -> None:
+    def __init__(self, settings: Settings = SETTINGS, **extra) -> None:
         self.now = AS_OF.timestamp()
         self.bucket = FakeBucket()
         self.tables = FakeTables(settings.retention_seconds)
@@ -47,6 +48,7 @@ class World:
             Scorer(MODEL_CACHE.get()),
             clock=lambda: self.now,
             backoff=Backoff(sleep=self.slept.append),
+            **extra,
         )
 
     def land(self, key: str, batch: EventBatch, tmp_path) -> str:
@@ -309,3 +311,32 @@ def test_a_missed_file_that_fails_on_every_attempt_never_stops_the_schedule(worl
             {"key": "incoming/poison.csv", "run_id": None, "status": "failed", "error": "OSError"}
         ]
         assert summary["status"] == "succeeded" and summary["users_scored"] == len(population.user_ids)
+
+
+class Recorder:
+    """Stands in for the logger and the metrics: keeps what was logged and added."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+def test_a_file_whose_every_row_is_rejected_says_so_with_a_warning_and_a_metric(tmp_path):
+    # GIVEN a file of 50 rows, none with a usable time
+    logger, metrics = Recorder(), Recorder()
+    world = World(logger=logger, metrics=metrics)
+    world.bucket.land("incoming/bad.csv", b"user_id,event_time,event_type\n" + b"u1,yesterday,login\n" * 50)
+    # WHEN it is processed
+    summary = world.process("incoming/bad.csv")
+    # THEN it ends with its own status, not "succeeded", and both the log and the metrics say so
+    assert summary["status"] == "rejected" and summary["rows"] == {
+        "read": 50,
+        "scored": 0,
+        "rejected": 50,
+        "rejected_by_reason": {"bad_event_time": 50},
+    }
+    assert ("warning", ("every row rejected",)) in [(n, a) for n, a, _ in logger.calls]
+    assert metrics.calls == [("add_metric", (), {"name": "FilesAllRowsRejected", "unit": COUNT, "value": 1})]
+    assert world.bucket.ledger_get("incoming/bad.csv", next(iter(world.bucket.ledger))[1])["status"] == "rejected"
