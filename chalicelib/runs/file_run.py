@@ -8,14 +8,12 @@ from typing import Any
 from chalicelib.errors import UnreadableFileError
 from chalicelib.ingest import ReadResult, read_events
 from chalicelib.observability import COUNT
-from chalicelib.retention.contact_policy import parse_opt_outs
 from chalicelib.retention.outcomes import EventIndex
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.ports import ObjectGoneError, S3Object
 from chalicelib.runs.records import Run, RunRecords
-from chalicelib.scoring.scorer import iso_time
 from chalicelib.scoring.state import StateBatch, build_state
 
 
@@ -150,17 +148,11 @@ class FileRun:
         snapshot = key.startswith(self.ctx.settings.snapshot_prefix)
         summary["mode"] = "snapshot" if snapshot else "delta"
         as_of = max(landed_at, float(events.time.max()) if len(events) else landed_at)
-        opt_outs = parse_opt_outs(self.ctx.bucket.opt_out_list(self.ctx.settings.opt_out_key))
-        run, checkpoint = self.records.resume(summary["run_id"], summary["source"], opt_outs)
+        run, checkpoint = self.records.resume(summary["run_id"], summary["source"])
         run.events = EventIndex(events)
         run.file_locales = events.locales
         self._chunks(run, delta, snapshot, as_of, int(checkpoint.get("done", 0)), summary, deadline)
-        summary.update(run.totals)
-        summary["as_of"] = iso_time(as_of)
-        for name in ("users_new", "users_scored"):
-            summary.setdefault(name, 0)
-        summary.setdefault("messages_sent", dict.fromkeys(self.ctx.queues.queue_names, 0))
-        summary["model_version"] = self.ctx.scorer.model.model_version
+        self.records.summarise(run, summary, as_of, ("users_new", "users_scored"))
         self.records.settle(run, summary)
         if result.rows_read and not result.rows_accepted:
             self._all_rejected(summary)

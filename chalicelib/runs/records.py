@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from chalicelib.retention.contact_policy import parse_opt_outs
 from chalicelib.retention.outcomes import EventIndex
 from chalicelib.runs.context import RunContext
 from chalicelib.scoring.scorer import iso_time
@@ -84,17 +85,30 @@ class RunRecords:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
 
-    def resume(self, run_id: str, source: str, opt_outs: frozenset[str]) -> tuple[Run, dict[str, Any]]:
+    def opt_outs(self) -> frozenset[str]:
+        """Return the user ids on the opt-out list the settings name (none when there is no list)."""
+        return parse_opt_outs(self.ctx.bucket.opt_out_list(self.ctx.settings.opt_out_key))
+
+    def resume(self, run_id: str, source: str) -> tuple[Run, dict[str, Any]]:
         """Return the run as its last checkpoint left it (a fresh one when there is none) and the checkpoint."""
         bucket = self.ctx.bucket
+        run = Run(run_id, source, opt_outs=self.opt_outs())
         checkpoint = bucket.checkpoint_get(run_id)
-        run = Run(run_id, source, opt_outs=opt_outs)
         if checkpoint is None:
             return run, {}
         run.totals = checkpoint.get("totals", {})
         run.dead = DeadLetters.from_json(bucket.dead_letters_get(run_id))
         run.closed = bucket.closed_get(run_id)
         return run, checkpoint
+
+    def summarise(self, run: Run, summary: dict[str, Any], as_of: float, zeros: tuple[str, ...]) -> None:
+        """Put the run's totals into its summary with its as_of and model version; counts in `zeros` default to 0."""
+        summary.update(run.totals)
+        summary["as_of"] = iso_time(as_of)
+        for name in zeros:
+            summary.setdefault(name, 0)
+        summary.setdefault("messages_sent", dict.fromkeys(self.ctx.queues.queue_names, 0))
+        summary["model_version"] = self.ctx.scorer.model.model_version
 
     def save_closed(self, run: Run) -> None:
         """Keep the exposures this run replaced, with their outcomes, for the lift report."""

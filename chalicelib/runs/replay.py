@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from chalicelib.errors import InputError
-from chalicelib.retention.contact_policy import parse_opt_outs
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.records import DeadLetters, Run, RunRecords
@@ -30,8 +29,7 @@ class Replay:
             where = self.ctx.bucket.dead_letters_url(run_id)
             raise InputError(f"{where}: run {run_id} has nothing left to replay")
         left = DeadLetters.from_json(record)
-        opt_outs = parse_opt_outs(self.ctx.bucket.opt_out_list(self.ctx.settings.opt_out_key))
-        run = Run(run_id, "replay", opt_outs=opt_outs)
+        run = Run(run_id, "replay", opt_outs=self.records.opt_outs())
         run.closed = self.ctx.bucket.closed_get(run_id)
         for (mode, as_of), entries in _group_users(left.users).items():
             self._redo(run, mode, as_of, entries)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from chalicelib.retention.contact_policy import parse_opt_outs
 from chalicelib.retention.outcomes import exposure_from_item, lift_report
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
@@ -13,7 +12,6 @@ from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.file_run import FileRun
 from chalicelib.runs.ports import Listed
 from chalicelib.runs.records import FINAL, Run, RunRecords
-from chalicelib.scoring.scorer import iso_time
 
 
 def schedule_run_id(at: float) -> str:
@@ -45,14 +43,9 @@ class ScheduleRun:
             summary.update(status="duplicate", first_run={"run_id": run_id, "status": previous["status"]})
             return self.records.finish(summary, started, write=False)
         summary["swept_files"] = self.sweep(started, deadline)
-        opt_outs = parse_opt_outs(self.ctx.bucket.opt_out_list(self.ctx.settings.opt_out_key))
-        run, checkpoint = self.records.resume(run_id, "schedule", opt_outs)
+        run, checkpoint = self.records.resume(run_id, "schedule")
         self._pages(run, checkpoint, at, summary, deadline)
-        summary.update(run.totals)
-        summary["as_of"] = iso_time(at)
-        summary["model_version"] = self.ctx.scorer.model.model_version
-        summary.setdefault("users_scored", 0)
-        summary.setdefault("messages_sent", dict.fromkeys(self.ctx.queues.queue_names, 0))
+        self.records.summarise(run, summary, at, ("users_scored",))
         self.records.settle(run, summary)
         self.ctx.bucket.checkpoint_delete(run_id)
         # Once a day is enough for the lift report: it scans the whole risk table.
