@@ -7,6 +7,8 @@ import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -146,19 +148,30 @@ class _Warnings(logging.Handler):
             self.logged.append((record.getMessage(), extra))
 
 
-@pytest.fixture
-def warnings_logged() -> list[tuple[str, dict[str, Any]]]:
-    """The structured warnings the pipeline logs during the test: (message, extra keys) each."""
-    # Chalice names its logger after the app ("churnguard", the Powertools service too) and sets its level when
-    # app.py is imported, so the level is set here for the test's length, whatever ran before.
-    handler = _Warnings()
+@contextmanager
+def service_log(handler: logging.Handler) -> Iterator[None]:
+    """Send the service logger's records at the handler's level or above to `handler`, for the block's length.
+
+    Chalice names its logger after the app ("churnguard", the Powertools service too) and sets its level when
+    app.py is first imported, so what reaches a handler would depend on test order; the level is set here.
+    """
     target = logging.getLogger(logger.name)
     level = target.level
     target.addHandler(handler)
-    target.setLevel(logging.WARNING)
-    yield handler.logged
-    target.removeHandler(handler)
-    target.setLevel(level)
+    target.setLevel(handler.level)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)
+
+
+@pytest.fixture
+def warnings_logged() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """The structured warnings the pipeline logs during the test: (message, extra keys) each."""
+    handler = _Warnings()
+    with service_log(handler):
+        yield handler.logged
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib.aws.queues import MAX_MESSAGE_BYTES, RetentionQueues
 from chalicelib.observability import logger
-from tests.integration.conftest import csv_bytes
+from tests.integration.conftest import csv_bytes, service_log
 
 HEADER = "user_id,event_time,event_type,value"
 
@@ -31,17 +31,10 @@ class _Capture(logging.Handler):
 @pytest.fixture
 def log_lines(client) -> list[str]:
     """Every line the service logger writes during the test, at every level."""
-    # Chalice names its own logger after the app ("churnguard", the Powertools service) and sets its level
-    # when app.py is first imported, so what reaches stdout depends on test order. A handler of our own on
-    # that logger, at DEBUG from after the import until the test ends, sees every line whatever ran before.
-    target = logging.getLogger(logger.name)
+    # Requested after `client`, so after app.py's import has set the logger's level.
     capture = _Capture()
-    level = target.level
-    target.addHandler(capture)
-    target.setLevel(logging.DEBUG)
-    yield capture.lines
-    target.removeHandler(capture)
-    target.setLevel(level)
+    with service_log(capture):
+        yield capture.lines
 
 
 def _invoke(client, event):
