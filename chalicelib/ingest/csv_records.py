@@ -28,6 +28,7 @@ class Record:
     span: int
     bad_encoding: bool = False
     unclosed: bool = False
+    row: list[str] | None = None  # the fields, when finding the record already parsed it
 
 
 Line = tuple[int, str, bool]  # (line number, text with its LF, not valid UTF-8)
@@ -60,8 +61,9 @@ def split_records(
             continue
         end = _closing_line(lines, i, delimiter)
         joined = "" if end is None else "".join(t for _, t, _ in lines[i : end + 1])
-        if end is not None and _stands(joined, delimiter, plausible):
-            out.append(Record(joined, number, end + 1 - i, any(b for _, _, b in lines[i : end + 1])))
+        row = None if end is None else _parsed(joined, delimiter)
+        if end is not None and row is not None and plausible(row):
+            out.append(Record(joined, number, end + 1 - i, any(b for _, _, b in lines[i : end + 1]), row=row))
             i = end + 1
         elif n - i < MAX_RECORD_LINES and not final:
             return out, lines[i:]  # the record may close in the next block
@@ -72,12 +74,12 @@ def split_records(
     return out, []
 
 
-def _stands(text: str, delimiter: str, plausible: Callable[[list[str]], bool]) -> bool:
-    """Return whether a record over several lines reads as one row that `plausible` accepts."""
+def _parsed(text: str, delimiter: str) -> list[str] | None:
+    """Return the fields of one record's text, or None when the csv module refuses it."""
     try:
-        return plausible(next(csv.reader([text], delimiter=delimiter)))
+        return next(csv.reader([text], delimiter=delimiter))
     except csv.Error:
-        return False
+        return None
 
 
 def _closing_line(lines: list[Line], start: int, delimiter: str) -> int | None:

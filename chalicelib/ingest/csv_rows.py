@@ -222,11 +222,13 @@ class CsvReader:
                 detail = f"a quoted field opened on this line is still open {MAX_RECORD_LINES} lines later"
                 self.builder.reject(record.start, "malformed_row", detail, None)
                 continue
-            try:
-                row = next(csv.reader([record.text], delimiter=self.layout.delimiter))
-            except csv.Error as exc:  # e.g. a lone CR in an unquoted field: that record alone is refused
-                self.builder.reject(record.start, "malformed_row", _unreadable(record.text, exc), None)
-                continue
+            row = record.row
+            if row is None:
+                try:
+                    row = next(csv.reader([record.text], delimiter=self.layout.delimiter))
+                except csv.Error as exc:  # e.g. a lone CR in an unquoted field: that record alone is refused
+                    self.builder.reject(record.start, "malformed_row", _unreadable(record.text, exc), None)
+                    continue
             if record.bad_encoding:
                 bad_rows.add(len(rows))
             rows.append(row)
