@@ -39,7 +39,6 @@ class Decision:
 
     index: int
     item: dict[str, Any]
-    write: RiskWrite | None = None
     body: dict[str, Any] | None = None
     held: str | None = None  # why an actionable user gets no message
     replaced: dict[str, Any] | None = None  # the exposure a new one replaces
@@ -117,6 +116,7 @@ class ChunkWorker:
         stored = self.ctx.tables.get_risks(part.user_ids)
         scored_at = iso_time(self.ctx.clock())
         decisions: dict[str, Decision] = {}
+        writes: list[RiskWrite] = []
         claimed_here = 0
         for i, row in enumerate(scores.rows()):
             uid = scores.user_ids[i]
@@ -126,9 +126,9 @@ class ChunkWorker:
             item = self._risk_item(run, row, old, basis, scored_at)
             decision = self._decide(run, scores, i, old, item, claimed_here)
             claimed_here += decision.body is not None
-            decision.write = RiskWrite(item, int(old.get("risk_version", 0)), float(part.values[i, col("last_seen")]))
+            writes.append(RiskWrite(item, int(old.get("risk_version", 0)), float(part.values[i, col("last_seen")])))
             decisions[uid] = decision
-        outcomes = self.ctx.tables.put_risks([d.write for d in decisions.values() if d.write is not None])
+        outcomes = self.ctx.tables.put_risks(writes)
         self._tally(run, scores, decisions, outcomes, as_of, claimed, again)
 
     @staticmethod
