@@ -17,6 +17,28 @@ logger = Logger(
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ChurnGuard"), service=SERVICE)
 COUNT = MetricUnit.Count
 
+# Every metric the functions publish (unit Count, dimension `service`); infra/ has one alarm for each.
+ROWS_REJECTED = "RowsRejected"  # rows of a finished file run rejected, by the run's total
+FILES_ALL_ROWS_REJECTED = "FilesAllRowsRejected"  # file runs that read rows and could use none
+FILE_ATTEMPTS_FAILED = "FileAttemptsFailed"  # attempts at a file that raised (each is retried)
+FILES_QUARANTINED = "FilesQuarantined"  # files moved to quarantine/: unreadable, or failed too many attempts
+RUNS_INCOMPLETE = "RunsIncomplete"  # runs that ended with a dead-letter record for `replay`
+USERS_DEAD_LETTERED = "UsersDeadLettered"  # users whose work a run left in its dead-letter record
+MESSAGES_DEAD_LETTERED = "MessagesDeadLettered"  # messages a run left in its dead-letter record
+WRITE_CONFLICTS = "WriteConflicts"  # conditional writes that lost a race and were decided again
+RETRIES = "Retries"  # retries of AWS calls and of partial batch failures, botocore's and the adapters'
+METRICS = (
+    ROWS_REJECTED,
+    FILES_ALL_ROWS_REJECTED,
+    FILE_ATTEMPTS_FAILED,
+    FILES_QUARANTINED,
+    RUNS_INCOMPLETE,
+    USERS_DEAD_LETTERED,
+    MESSAGES_DEAD_LETTERED,
+    WRITE_CONFLICTS,
+    RETRIES,
+)
+
 
 def flush_metrics() -> None:
     """Publish the metrics this invocation added, if any (an empty flush would only warn)."""

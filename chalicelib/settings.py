@@ -140,6 +140,9 @@ class Settings:
     queue_account_manager: str | None = setting("QUEUE_ACCOUNT_MANAGER", default=None)
     # Files younger than this are left to their own S3 trigger by the schedule's sweep.
     sweep_min_age_seconds: float = setting("SWEEP_MIN_AGE_SECONDS", _number, 900.0)
+    # A file whose processing failed this many attempts in a row, with no checkpoint between, is quarantined
+    # by its next attempt instead of being retried for ever (Lambda's own retries make three attempts).
+    max_file_attempts: int = setting("MAX_FILE_ATTEMPTS", _number, 3, minimum=1, convert=_count)
     # Events later than the file's landing time by more than this are rejected as future-dated.
     future_tolerance_seconds: float = setting("FUTURE_TOLERANCE_SECONDS", _number, 86400.0)
     # A gzip file inflating past this many bytes is quarantined instead of read.

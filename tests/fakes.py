@@ -49,6 +49,7 @@ class FakeBucket:
         self.lift: dict[str, Any] | None = None
         self.opt_outs: dict[str, bytes] = {}
         self.checkpoint_history: list[dict[str, Any]] = []
+        self.attempts: dict[str, dict[str, Any]] = {}
         self.unreadable: set[str] = set()  # keys whose every read fails, as a poison file's would
 
     def land(self, key: str, data: bytes, at: datetime | None = None) -> str:
@@ -105,6 +106,15 @@ class FakeBucket:
 
     def checkpoint_delete(self, run_id: str) -> None:
         self.checkpoints.pop(run_id, None)
+
+    def attempts_get(self, run_id: str) -> dict[str, Any] | None:
+        return _copy(self.attempts.get(run_id))
+
+    def attempts_put(self, run_id: str, record: dict[str, Any]) -> None:
+        self.attempts[run_id] = _copy(record)
+
+    def attempts_delete(self, run_id: str) -> None:
+        self.attempts.pop(run_id, None)
 
     def dead_letters_get(self, run_id: str) -> dict[str, Any] | None:
         return _copy(self.dead_letters.get(run_id))

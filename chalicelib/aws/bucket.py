@@ -20,6 +20,7 @@ REJECTED_PREFIX = "rejected/"
 QUARANTINE_PREFIX = "quarantine/"
 DEAD_LETTER_PREFIX = "dead-letter/"
 CHECKPOINT_PREFIX = "checkpoints/"
+ATTEMPTS_PREFIX = "attempts/"
 CLOSED_PREFIX = "outcomes/closed/"
 LIFT_REPORT_KEY = "reports/lift.json"
 
@@ -125,6 +126,19 @@ class BehaviourBucket:
     def checkpoint_delete(self, run_id: str) -> None:
         """Forget the checkpoint of a run that finished (no-op when there is none)."""
         self.delete(f"{CHECKPOINT_PREFIX}{run_id}.json")
+
+    # Attempt counts: how often an unfinished file run started, so a file failing every attempt is set aside.
+    def attempts_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the attempt count of an unfinished file run, or None when none is counted."""
+        return self.find_json(f"{ATTEMPTS_PREFIX}{run_id}.json")
+
+    def attempts_put(self, run_id: str, record: dict[str, Any]) -> None:
+        """Record how often a file run was attempted and how its last attempt failed."""
+        self.put_json(f"{ATTEMPTS_PREFIX}{run_id}.json", record)
+
+    def attempts_delete(self, run_id: str) -> None:
+        """Forget the attempt count of a file run that finished (no-op when there is none)."""
+        self.delete(f"{ATTEMPTS_PREFIX}{run_id}.json")
 
     def ledger_keys(self) -> set[str]:
         """Return every ledger entry key (for the sweep)."""

@@ -7,8 +7,9 @@ from typing import Any
 
 from chalicelib.errors import UnreadableFileError
 from chalicelib.ingest import ReadResult, read_events
-from chalicelib.observability import COUNT
+from chalicelib.observability import COUNT, FILES_ALL_ROWS_REJECTED
 from chalicelib.retention.outcomes import EventIndex
+from chalicelib.runs.attempts import FileAttempts
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
@@ -43,6 +44,7 @@ class FileRun:
         self.ctx = ctx
         self.worker = worker
         self.records = records
+        self.attempts = FileAttempts(ctx)
 
     def process(
         self, key: str, version_id: str | None = None, landed_at: float | None = None, deadline: Deadline | None = None
@@ -73,13 +75,17 @@ class FileRun:
             obj.body.close()
             summary.update(status="duplicate", first_run=previous)
             return self.records.finish(summary, started, write=False)
-        result = self._read(obj, source, landed_at, summary)
-        if result is None:
+        attempt = self.attempts.start(obj, summary)
+        if attempt is None:  # it failed too many attempts: quarantined instead
             return self.records.finish(summary, started)
-        as_of = self._merge_all(key, result, landed_at, summary, deadline or Deadline())
-        # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
-        self.ctx.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": summary["status"], "as_of": as_of})
-        self.ctx.bucket.checkpoint_delete(run_id)
+        with attempt:  # the file's isolation boundary: a failure is counted there, then raised for Lambda to retry
+            result = self._read(obj, source, landed_at, summary)
+            if result is None:
+                return self.records.finish(summary, started)
+            as_of = self._merge_all(key, result, landed_at, summary, deadline or Deadline())
+            # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
+            self.ctx.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": summary["status"], "as_of": as_of})
+            self.ctx.bucket.checkpoint_delete(run_id)
         return self.records.finish(summary, started)
 
     def _refusal(self, key: str, source: str) -> dict[str, Any] | None:
@@ -168,7 +174,7 @@ class FileRun:
             "rejected_by_reason": rows["rejected_by_reason"],
         }
         self.ctx.logger.warning("every row rejected", extra=extra)
-        self.ctx.metrics.add_metric(name="FilesAllRowsRejected", unit=COUNT, value=1)
+        self.ctx.metrics.add_metric(name=FILES_ALL_ROWS_REJECTED, unit=COUNT, value=1)
 
     def _chunks(
         self,

@@ -135,6 +135,15 @@ class Bucket(Protocol):
     def checkpoint_delete(self, run_id: str) -> None:
         """Forget the checkpoint of a run that finished."""
 
+    def attempts_get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the attempt count of an unfinished file run, or None when none is counted."""
+
+    def attempts_put(self, run_id: str, record: dict[str, Any]) -> None:
+        """Record how often a file run was attempted and how its last attempt failed."""
+
+    def attempts_delete(self, run_id: str) -> None:
+        """Forget the attempt count of a file run that finished."""
+
     def dead_letters_get(self, run_id: str) -> dict[str, Any] | None:
         """Return what a run left to replay, or None."""
 

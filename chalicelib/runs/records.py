@@ -11,6 +11,7 @@ import numpy as np
 from chalicelib.retention.contact_policy import parse_opt_outs
 from chalicelib.retention.outcomes import EventIndex
 from chalicelib.runs.context import RunContext
+from chalicelib.runs.run_metrics import publish_run
 from chalicelib.scoring.scorer import iso_time
 
 # A run in one of these states is done: a redelivered event finds it and does nothing.
@@ -147,6 +148,7 @@ class RunRecords:
         summary["duration_s"] = round(self.ctx.clock() - started, 3)
         summary["finished_at"] = iso_time(self.ctx.clock())
         self.ctx.logger.info("run summary", extra={"summary": summary})
+        publish_run(self.ctx.metrics, summary)
         if write and "run_id" in summary:
             self.ctx.bucket.run_record_put(summary["run_id"], summary)
         return summary

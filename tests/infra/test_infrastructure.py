@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from chalicelib import observability
 from chalicelib.aws.bucket import (
+    ATTEMPTS_PREFIX,
     CHECKPOINT_PREFIX,
     CLOSED_PREFIX,
     DEAD_LETTER_PREFIX,
@@ -75,6 +77,7 @@ NEVER_EXPIRED = (
     LEDGER_PREFIX,
     DEFAULT_INCOMING_PREFIX,
     CHECKPOINT_PREFIX,
+    ATTEMPTS_PREFIX,
     DEAD_LETTER_PREFIX,
     CLOSED_PREFIX,
     LIFT_REPORT_KEY,
@@ -653,6 +656,33 @@ def test_every_function_gets_a_log_group_with_a_retention(infra):
     assert group["for_each"] == "${toset(var.lambda_function_names)}"
     assert group["name"] == "/aws/lambda/${each.value}"
     assert group["retention_in_days"] == "${var.log_retention_days}"
+
+
+# ---- alarms -----------------------------------------------------------------------------------------
+def test_every_metric_the_functions_publish_has_an_alarm_on_its_namespace_and_service(infra):
+    # GIVEN the metrics the code publishes, and the namespace and service every stage publishes them under
+    config = json.loads(CHALICE_CONFIG.read_text())
+    variables = infra.variables
+    for stage in config["stages"].values():
+        env = {**config.get("environment_variables", {}), **stage.get("environment_variables", {})}
+        namespace = env.get("POWERTOOLS_METRICS_NAMESPACE", observability.metrics.namespace)
+        assert namespace == variables["metrics_namespace"]["default"]
+        assert env.get("POWERTOOLS_SERVICE_NAME", observability.SERVICE) == variables["metrics_service"]["default"]
+    # WHEN the alarms are read
+    (alarm,) = infra.of_type("aws_cloudwatch_metric_alarm").values()
+    alarms = resolve(alarm["for_each"], infra)
+    # THEN there is one per metric, on that metric, its namespace and its service dimension
+    assert set(alarms) == set(observability.METRICS)
+    assert alarm["metric_name"] == "${each.key}" and alarm["namespace"] == "${var.metrics_namespace}"
+    assert alarm["dimensions"] == {"service": "${var.metrics_service}"}, "EMF metrics carry exactly this dimension"
+    assert alarm["statistic"] == "Sum" and alarm["comparison_operator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["treat_missing_data"] == "notBreaching", "the metrics are published only when something happens"
+    for name, settings in alarms.items():
+        assert settings["threshold"] >= 1 and settings["period_seconds"] % 60 == 0, name
+        assert settings["description"], name
+    # AND each notifies the optional topic, going off and coming back
+    assert alarm["alarm_actions"] == alarm["ok_actions"] == "${local.alarm_actions}"
+    assert variables_in(infra.locals["alarm_actions"], infra) == {"alarm_topic_arn"}
 
 
 # ---- checkov ---------------------------------------------------------------------------------------

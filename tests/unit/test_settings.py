@@ -21,6 +21,7 @@ SAMPLES = {
     "QUEUE_MEDIUM": ("queue_medium", "acme-medium", "acme-medium"),
     "QUEUE_ACCOUNT_MANAGER": ("queue_account_manager", "acme-am", "acme-am"),
     "SWEEP_MIN_AGE_SECONDS": ("sweep_min_age_seconds", "120", 120.0),
+    "MAX_FILE_ATTEMPTS": ("max_file_attempts", "5", 5),
     "FUTURE_TOLERANCE_SECONDS": ("future_tolerance_seconds", "3600.5", 3600.5),
     "MAX_DECOMPRESSED_BYTES": ("max_decompressed_bytes", "65536", 65536),
     "APPLIED_RUNS_KEEP": ("applied_runs_keep", "8", 8),

@@ -338,5 +338,8 @@ def test_a_file_whose_every_row_is_rejected_says_so_with_a_warning_and_a_metric(
         "rejected_by_reason": {"bad_event_time": 50},
     }
     assert ("warning", ("every row rejected",)) in [(n, a) for n, a, _ in logger.calls]
-    assert metrics.calls == [("add_metric", (), {"name": "FilesAllRowsRejected", "unit": COUNT, "value": 1})]
+    assert metrics.calls == [
+        ("add_metric", (), {"name": "FilesAllRowsRejected", "unit": COUNT, "value": 1}),
+        ("add_metric", (), {"name": "RowsRejected", "unit": COUNT, "value": 50}),
+    ]
     assert world.bucket.ledger_get("incoming/bad.csv", next(iter(world.bucket.ledger))[1])["status"] == "rejected"
