@@ -147,10 +147,10 @@ class Settings:
     future_tolerance_seconds: float = setting("FUTURE_TOLERANCE_SECONDS", _number, 86400.0)
     # A gzip file inflating past this many bytes is quarantined instead of read.
     max_decompressed_bytes: int = setting("MAX_DECOMPRESSED_BYTES", _whole, DEFAULT_MAX_DECOMPRESSED_BYTES, minimum=1)
-    # How many recently merged runs a state item remembers, and for how long (see applied_runs).
-    applied_runs_keep: int = setting("APPLIED_RUNS_KEEP", _number, 32, minimum=1, convert=_count)
+    # For how long a state item remembers the runs merged into it (see applied_runs): a redo within this time,
+    # whatever came between, never merges twice. It must cover Lambda's retries (6 h) and the daily sweep.
     applied_runs_max_age: float = setting(
-        "APPLIED_RUNS_MAX_AGE_DAYS", _number, 7.0, minimum=1.0, convert=_days_to_seconds
+        "APPLIED_RUNS_MAX_AGE_DAYS", _number, 2.0, minimum=1.0, convert=_days_to_seconds
     )
     # Conditional writes in flight at once (each one PutItem or UpdateItem call).
     write_concurrency: int = setting("WRITE_CONCURRENCY", _number, 16, minimum=1, convert=_count)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from chalicelib.runs.applied_runs import AppliedRuns
 from chalicelib.runs.ports import (
     CONFLICT,
     FAILED,
@@ -212,7 +213,7 @@ class FakeTables:
         if w.user_id in self.race_states:
             self.race_states.discard(w.user_id)
             # Another run wrote first (an empty delta): the stored version moves on under this writer.
-            blank = {"row": empty_rows(1)[0], "version": 0, "applied": [], "locale": None, "events": 0}
+            blank = {"row": empty_rows(1)[0], "version": 0, "applied": b"", "locale": None, "events": 0}
             stored = self.states.setdefault(w.user_id, {**blank, "expires_at": self.expiry(w.last_event)})
             stored["version"] += 1
             return CONFLICT
@@ -221,7 +222,7 @@ class FakeTables:
         self.states[w.user_id] = {
             "row": np.frombuffer(w.blob, dtype="<f8").copy(),
             "version": w.version,
-            "applied": list(w.applied),
+            "applied": w.applied.to_bytes(),
             "locale": w.locale,
             "events": w.events,
             "expires_at": self.expiry(w.last_event),
@@ -241,7 +242,7 @@ class FakeTables:
         return StoredStates(
             batch=StateBatch(ids, rows),
             versions={uid: self.states[uid]["version"] for uid in ids},
-            applied={uid: list(self.states[uid]["applied"]) for uid in ids},
+            applied={uid: AppliedRuns.load(self.states[uid]["applied"]) for uid in ids},
             locales={uid: self.states[uid]["locale"] for uid in ids if self.states[uid]["locale"]},
         )
 

@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
 from chalicelib.errors import ChurnGuardError, RetryableError
 from chalicelib.retry import Backoff
+from chalicelib.runs.applied_runs import AppliedRuns
 from chalicelib.runs.ports import CONFLICT, FAILED, SENT, WRITTEN, RiskWrite, StateWrite, StoredStates
 from chalicelib.scoring.state import LAYOUT_ID, StateBatch
 
@@ -183,7 +184,7 @@ class BehaviourTables:
             "events": w.events,
             "state_run_id": w.run_id,
             "state_version": w.version,
-            "applied_runs": w.applied,
+            "applied_runs": Binary(w.applied.to_bytes()),
             TTL_ATTRIBUTE: self.expiry(w.last_event),
         }
         if w.locale is not None:
@@ -334,7 +335,7 @@ def _stored(items: list[dict[str, Any]]) -> StoredStates:
     return StoredStates(
         batch=StateBatch.from_blobs(ids, [_blob(i) for i in items]),
         versions={i["user_id"]: int(i.get("state_version", 0)) for i in items},
-        applied={i["user_id"]: list(i.get("applied_runs", [])) for i in items},
+        applied={i["user_id"]: AppliedRuns.load(_binary(i.get("applied_runs"))) for i in items},
         locales={i["user_id"]: (float(i["locale_at"]), i["locale"]) for i in items if "locale" in i},
     )
 
@@ -361,5 +362,9 @@ def _decimals(value: Any) -> Any:
 def _blob(item: dict[str, Any]) -> bytes:
     if item.get("state_layout") != LAYOUT_ID:
         raise StateLayoutError(f"user {item['user_id']}: state layout {item.get('state_layout')} is not {LAYOUT_ID}")
-    value = item["state"]
-    return bytes(value.value if isinstance(value, Binary) else value)
+    return _binary(item["state"])
+
+
+def _binary(value: Any) -> Any:
+    """Return the bytes of a Binary attribute; any other value as it is."""
+    return bytes(value.value) if isinstance(value, Binary) else value

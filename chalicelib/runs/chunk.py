@@ -52,7 +52,9 @@ class ChunkWorker:
         self.merger = StateMerger(ctx)
 
     # ---- merge -------------------------------------------------------------------------------------
-    def merge_score_deliver(self, run: Run, users: list[str], rows: np.ndarray, snapshot: bool, as_of: float) -> None:
+    def merge_score_deliver(
+        self, run: Run, users: list[str], rows: np.ndarray, snapshot: bool, as_of: dict[str, float]
+    ) -> None:
         """Merge the users' deltas into their state, then score and deliver those still within retention."""
         retries_before = self._retries()
         batch, versions = self.merger.merge(run, users, rows, snapshot, as_of)
@@ -60,12 +62,14 @@ class ChunkWorker:
         # state is kept for TTL to delete, but they are forgotten as the schedule forgets them, not contacted.
         last_seen = batch.values[:, col("last_seen")]
         live = [
-            uid for uid, seen in zip(batch.user_ids, last_seen, strict=True) if self.ctx.tables.expiry(seen) >= as_of
+            uid
+            for uid, seen in zip(batch.user_ids, last_seen, strict=True)
+            if self.ctx.tables.expiry(seen) >= as_of[uid]
         ]
         if len(live) < len(batch):
             run.add({"expired_skipped": len(batch) - len(live)})
             batch = batch.subset(live)
-        self.score_deliver(run, batch, versions, dict.fromkeys(batch.user_ids, as_of), retries_before)
+        self.score_deliver(run, batch, versions, {uid: as_of[uid] for uid in batch.user_ids}, retries_before)
 
     # ---- score and deliver ---------------------------------------------------------------------------
     def score_deliver(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
+
 from chalicelib.errors import UnreadableFileError
 from chalicelib.ingest import ReadResult, read_events
 from chalicelib.observability import COUNT, FILES_ALL_ROWS_REJECTED
@@ -15,7 +17,8 @@ from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.ports import ObjectGoneError, S3Object
 from chalicelib.runs.records import Run, RunRecords
-from chalicelib.scoring.state import StateBatch, build_state
+from chalicelib.scoring.scorer import iso_time
+from chalicelib.scoring.state import StateBatch, build_state, col
 
 
 def key_problem(key: str) -> str | None:
@@ -30,6 +33,24 @@ def key_problem(key: str) -> str | None:
     if "" in segments[:-1]:
         return "the key has an empty path segment"
     return None
+
+
+# Score times past a file's landing are rounded up to one of this many steps of its future tolerance.
+AS_OF_STEPS = 24
+HOUR = 3600.0
+
+
+def users_as_of(delta: StateBatch, landed_at: float, tolerance: float) -> dict[str, float]:
+    """Return each user's score time: the landing time, or just past the user's own latest event if that is later.
+
+    Per user, so one skewed clock (a row up to `tolerance` past landing) moves only its own user. A time past
+    landing is rounded up to a step of at least an hour, at most AS_OF_STEPS of them within the tolerance:
+    each distinct time is one call of the model per chunk, and a file whose every clock is ahead would
+    otherwise make one call per user.
+    """
+    step = max(HOUR, tolerance / AS_OF_STEPS)
+    ahead = np.maximum(delta.values[:, col("last_seen")] - landed_at, 0.0)
+    return dict(zip(delta.user_ids, (landed_at + np.ceil(ahead / step) * step).tolist(), strict=True))
 
 
 def object_run_id(bucket: str, key: str, etag: str) -> str:
@@ -153,12 +174,15 @@ class FileRun:
         delta = build_state(events)
         snapshot = key.startswith(self.ctx.settings.snapshot_prefix)
         summary["mode"] = "snapshot" if snapshot else "delta"
-        as_of = max(landed_at, float(events.time.max()) if len(events) else landed_at)
+        as_of = users_as_of(delta, landed_at, self.ctx.settings.future_tolerance_seconds)
         run, checkpoint = self.records.resume(summary["run_id"], summary["source"])
         run.events = EventIndex(events)
         run.file_locales = events.locales
         self._chunks(run, delta, snapshot, as_of, int(checkpoint.get("done", 0)), summary, deadline)
-        self.records.summarise(run, summary, as_of, ("users_new", "users_scored"))
+        # The run's as_of is its users' latest; `landed_at` is everyone's whose events are not past it.
+        self.records.summarise(run, summary, max(as_of.values(), default=landed_at), ("users_new", "users_scored"))
+        summary["landed_at"] = iso_time(landed_at)
+        summary["users_as_of_past_landing"] = sum(t > landed_at for t in as_of.values())
         self.records.settle(run, summary)
         if result.rows_read and not result.rows_accepted:
             self._all_rejected(summary)
@@ -181,25 +205,26 @@ class FileRun:
         run: Run,
         delta: StateBatch,
         snapshot: bool,
-        as_of: float,
+        as_of: dict[str, float],
         done: int,
         summary: dict[str, Any],
         deadline: Deadline,
     ) -> None:
         """Work through the chunks after the `done` ones, checkpointing after each."""
         size = self.ctx.settings.chunk_users
+        latest = {"as_of": max(as_of.values(), default=0.0)}
         n_chunks = -(-len(delta) // size)
         summary["chunks"] = n_chunks
         if done:
             summary["resumed_after_chunks"] = done
         for i in range(done, n_chunks):
             if not deadline.room_for_another():
-                self.records.checkpoint(run, i, {"as_of": as_of})
+                self.records.checkpoint(run, i, latest)
                 raise RunInterrupted(run.run_id, i, n_chunks)
             deadline.start_chunk()
             users = delta.user_ids[i * size : (i + 1) * size]
             rows = delta.values[i * size : (i + 1) * size]
-            self.worker.merge_score_deliver(run, users, rows, snapshot, as_of)
+            self.worker.merge_score_deliver(run, users, rows, snapshot, {uid: as_of[uid] for uid in users})
             deadline.end_chunk()
             if i + 1 < n_chunks:
-                self.records.checkpoint(run, i + 1, {"as_of": as_of})
+                self.records.checkpoint(run, i + 1, latest)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chalicelib.runs import applied_runs
+from chalicelib.runs.applied_runs import AppliedRuns
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.ports import FAILED, WRITTEN, StateWrite, StoredStates
 from chalicelib.runs.records import Run
@@ -34,9 +34,12 @@ class StateMerger:
         self.ctx = ctx
 
     def merge(
-        self, run: Run, users: list[str], rows: np.ndarray, snapshot: bool, as_of: float
+        self, run: Run, users: list[str], rows: np.ndarray, snapshot: bool, as_of: dict[str, float]
     ) -> tuple[StateBatch, dict[str, int]]:
-        """Merge each user's delta into their stored state under optimistic locking; return what is stored."""
+        """Merge each user's delta into their stored state under optimistic locking; return what is stored.
+
+        `as_of` is each user's score time, kept with a user who is dead-lettered.
+        """
         pending = {uid: rows[i] for i, uid in enumerate(users)}
         merged = Merged({}, {}, {})
         delays = self.ctx.backoff.delays()
@@ -47,14 +50,20 @@ class StateMerger:
                 break
             self.ctx.backoff.wait(next(delays, 0.0))
         for uid, row in pending.items():
-            run.dead.add_user(uid, as_of, row, snapshot)
+            run.dead.add_user(uid, as_of[uid], row, snapshot)
         ordered = [uid for uid in users if uid in merged.final]
         values = np.stack([merged.final[uid] for uid in ordered]) if ordered else empty_rows(0)
         run.locales = merged.locales
         return StateBatch(ordered, values), merged.versions
 
     def _merge_round(
-        self, run: Run, pending: dict[str, np.ndarray], merged: Merged, snapshot: bool, as_of: float, now: float
+        self,
+        run: Run,
+        pending: dict[str, np.ndarray],
+        merged: Merged,
+        snapshot: bool,
+        as_of: dict[str, float],
+        now: float,
     ) -> None:
         """Read, merge and conditionally write the pending users once; drop from `pending` those settled."""
         ids = list(pending)
@@ -64,7 +73,7 @@ class StateMerger:
         rows = delta if snapshot else merge_rows(base, delta)
         writes, rows_of = [], {}
         for j, uid in enumerate(ids):
-            if applied_runs.was_applied(stored.applied.get(uid, []), run.run_id):
+            if stored.applied.get(uid, AppliedRuns()).holds(run.run_id):
                 self._keep_applied(run, uid, base[j], stored, merged)
                 del pending[uid]
                 continue
@@ -87,10 +96,11 @@ class StateMerger:
         self, run: Run, uid: str, row: np.ndarray, stored: StoredStates, snapshot: bool, now: float
     ) -> StateWrite:
         """Return the conditional write of one user's merged state, recording this run as applied."""
-        settings = self.ctx.settings
-        applied = applied_runs.record(
-            stored.applied.get(uid, []), run.run_id, now, settings.applied_runs_keep, settings.applied_runs_max_age
+        applied, overflow = stored.applied.get(uid, AppliedRuns()).record(
+            run.run_id, now, self.ctx.settings.applied_runs_max_age
         )
+        if overflow:  # more files reached this user within the bound than its item has room to remember
+            run.count("applied_runs_overflow", n=overflow)
         # The latest row naming a locale wins, whichever file it came in: the order does not matter.
         known = [loc for loc in (run.file_locales.get(uid), None if snapshot else stored.locales.get(uid)) if loc]
         return state_write(uid, row, run.run_id, stored.versions.get(uid, 0), applied, max(known) if known else None)
@@ -104,7 +114,7 @@ class StateMerger:
         pending: dict[str, np.ndarray],
         merged: Merged,
         snapshot: bool,
-        as_of: float,
+        as_of: dict[str, float],
     ) -> bool:
         """Record what became of one state write; return True when the user is settled (written or given up)."""
         if outcome == WRITTEN:
@@ -114,14 +124,14 @@ class StateMerger:
             run.add({"users_new": int(w.expected == 0)})
             return True
         if outcome == FAILED:
-            run.dead.add_user(w.user_id, as_of, pending[w.user_id], snapshot)
+            run.dead.add_user(w.user_id, as_of[w.user_id], pending[w.user_id], snapshot)
             return True
         run.count("write_conflicts")  # another run wrote this user since we read it: read again and merge again
         return False
 
 
 def state_write(
-    uid: str, row: np.ndarray, run_id: str, expected: int, applied: list[str], locale: tuple[float, str] | None
+    uid: str, row: np.ndarray, run_id: str, expected: int, applied: AppliedRuns, locale: tuple[float, str] | None
 ) -> StateWrite:
     """Return the conditional write of one user's state row."""
     events = int(row[[col(f"count_{t}") for t in EVENT_TYPES]].sum())

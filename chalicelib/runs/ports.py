@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Protocol
 from chalicelib.errors import ChurnGuardError
 from chalicelib.retention.contact_policy import PENDING as PENDING  # claim statuses, re-exported for adapters
 from chalicelib.retention.contact_policy import SENT as SENT
+from chalicelib.runs.applied_runs import AppliedRuns
 from chalicelib.scoring.state import StateBatch
 
 # What became of one conditional write.
@@ -51,7 +52,7 @@ class StoredStates:
 
     batch: StateBatch
     versions: dict[str, int] = field(default_factory=dict)
-    applied: dict[str, list[str]] = field(default_factory=dict)
+    applied: dict[str, AppliedRuns] = field(default_factory=dict)
     locales: dict[str, tuple[float, str]] = field(default_factory=dict)
     expired: int = 0  # users left out because their expiry had passed (TTL deletes within days, not at once)
 
@@ -68,7 +69,7 @@ class StateWrite:
     events: int
     run_id: str
     expected: int  # 0: the user has no stored state yet
-    applied: list[str]
+    applied: AppliedRuns
     locale: tuple[float, str] | None = None  # (time, locale) of the user's latest row naming one
 
     @property

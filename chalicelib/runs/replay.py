@@ -58,7 +58,7 @@ class Replay:
             self.worker.score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, as_of))
             return
         rows = np.stack([np.frombuffer(base64.b64decode(e["delta"]), dtype="<f8") for e in entries])
-        self.worker.merge_score_deliver(run, users, rows, mode == "snapshot", as_of)
+        self.worker.merge_score_deliver(run, users, rows, mode == "snapshot", dict.fromkeys(users, as_of))
 
 
 def _group_users(entries: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:

@@ -24,8 +24,7 @@ SAMPLES = {
     "MAX_FILE_ATTEMPTS": ("max_file_attempts", "5", 5),
     "FUTURE_TOLERANCE_SECONDS": ("future_tolerance_seconds", "3600.5", 3600.5),
     "MAX_DECOMPRESSED_BYTES": ("max_decompressed_bytes", "65536", 65536),
-    "APPLIED_RUNS_KEEP": ("applied_runs_keep", "8", 8),
-    "APPLIED_RUNS_MAX_AGE_DAYS": ("applied_runs_max_age", "2.5", 2.5 * 86400),
+    "APPLIED_RUNS_MAX_AGE_DAYS": ("applied_runs_max_age", "3.5", 3.5 * 86400),
     "WRITE_CONCURRENCY": ("write_concurrency", "4", 4),
     "CHECKPOINT_RESERVE_SECONDS": ("checkpoint_reserve_seconds", "45", 45.0),
     "PLAYBOOK_FILE": ("playbook_file", "/opt/playbook.json", "/opt/playbook.json"),
@@ -83,7 +82,7 @@ def test_chunking_and_backoff_settings_have_their_defaults():
 def test_defaults_fill_what_the_environment_leaves_out():
     settings = Settings.from_env(BASE)
     assert settings.state_table == "risk" and settings.incoming_prefix == "incoming/"
-    assert (settings.applied_runs_keep, settings.applied_runs_max_age) == (32, 7 * 86400.0)
+    assert settings.applied_runs_max_age == 2 * 86400.0
     assert (settings.write_concurrency, settings.checkpoint_reserve_seconds) == (16, 20.0)
     assert settings.retention_seconds == 730 * 86400
 
@@ -97,13 +96,12 @@ def test_account_manager_tasks_get_their_own_queue_only_when_one_is_named():
 def test_delivery_settings_are_read():
     env = {
         **BASE,
-        "APPLIED_RUNS_KEEP": "8",
-        "APPLIED_RUNS_MAX_AGE_DAYS": "2",
+        "APPLIED_RUNS_MAX_AGE_DAYS": "3",
         "WRITE_CONCURRENCY": "4",
         "CHECKPOINT_RESERVE_SECONDS": "45",
     }
     settings = Settings.from_env(env)
-    assert (settings.applied_runs_keep, settings.applied_runs_max_age) == (8, 2 * 86400.0)
+    assert settings.applied_runs_max_age == 3 * 86400.0
     assert (settings.write_concurrency, settings.checkpoint_reserve_seconds) == (4, 45.0)
 
 
@@ -112,7 +110,6 @@ def test_delivery_settings_are_read():
     [
         ("WRITE_CONCURRENCY", "many", "WRITE_CONCURRENCY must be a number, not 'many'"),
         ("WRITE_CONCURRENCY", "0", "WRITE_CONCURRENCY must be at least 1"),
-        ("APPLIED_RUNS_KEEP", "0", "APPLIED_RUNS_KEEP must be at least 1"),
         ("APPLIED_RUNS_MAX_AGE_DAYS", "0.5", "APPLIED_RUNS_MAX_AGE_DAYS must be at least 1"),
         ("CHECKPOINT_RESERVE_SECONDS", "-1", "CHECKPOINT_RESERVE_SECONDS must be at least 0"),
         ("SWEEP_MIN_AGE_SECONDS", "soon", "SWEEP_MIN_AGE_SECONDS must be a number"),
