@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import math
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from chalicelib.runs.ports import (
     FAILED,
     SENT,
     WRITTEN,
+    LeaseHolder,
     Listed,
     ObjectGoneError,
     RiskWrite,
@@ -145,11 +147,43 @@ class FakeBucket:
         return self.url("reports/lift.json")
 
 
+class FakeLeases:
+    """Run leases under the adapter's conditions, atomic under a lock so threads can race for them."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, LeaseHolder] = {}
+        self.taken: list[tuple[str, str]] = []  # (run id, holder) of every lease taken
+        self._lock = threading.Lock()
+
+    def take(self, run_id: str, holder: str, until: float, now: float) -> LeaseHolder | None:
+        with self._lock:
+            current = self.held.get(run_id)
+            if current is not None and current.until >= now and current.holder != holder:
+                return current
+            self.held[run_id] = LeaseHolder(holder, until)
+            self.taken.append((run_id, holder))
+            return None
+
+    def renew(self, run_id: str, holder: str, until: float) -> LeaseHolder | None:
+        with self._lock:
+            current = self.held.get(run_id, LeaseHolder("", 0.0))
+            if current.holder != holder:
+                return current
+            self.held[run_id] = LeaseHolder(holder, until)
+            return None
+
+    def release(self, run_id: str, holder: str) -> None:
+        with self._lock:
+            if self.held.get(run_id, LeaseHolder("", 0.0)).holder == holder:
+                del self.held[run_id]
+
+
 class FakeTables:
     """State and risk items with versions; users named in `fail_states` / `fail_risks` fail every write."""
 
     def __init__(self, retention_seconds: int = 730 * 86400) -> None:
         self.retention_seconds = retention_seconds
+        self.leases = FakeLeases()
         self.states: dict[str, dict[str, Any]] = {}
         self.risks: dict[str, dict[str, Any]] = {}
         self.fail_states: set[str] = set()

@@ -27,6 +27,7 @@ from boto3.dynamodb.types import Binary
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
+from chalicelib.aws.leases import RunLeaseTable
 from chalicelib.errors import ChurnGuardError, RetryableError
 from chalicelib.retry import Backoff
 from chalicelib.runs.applied_runs import AppliedRuns
@@ -75,6 +76,8 @@ class BehaviourTables:
         self.concurrency = max(1, concurrency)
         self.retention_seconds = retention_seconds
         self.backoff = backoff or Backoff()
+        # Run leases live in the state table, under keys no user id can be (see leases.py).
+        self.leases = RunLeaseTable(self.client, state_table)
         self.calls: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self._lock = threading.Lock()

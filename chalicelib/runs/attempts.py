@@ -18,6 +18,7 @@ from chalicelib.errors import ChurnGuardError
 from chalicelib.observability import COUNT, FILE_ATTEMPTS_FAILED
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import RunInterrupted
+from chalicelib.runs.lease import LeaseLost
 from chalicelib.runs.ports import S3Object
 from chalicelib.scoring.scorer import iso_time
 
@@ -61,10 +62,11 @@ class Attempt:
         run_id = self.summary["run_id"]
         if exc is None:
             self.ctx.bucket.attempts_delete(run_id)
-        elif isinstance(exc, Exception) and not isinstance(exc, RunInterrupted):
+        elif isinstance(exc, Exception) and not isinstance(exc, (RunInterrupted, LeaseLost)):
             self._failed(exc)
-        # A RunInterrupted wrote a checkpoint: progress, which the next attempt sees. Anything that is not an
-        # Exception (the process being stopped) leaves the count as it was written when the attempt started.
+        # A RunInterrupted wrote a checkpoint: progress, which the next attempt sees. A LeaseLost means another
+        # attempt runs the file now: no failure of the file. Anything that is not an Exception (the process being
+        # stopped) leaves the count as it was written when the attempt started.
         return False
 
     def _failed(self, exc: Exception) -> None:

@@ -37,6 +37,8 @@ class Deadline:
         self.clock = clock
         self.longest_chunk = 0.0
         self.chunks_done = 0
+        # When the invocation ends, in epoch seconds (None: unknown); a run's lease lasts until then (lease.py).
+        self.ends_at: float | None = None
         self._chunk_started: float | None = None
 
     @classmethod
@@ -47,6 +49,7 @@ class Deadline:
             return cls(None, reserve)
         deadline = cls(lambda: remaining() / 1000.0, reserve)
         deadline.check_start()
+        deadline.ends_at = time.time() + remaining() / 1000.0
         return deadline
 
     def start_chunk(self) -> None:

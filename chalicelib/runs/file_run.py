@@ -15,6 +15,7 @@ from chalicelib.runs.attempts import FileAttempts
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
+from chalicelib.runs.lease import LeasedDeadline, Leases
 from chalicelib.runs.ports import ObjectGoneError, S3Object
 from chalicelib.runs.records import Run, RunRecords
 from chalicelib.scoring.scorer import iso_time
@@ -66,6 +67,7 @@ class FileRun:
         self.worker = worker
         self.records = records
         self.attempts = FileAttempts(ctx)
+        self.leases = Leases(ctx)
 
     def process(
         self, key: str, version_id: str | None = None, landed_at: float | None = None, deadline: Deadline | None = None
@@ -91,10 +93,31 @@ class FileRun:
             "source": source,
             "object": {"key": key, "etag": obj.etag, "version_id": obj.version_id, "bytes": obj.size},
         }
-        previous = self.ctx.bucket.ledger_get(key, obj.etag)
+        if not self._done_before(obj, summary):
+            # One attempt at a time: a copy of this event running now holds the run's lease (see lease.py).
+            done = self.leases.exclusive(
+                summary, deadline or Deadline(), lambda held: self._leased(obj, summary, landed_at, started, held)
+            )
+            if done is not None:
+                return done
+        obj.body.close()
+        return self.records.finish(summary, started, write=False)
+
+    def _done_before(self, obj: S3Object, summary: dict[str, Any]) -> bool:
+        """Return True, the summary marked duplicate, when the object content has a ledger record already."""
+        previous = self.ctx.bucket.ledger_get(obj.key, obj.etag)
         if previous is not None:
-            obj.body.close()
             summary.update(status="duplicate", first_run=previous)
+        return previous is not None
+
+    def _leased(
+        self, obj: S3Object, summary: dict[str, Any], landed_at: float, started: float, deadline: LeasedDeadline
+    ) -> dict[str, Any]:
+        """Process the object under the run's lease; return the run summary."""
+        key, source, run_id = obj.key, summary["source"], summary["run_id"]
+        # A copy that finished between the first look at the ledger and the lease leaves nothing to do.
+        if self._done_before(obj, summary):
+            obj.body.close()
             return self.records.finish(summary, started, write=False)
         attempt = self.attempts.start(obj, summary)
         if attempt is None:  # it failed too many attempts: quarantined instead
@@ -103,7 +126,8 @@ class FileRun:
             result = self._read(obj, source, landed_at, summary)
             if result is None:
                 return self.records.finish(summary, started)
-            as_of = self._merge_all(key, result, landed_at, summary, deadline or Deadline())
+            as_of = self._merge_all(key, result, landed_at, summary, deadline)
+            deadline.lease.renew()  # an attempt overtaken after its last chunk leaves the bookkeeping to the taker
             # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
             self.ctx.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": summary["status"], "as_of": as_of})
             self.ctx.bucket.checkpoint_delete(run_id)

@@ -92,6 +92,27 @@ class RiskWrite:
         return self.item["user_id"]
 
 
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds a run's lease, and until when (epoch seconds); holder "" when nobody does."""
+
+    holder: str
+    until: float
+
+
+class LeaseStore(Protocol):
+    """One lease per run id, each written under its own condition: one attempt at a time per run."""
+
+    def take(self, run_id: str, holder: str, until: float, now: float) -> LeaseHolder | None:
+        """Hold the run's lease until `until` unless another holder's is live at `now`; return that one, or None."""
+
+    def renew(self, run_id: str, holder: str, until: float) -> LeaseHolder | None:
+        """Move `holder`'s lease on to `until`; return who holds it instead, or None when it was renewed."""
+
+    def release(self, run_id: str, holder: str) -> None:
+        """Give up `holder`'s lease (nothing happens when another attempt holds it now)."""
+
+
 class Bucket(Protocol):
     """Where behaviour files land and where a run keeps its records (ledger, checkpoints, dead letters...)."""
 
@@ -174,6 +195,7 @@ class Tables(Protocol):
     """Per-user behaviour state and current risk, each written under its own condition."""
 
     retries: Counter[str]
+    leases: LeaseStore  # kept in the state table, under keys no user id can be
 
     def expiry(self, last_event: float) -> int:
         """Return the epoch second after which a user last seen at `last_event` is forgotten."""

@@ -16,6 +16,8 @@ from chalicelib.scoring.scorer import iso_time
 
 # A run in one of these states is done: a redelivered event finds it and does nothing.
 FINAL = ("succeeded", "incomplete", "replayed")
+# How many attempts' outcomes a run record lists.
+MAX_ATTEMPTS_KEPT = 20
 
 
 @dataclass
@@ -150,8 +152,42 @@ class RunRecords:
         self.ctx.logger.info("run summary", extra={"summary": summary})
         publish_run(self.ctx.metrics, summary)
         if write and "run_id" in summary:
-            self.ctx.bucket.run_record_put(summary["run_id"], summary)
+            # Read, merged and written under the run's lease: another attempt's record is added to, never erased.
+            previous = self.ctx.bucket.run_record_get(summary["run_id"])
+            self.ctx.bucket.run_record_put(summary["run_id"], merge_record(previous, summary))
         return summary
+
+
+def merge_record(previous: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:
+    """Return a run's record once another attempt's summary is added: its values, no count below the earlier one.
+
+    An attempt's totals start from the last checkpoint's, so a later attempt counts the earlier ones' work again
+    or redoes it; the larger count of the two is what the run did. `attempts` lists what each attempt recorded.
+    """
+    attempt = {k: summary[k] for k in ("status", "finished_at", "messages_sent") if k in summary}
+    if previous is None:
+        return {**summary, "attempts": [attempt]}
+    merged = keep_larger_counts(previous, summary)
+    merged["attempts"] = [*previous.get("attempts", []), attempt][-MAX_ATTEMPTS_KEPT:]
+    return merged
+
+
+def keep_larger_counts(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Return `new` over `old`, nested dicts merged, each count the larger of the two."""
+    merged = dict(old)
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            merged[key] = keep_larger_counts(before, value)
+        elif _is_count(value) and _is_count(before):
+            merged[key] = max(value, before)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def bump(counts: dict[str, Any], key: str) -> None:

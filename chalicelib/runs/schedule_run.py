@@ -10,6 +10,7 @@ from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.file_run import FileRun
+from chalicelib.runs.lease import LeasedDeadline, LeaseLost, Leases
 from chalicelib.runs.ports import Listed
 from chalicelib.runs.records import FINAL, Run, RunRecords
 
@@ -27,6 +28,7 @@ class ScheduleRun:
         self.worker = worker
         self.records = records
         self.files = files
+        self.leases = Leases(ctx)
 
     def run(self, at: float | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
         """Process missed files, then re-score every known user as of `at` (default now); return the summary.
@@ -38,13 +40,32 @@ class ScheduleRun:
         at = started if at is None else at
         run_id = schedule_run_id(at)
         summary: dict[str, Any] = {"run_id": run_id, "trigger": "schedule", "source": "schedule"}
+        if not self._done_before(summary):
+            # One attempt at a time: a copy of this event running now holds the run's lease (see lease.py).
+            done = self.leases.exclusive(summary, deadline, lambda held: self._leased(at, started, summary, held))
+            if done is not None:
+                return done
+        return self.records.finish(summary, started, write=False)
+
+    def _done_before(self, summary: dict[str, Any]) -> bool:
+        """Return True, the summary marked duplicate, when the run has a final record already."""
+        run_id = summary["run_id"]
         previous = self.ctx.bucket.run_record_get(run_id)
         if previous is not None and previous.get("status") in FINAL:
             summary.update(status="duplicate", first_run={"run_id": run_id, "status": previous["status"]})
+            return True
+        return False
+
+    def _leased(self, at: float, started: float, summary: dict[str, Any], deadline: LeasedDeadline) -> dict[str, Any]:
+        """Do the scheduled run under its lease; return the summary."""
+        run_id = summary["run_id"]
+        # A copy that finished between the first look at the run record and the lease leaves nothing to do.
+        if self._done_before(summary):
             return self.records.finish(summary, started, write=False)
         summary["swept_files"] = self.sweep(started, deadline)
         run, checkpoint = self.records.resume(run_id, "schedule")
         self._pages(run, checkpoint, at, summary, deadline)
+        deadline.lease.renew()  # an attempt overtaken after its last page leaves the bookkeeping to the taker
         self.records.summarise(run, summary, at, ("users_scored",))
         self.records.settle(run, summary)
         self.ctx.bucket.checkpoint_delete(run_id)
@@ -88,8 +109,8 @@ class ScheduleRun:
         """Process one missed file; a failure of that file is logged and reported, never raised into the schedule."""
         try:
             result = self.files.process(item.key, None, item.last_modified.timestamp(), deadline)
-        except RunInterrupted:
-            raise  # out of time: the whole invocation hands over, the file's checkpoint included
+        except (RunInterrupted, LeaseLost):
+            raise  # out of time or overtaken: the whole invocation hands over, the file's checkpoint included
         except Exception as exc:  # the isolation boundary: one bad file must never stop the re-score of everyone
             source = self.ctx.bucket.url(item.key)
             # Named by type only: an error's text may quote the file.

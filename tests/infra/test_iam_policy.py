@@ -21,6 +21,7 @@ NEEDED = {
     "batch_get_item": {"dynamodb:BatchGetItem"},
     "put_item": {"dynamodb:PutItem"},
     "update_item": {"dynamodb:UpdateItem"},
+    "delete_item": {"dynamodb:DeleteItem"},
     "scan": {"dynamodb:Scan"},
     "get_queue_url": {"sqs:GetQueueUrl"},
     "send_message_batch": {"sqs:SendMessage"},
