@@ -85,6 +85,7 @@ cold-start: install package $(LAMBDA_ENV)/.installed
 model: install
 	$(BIN)/python -m chalicelib generate $(MODEL_GENERATE)
 	$(BIN)/python -m chalicelib train $(MODEL_TRAIN)
+	$(BIN)/python scripts/pin_model.py model_artifacts
 
 clean:
 	rm -rf $(VENV) $(PACKAGER) $(LAMBDA_ENV) $(IAC) build .pytest_cache .ruff_cache data

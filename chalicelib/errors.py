@@ -18,6 +18,8 @@ class UnreadableFileError(InputError):
     run summaries can carry `safe_message` while the operator's copy, `str(error)`, says everything.
     """
 
+    status = "unreadable"  # the run's status when a file is refused for this
+
     def __init__(self, source: str, reason: str, line: int | None = None, detail: str | None = None) -> None:
         self.source = source
         self.reason = reason
@@ -34,6 +36,12 @@ class UnreadableFileError(InputError):
     def __reduce__(self) -> tuple[type, tuple[str, str, int | None, str | None]]:
         # Keeps the error intact when it comes back from a worker process.
         return (type(self), (self.source, self.reason, self.line, self.detail))
+
+
+class FileTooLargeError(UnreadableFileError):
+    """A behaviour file with more events and users than the function can hold in memory."""
+
+    status = "too_large"
 
 
 class InvalidMessageError(ChurnGuardError):

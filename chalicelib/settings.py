@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from chalicelib.errors import ChurnGuardError
-from chalicelib.ingest import DEFAULT_MAX_DECOMPRESSED_BYTES
+from chalicelib.ingest.budget import DEFAULT_FUNCTION_MEMORY_MB, file_memory_budget_mb, inflation_limit
 from chalicelib.retry import BASE_DELAY, MAX_DELAY
 
 DEFAULT_INCOMING_PREFIX = "incoming/"
@@ -82,6 +82,21 @@ def _days_to_whole_seconds(days: float) -> int:
     return round(days * SECONDS_PER_DAY)
 
 
+def _mib_to_bytes(mib: float) -> int:
+    """Return a number of MiB in whole bytes."""
+    return round(mib * (1 << 20))
+
+
+def _budget_from_memory(values: Mapping[str, Any]) -> int:
+    """Return the bytes one file may take in memory, from the function's memory."""
+    return _mib_to_bytes(file_memory_budget_mb(values["function_memory_mb"]))
+
+
+def _inflation_from_budget(values: Mapping[str, Any]) -> int:
+    """Return the decompressed bytes a gzip file may reach, from the file memory budget."""
+    return inflation_limit(values["file_memory_budget_bytes"])
+
+
 @dataclass(frozen=True)
 class Variable:
     """How one setting is read: its variable, how its text is parsed and bounded, and what stands in when unset."""
@@ -96,12 +111,17 @@ class Variable:
     required: bool = False
     # The field whose value this one takes when its variable is unset or empty.
     fallback: str | None = None
+    # Computes the value from the fields read before, when the variable is unset or empty; `default` is then
+    # what it computes from theirs.
+    derive: Callable[[Mapping[str, Any]], Any] | None = None
 
     def read(self, env: Mapping[str, str], values: Mapping[str, Any]) -> Any:
-        """Return the field's value from `env` (an unset or empty variable takes the default or the fallback)."""
+        """Return the field's value from `env` (an unset or empty variable takes the fallback, derived or default)."""
         text = env.get(self.name)
         if not text:
-            return values[self.fallback] if self.fallback else self.convert(self.default)
+            if self.fallback:
+                return values[self.fallback]
+            return self.derive(values) if self.derive else self.convert(self.default)
         value = self.parse(self.name, text)
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"{self.name} must be at least {self.minimum:g}, not {value:g}")
@@ -117,9 +137,10 @@ def setting(
     convert: Callable[[Any], Any] = _same,
     required: bool = False,
     fallback: str | None = None,
+    derive: Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> Any:
     """Return a dataclass field read from environment variable `name`, its default being `default` converted."""
-    variable = Variable(name, parse, default, minimum, convert, required, fallback)
+    variable = Variable(name, parse, default, minimum, convert, required, fallback, derive)
     metadata = {"variable": variable}
     if default is _NO_DEFAULT:
         return field(metadata=metadata)
@@ -145,8 +166,28 @@ class Settings:
     max_file_attempts: int = setting("MAX_FILE_ATTEMPTS", _number, 3, minimum=1, convert=_count)
     # Events later than the file's landing time by more than this are rejected as future-dated.
     future_tolerance_seconds: float = setting("FUTURE_TOLERANCE_SECONDS", _number, 86400.0)
+    # The function's memory in MB, which Lambda sets; the two in-memory limits below follow from it.
+    function_memory_mb: int = setting(
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", _number, DEFAULT_FUNCTION_MEMORY_MB, minimum=128, convert=_count
+    )
+    # What one file's events and users may take in memory (ingest/budget.py); past it, the file is refused
+    # as too_large while it is read.
+    file_memory_budget_bytes: int = setting(
+        "FILE_MEMORY_BUDGET_MB",
+        _number,
+        file_memory_budget_mb(DEFAULT_FUNCTION_MEMORY_MB),
+        minimum=1,
+        convert=_mib_to_bytes,
+        derive=_budget_from_memory,
+    )
     # A gzip file inflating past this many bytes is quarantined instead of read.
-    max_decompressed_bytes: int = setting("MAX_DECOMPRESSED_BYTES", _whole, DEFAULT_MAX_DECOMPRESSED_BYTES, minimum=1)
+    max_decompressed_bytes: int = setting(
+        "MAX_DECOMPRESSED_BYTES",
+        _whole,
+        inflation_limit(_mib_to_bytes(file_memory_budget_mb(DEFAULT_FUNCTION_MEMORY_MB))),
+        minimum=1,
+        derive=_inflation_from_budget,
+    )
     # For how long a state item remembers the runs merged into it (see applied_runs): a redo within this time,
     # whatever came between, never merges twice. It must cover Lambda's retries (6 h) and the daily sweep.
     applied_runs_max_age: float = setting(

@@ -179,8 +179,10 @@ def _read_and_load(path: Path, not_after: float | None, model_dir: Path | None) 
 
 def _model(path: Path | None) -> Any:
     from chalicelib.scoring.artifact import default_model_dir, load_model
+    from chalicelib.scoring.pinned_artifact import MODEL_SHA256
 
-    return load_model(path or default_model_dir())
+    # A directory named by --model is the user's to trust (loading it runs its pickle); the default is pinned.
+    return load_model(path) if path else load_model(default_model_dir(), MODEL_SHA256)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -211,6 +211,63 @@ def aws_calls(users: int) -> dict[str, object]:
     }
 
 
+def _synthetic_csv(path: Path, users: int, events: int) -> None:
+    """Write `events` rows spread evenly over `users` ids, in the shape of a real export (about 45 bytes a row)."""
+    types = ("login", "session", "purchase", "content_view", "feature_use")
+    with open(path, "w") as fh:
+        fh.write("user_id,event_time,event_type,value\n")
+        for i in range(events):
+            second = 1_780_000_000 + i * 7
+            day, rest = divmod(second, 86400)
+            stamp = (
+                f"2026-{1 + day % 12:02d}-{1 + day % 28:02d}T{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}Z"
+            )
+            kind = types[i % len(types)]
+            value = f"{(i % 97) + 0.5}" if kind in ("session", "purchase") else ""
+            fh.write(f"u{i % users:08d},{stamp},{kind},{value}\n")
+
+
+def _peak_bytes(path: Path) -> int:
+    """Return the peak bytes a file run holds while in memory: read, state build, the event index."""
+    import tracemalloc
+
+    from chalicelib.ingest import read_event_file
+    from chalicelib.retention.outcomes import EventIndex
+    from chalicelib.scoring.state import build_state
+
+    tracemalloc.start()
+    result = read_event_file(path)
+    delta = build_state(result.events)
+    index = EventIndex(result.events)
+    index.first_after(result.events.user_ids[0], 0.0)  # builds the sorted index, as a user with an exposure does
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    result.rejects.close()
+    del delta, index
+    return peak
+
+
+def memory(data_dir: Path) -> dict[str, object]:
+    """Measure a file run's peak memory at several sizes; fit bytes per event and per user (least squares)."""
+    import numpy as np
+
+    shapes = [(10_000, 1_000_000), (200_000, 1_000_000), (10_000, 2_000_000), (400_000, 2_000_000)]
+    rows = []
+    for users, events in shapes:
+        path = data_dir / f"memory-{users}-{events}.csv"
+        if not path.exists():
+            _synthetic_csv(path, users, events)
+        rows.append((users, events, _peak_bytes(path)))
+    fit, *_ = np.linalg.lstsq(np.array([[e, u, 1.0] for u, e, _ in rows]), np.array([p for *_, p in rows]), rcond=None)
+    per_event, per_user, fixed = fit
+    return {
+        "runs": [{"users": u, "events": e, "peak_mib": round(p / 2**20, 1)} for u, e, p in rows],
+        "bytes_per_event": round(float(per_event), 1),
+        "bytes_per_user": round(float(per_user), 1),
+        "fixed_mib": round(float(fixed) / 2**20, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=100_000, help="offline users (about 10 events each in 90 days)")
@@ -218,9 +275,13 @@ def main() -> None:
     parser.add_argument("--aws-users", type=int, default=2_000, help="users in the moto run")
     parser.add_argument("--skip-aws", action="store_true")
     parser.add_argument("--aws-only", action="store_true", help="only the moto run (API calls, wall time)")
+    parser.add_argument("--memory-only", action="store_true", help="only a file run's bytes per event and per user")
     args = parser.parse_args()
     data_dir = ROOT / "data"
     data_dir.mkdir(exist_ok=True)
+    if args.memory_only:
+        print(json.dumps({"memory": memory(data_dir)}, indent=2))
+        return
     report = {} if args.aws_only else {"offline": offline(args.users, args.days, data_dir)}
     if report:
         print(json.dumps(report, indent=2), flush=True)

@@ -36,8 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from check_package import check_package
+from pin_model import write_pin
 
-from chalicelib.scoring.artifact import load_model, sha256_of
+from chalicelib.scoring.artifact import MODEL_FILE, load_model, sha256_of
+from chalicelib.scoring.pinned_artifact import MODEL_SHA256
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN_CODE = ("app.py", "chalicelib")
@@ -121,8 +123,24 @@ def stage_sources(staging: Path, stage: str) -> None:
 
 
 def check_artifact(directory: Path) -> str:
-    """Load the staged model as the function will (hash, library versions, features); return its version."""
-    return load_model(directory).model_version
+    """Load the staged model as the function will (pin, hash, library versions, features); return its version."""
+    return load_model(directory, MODEL_SHA256).model_version
+
+
+def pin_artifact(staging: Path) -> str:
+    """Write the staged model's sha256 into the staged code, the one artifact the function will load; return it.
+
+    Only the committed pin is accepted: a model_artifacts/ that differs from it was not pinned by `make model`
+    (or by scripts/pin_model.py in a reviewed change), and the build stops instead of trusting it.
+    """
+    sha256 = sha256_of(staging / "vendor" / "model_artifacts" / MODEL_FILE)
+    if sha256 != MODEL_SHA256:
+        raise SystemExit(
+            f"model_artifacts/{MODEL_FILE} has sha256 {sha256}, not the pinned {MODEL_SHA256}; "
+            "pin it with `python scripts/pin_model.py` (make model does) and commit the pin"
+        )
+    write_pin(staging, sha256)
+    return sha256
 
 
 def run_chalice(staging: Path, stage: str, out: Path) -> None:
@@ -354,8 +372,9 @@ def main() -> None:
 
     staging = build / "package-src"
     stage_sources(staging, args.stage)
+    pinned = pin_artifact(staging)
     version = check_artifact(staging / "vendor" / "model_artifacts")
-    step(f"staged sources, model {version} verified (sha256, library versions, features)", started)
+    step(f"staged sources, model {version} pinned ({pinned[:12]}) and verified (library versions, features)", started)
 
     run_chalice(staging, args.stage, out)
     zip_path = out / "deployment.zip"
@@ -386,6 +405,7 @@ def main() -> None:
 
     report = check_package(out, args.unzipped, args.budget_mib)
     report["model_version"] = version
+    report["model_sha256"] = pinned
     report["zip_sha256"] = sha256_of(zip_path)
     (out / "package-report.json").write_text(json.dumps(report, indent=2) + "\n")
     step(

@@ -31,6 +31,7 @@ from chalicelib.runs.ports import (
     RiskWrite,
     S3Object,
     StateWrite,
+    StoredRisks,
     StoredStates,
 )
 from chalicelib.scoring.state import StateBatch, empty_rows
@@ -190,6 +191,8 @@ class FakeTables:
         self.fail_risks: set[str] = set()
         # Users whose next write is beaten by another run's: the stored version moves on first.
         self.race_states: set[str] = set()
+        # Users whose items no read returns (BatchGetItem keeping their keys unprocessed through every retry).
+        self.unread: set[str] = set()
         self.retries: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
 
@@ -198,7 +201,9 @@ class FakeTables:
 
     def get_states(self, user_ids: list[str]) -> StoredStates:
         self.calls["get_states"] += 1
-        return self._stored([uid for uid in user_ids if uid in self.states])
+        stored = self._stored([uid for uid in user_ids if uid in self.states and uid not in self.unread])
+        stored.unread = [uid for uid in user_ids if uid in self.unread]
+        return stored
 
     def scan_states(
         self, start_key: dict[str, Any] | None, page_items: int, *, as_of: float
@@ -214,8 +219,9 @@ class FakeTables:
             more = start + page_items < len(ids)
             yield stored, ({"user_id": page[-1]} if more else None)
 
-    def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return {uid: _copy(self.risks[uid]) for uid in user_ids if uid in self.risks}
+    def get_risks(self, user_ids: list[str]) -> StoredRisks:
+        items = {uid: _copy(self.risks[uid]) for uid in user_ids if uid in self.risks and uid not in self.unread}
+        return StoredRisks(items, [uid for uid in user_ids if uid in self.unread])
 
     def scan_exposures(self) -> list[dict[str, Any]]:
         keys = ("user_id", "exposed_at", "exposure_group", "exposure_tier", "exposure_action", "returned_at")

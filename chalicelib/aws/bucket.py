@@ -3,6 +3,8 @@ closed exposures and reports out. It owns the bucket's key layout."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ import boto3
 
 from chalicelib.aws.boto import BOTO_CONFIG, error_code
 from chalicelib.runs.ports import Listed, ObjectGoneError, S3Object
+from chalicelib.settings import ConfigError
 
 # The bucket's layout: every prefix a run writes under is named here and nowhere else.
 LEDGER_PREFIX = "ledger/"
@@ -25,9 +28,38 @@ CLOSED_PREFIX = "outcomes/closed/"
 LIFT_REPORT_KEY = "reports/lift.json"
 
 
+# Full-object checksums S3 may return with ChecksumMode=ENABLED, strongest first; a multipart upload's
+# COMPOSITE checksum (a checksum of part checksums, shown with a -N suffix) depends on its part sizes.
+_CHECKSUMS = ("ChecksumSHA256", "ChecksumSHA1", "ChecksumCRC64NVME", "ChecksumCRC32C", "ChecksumCRC32")
+
+
 def ledger_key(key: str, etag: str) -> str:
-    """Return the ledger entry of one object content: identical content maps to the same entry."""
+    """Return the ledger entry of one object content (its identity, see content_identity) under one key."""
     return f"{LEDGER_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:32]}/{etag}.json"
+
+
+def content_identity(resp: dict[str, Any]) -> str:
+    """Return what names an object's content, the same for a byte-identical upload however it was made.
+
+    A single-part upload's ETag is the MD5 of its bytes (SSE-S3 or none; not under SSE-KMS): it is the identity,
+    as it always was. Otherwise (a multipart upload, whose ETag depends on its part sizes, or SSE-KMS) the
+    full-object checksum S3 keeps, with the size: "<algorithm>-<hex>-<bytes>". Without one, the ETag again.
+    """
+    etag = resp["ETag"].strip('"')
+    if "-" not in etag and not str(resp.get("ServerSideEncryption", "")).startswith("aws:kms"):
+        return etag
+    if resp.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return etag
+    for name in _CHECKSUMS:
+        value = resp.get(name)
+        if not value or "-" in value:
+            continue
+        try:
+            digest = base64.b64decode(value, validate=True).hex()
+        except binascii.Error:
+            continue
+        return f"{name.removeprefix('Checksum').lower()}-{digest}-{int(resp.get('ContentLength', 0))}"
+    return etag
 
 
 class BehaviourBucket:
@@ -36,15 +68,40 @@ class BehaviourBucket:
     def __init__(self, client: Any, bucket: str) -> None:
         self.client = client
         self.bucket = bucket
+        self._versioned = False  # checked once per container, on the first read
 
     @classmethod
     def create(cls, bucket: str) -> BehaviourBucket:
         """Return an adapter with a default client (honours AWS_ENDPOINT_URL)."""
         return cls(boto3.client("s3", config=BOTO_CONFIG), bucket)
 
+    def require_versioning(self) -> None:
+        """Raise ConfigError unless the bucket keeps versions; the first success is remembered by this adapter.
+
+        Without versioning, an object overwritten between its event and the read loses its first content, and
+        nothing would say so.
+        """
+        if self._versioned:
+            return
+        try:
+            status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except self.client.exceptions.ClientError as exc:
+            raise ConfigError(
+                f"cannot check that bucket {self.bucket} keeps versions ({error_code(exc)}): "
+                "the functions need s3:GetBucketVersioning on it"
+            ) from exc
+        if status != "Enabled":
+            raise ConfigError(
+                f"bucket {self.bucket} does not keep versions (versioning {status or 'never enabled'}): a file "
+                "overwritten between its event and the read would lose its first content; enable versioning "
+                "(chalicelib.bootstrap.ensure_resources and infra/ do)"
+            )
+        self._versioned = True
+
     def open(self, key: str, version_id: str | None = None) -> S3Object:
-        """Open one object (one exact version when given) for streaming."""
-        kwargs = {"Bucket": self.bucket, "Key": key}
+        """Open one object (one exact version when given) for streaming; refuse a bucket without versioning."""
+        self.require_versioning()
+        kwargs = {"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"}
         if version_id:
             kwargs["VersionId"] = version_id
         try:
@@ -59,6 +116,7 @@ class BehaviourBucket:
             etag=resp["ETag"].strip('"'),
             version_id=resp.get("VersionId"),
             size=int(resp.get("ContentLength", 0)),
+            identity=content_identity(resp),
         )
 
     def list(self, prefix: str) -> Iterator[Listed]:
@@ -145,7 +203,8 @@ class BehaviourBucket:
         return {item.key for item in self.list(LEDGER_PREFIX)}
 
     def unprocessed(self, prefix: str) -> Iterator[Listed]:
-        """Yield every object under `prefix` whose content has no ledger record."""
+        """Yield every object under `prefix` whose content has no ledger record (a listing carries only ETags)."""
+        self.require_versioning()
         done = self.ledger_keys()
         for item in self.list(prefix):
             if ledger_key(item.key, item.etag) not in done:

@@ -28,10 +28,10 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
 from chalicelib.aws.leases import RunLeaseTable
-from chalicelib.errors import ChurnGuardError, RetryableError
+from chalicelib.errors import ChurnGuardError
 from chalicelib.retry import Backoff
 from chalicelib.runs.applied_runs import AppliedRuns
-from chalicelib.runs.ports import CONFLICT, FAILED, SENT, WRITTEN, RiskWrite, StateWrite, StoredStates
+from chalicelib.runs.ports import CONFLICT, FAILED, SENT, WRITTEN, RiskWrite, StateWrite, StoredRisks, StoredStates
 from chalicelib.scoring.state import LAYOUT_ID, StateBatch
 
 GET_BATCH = 100
@@ -104,8 +104,10 @@ class BehaviourTables:
     # ---- reads -----------------------------------------------------------------------------
     def get_states(self, user_ids: list[str]) -> StoredStates:
         """Return the stored state of the given users, read strongly consistent (users never seen are left out)."""
-        found = self._batch_get(self.state_table, user_ids, _STATE_PROJECTION)
-        return _stored([found[uid] for uid in user_ids if "state" in found.get(uid, {})])
+        found, unread = self._batch_get(self.state_table, user_ids, _STATE_PROJECTION)
+        stored = _stored([found[uid] for uid in user_ids if "state" in found.get(uid, {})])
+        stored.unread = unread
+        return stored
 
     def scan_states(
         self, start_key: dict[str, Any] | None = None, page_items: int = 1000, *, as_of: float
@@ -120,10 +122,11 @@ class BehaviourTables:
             stored.expired = len(states) - len(live)
             yield stored, resume
 
-    def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def get_risks(self, user_ids: list[str]) -> StoredRisks:
         """Return the stored risk items of the given users (strongly consistent; users without one left out)."""
-        found = self._batch_get(self.risk_table, user_ids, {})
-        return {uid: {k: v for k, v in item.items() if k not in _STATE_ATTRS} for uid, item in found.items()}
+        found, unread = self._batch_get(self.risk_table, user_ids, {})
+        items = {uid: {k: v for k, v in item.items() if k not in _STATE_ATTRS} for uid, item in found.items()}
+        return StoredRisks(items, unread)
 
     def scan_exposures(self) -> list[dict[str, Any]]:
         """Return the exposure attributes of every risk item that has one."""
@@ -133,9 +136,15 @@ class BehaviourTables:
         }
         return [i for items, _ in self._scan_pages(kwargs) for i in items if "exposed_at" in i]
 
-    def _batch_get(self, table: str, user_ids: list[str], projection: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Return user -> item of one table, 100 keys a call, retrying UnprocessedKeys with backoff."""
+    def _batch_get(
+        self, table: str, user_ids: list[str], projection: dict[str, Any]
+    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Return (user -> item, users left unread) of one table, 100 keys a call, retrying UnprocessedKeys.
+
+        Keys still unprocessed once the backoff is spent are returned as unread, for the run to dead-letter.
+        """
         found: dict[str, dict[str, Any]] = {}
+        unread: list[str] = []
         for start in range(0, len(user_ids), GET_BATCH):
             keys = [{"user_id": uid} for uid in user_ids[start : start + GET_BATCH]]
             request = {table: {"Keys": keys, "ConsistentRead": True, **projection}}
@@ -144,10 +153,15 @@ class BehaviourTables:
                 resp = self._call("BatchGetItem", self.client.batch_get_item, RequestItems=request)
                 found.update((item["user_id"], item) for item in resp["Responses"].get(table, []))
                 request = resp.get("UnprocessedKeys") or {}
-                if request:
-                    self._note_retry("BatchGetItem.UnprocessedKeys")
-                    self._wait(delays, "BatchGetItem UnprocessedKeys")
-        return found
+                if not request:
+                    break
+                delay = next(delays, None)
+                if delay is None:
+                    unread += [key["user_id"] for key in request[table]["Keys"]]
+                    break
+                self._note_retry("BatchGetItem.UnprocessedKeys")
+                self.backoff.wait(delay)
+        return found, unread
 
     def _scan_pages(
         self, kwargs: dict[str, Any], start_key: dict[str, Any] | None = None
@@ -290,12 +304,6 @@ class BehaviourTables:
     def _note_retry(self, what: str) -> None:
         with self._lock:
             self.retries[what] += 1
-
-    def _wait(self, delays: Iterator[float], what: str) -> None:
-        try:
-            self.backoff.wait(next(delays))
-        except StopIteration:
-            raise RetryableError(f"{what} still pending after retries") from None
 
     def _refused(self, exc: ClientError, condition_outcome: str) -> str:
         code = error_code(exc)

@@ -75,11 +75,13 @@ def read_events(
     rejects: RejectWriter | None = None,
     not_after: float | None = None,
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+    max_memory_bytes: int | None = None,
 ) -> ReadResult:
     """Read a behaviour file (CSV or JSON Lines, maybe gzip) into events; raise UnreadableFileError if unusable."""
     # chunk_rows caps the rows decoded and validated at a time; events later than not_after (epoch seconds)
-    # are rejected as future_event_time; gzip input inflating past max_decompressed_bytes is unreadable.
-    # The caller closes result.rejects.
+    # are rejected as future_event_time; gzip input inflating past max_decompressed_bytes is unreadable; a
+    # file whose events and users so far would take more than max_memory_bytes (None: no limit) raises
+    # FileTooLargeError while it is read. The caller closes result.rejects.
     if fmt not in (None, *FORMATS):
         raise ValueError(f"fmt must be one of {FORMATS} or None, not {fmt!r}")
     if chunk_rows < 1:
@@ -88,7 +90,7 @@ def read_events(
         raise ValueError("max_decompressed_bytes must be at least 1")
     own_rejects = rejects is None
     rejects = RejectWriter() if rejects is None else rejects
-    builder = Builder(rejects, not_after)
+    builder = Builder(rejects, not_after, source=source, max_memory_bytes=max_memory_bytes)
     try:
         with _gc_paused():
             events = _read(stream, source, fmt, min(chunk_rows, _CACHE_ROWS), builder, max_decompressed_bytes)

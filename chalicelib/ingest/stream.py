@@ -102,7 +102,8 @@ class Blocks:
         if self._inflated > self._max_inflated:
             raise UnreadableFileError(
                 self.source,
-                f"gzip data decompresses to more than {self._max_inflated} bytes (a gzip bomb, or a file to split)",
+                f"gzip data decompresses to more than {self._max_inflated} bytes (MAX_DECOMPRESSED_BYTES, by default "
+                "derived from the function's memory; a gzip bomb, or a file to split)",
             )
         return data
 

@@ -11,6 +11,8 @@ from itertools import repeat
 
 import numpy as np
 
+from chalicelib.errors import FileTooLargeError
+from chalicelib.ingest.budget import held_bytes, mib
 from chalicelib.ingest.rejects import CODE, MAX_ABS_VALUE, REJECT_REASONS, SURROGATES, RejectWriter, detail, short
 from chalicelib.ingest.timestamps import US, parse_times_vectorised, timestamp_us
 from chalicelib.scoring.events import MAX_USER_ID_LENGTH, TYPE_CODE, EventBatch, locale_code, type_code
@@ -25,9 +27,18 @@ _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
 class Builder:
     """Validates columns of raw fields chunk by chunk and accumulates the accepted events as arrays."""
 
-    def __init__(self, rejects: RejectWriter, not_after: float | None) -> None:
+    def __init__(
+        self,
+        rejects: RejectWriter,
+        not_after: float | None,
+        *,
+        source: str = "",
+        max_memory_bytes: int | None = None,
+    ) -> None:
         self.rejects = rejects
         self.not_after = not_after
+        self.source = source
+        self.max_memory_bytes = max_memory_bytes
         self.accepted = 0
         self.rejected = 0
         self.user_ids: list[str] = []
@@ -86,6 +97,21 @@ class Builder:
         if locales is not None:
             kept = locales if accepted.all() else [locales[i] for i in np.flatnonzero(accepted).tolist()]
             self._note_locales(index, seconds, kept)
+        self._check_budget(int(lines[-1]))
+
+    def _check_budget(self, line: int) -> None:
+        """Refuse the file as soon as what it has brought so far would not fit in its memory budget."""
+        if self.max_memory_bytes is None:
+            return
+        held = held_bytes(self.accepted, len(self.user_ids))
+        if held > self.max_memory_bytes:
+            raise FileTooLargeError(
+                self.source,
+                f"by line {line:,} it holds {self.accepted:,} events of {len(self.user_ids):,} users, about "
+                f"{mib(held)} in memory, past the {mib(self.max_memory_bytes)} a file may take "
+                "(FILE_MEMORY_BUDGET_MB, by default derived from the function's memory); "
+                "split the file or give the function more memory",
+            )
 
     def _reject_rows(
         self, rows: list[int], reason: np.ndarray, columns: tuple[list, list, list, list | None], lines: np.ndarray

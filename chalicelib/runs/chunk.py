@@ -96,6 +96,9 @@ class ChunkWorker:
             # Read the users' freshest state and score them again, as of the newest time seen.
             self.ctx.backoff.wait(next(delays, 0.0))
             stored = self.ctx.tables.get_states(list(again))
+            for uid in stored.unread:
+                run.count("reads_failed")
+                run.dead.add_user(uid, again[uid])
             run.locales.update({uid: loc[1] for uid, loc in stored.locales.items()})
             batch, targets = stored.batch, {uid: again[uid] for uid in stored.batch.user_ids}
             versions = {**versions, **stored.versions}
@@ -118,6 +121,10 @@ class ChunkWorker:
         """Score users as of one time and write each score unless the stored one is newer; fill `again`."""
         scores = self.ctx.scorer.score(part, as_of)
         stored = self.ctx.tables.get_risks(part.user_ids)
+        unread = set(stored.unread)
+        for uid in stored.unread:  # its stored score and claim are unknown: re-scored by replay instead
+            run.count("reads_failed")
+            run.dead.add_user(uid, as_of)
         scored_at = iso_time(self.ctx.clock())
         decisions: dict[str, Decision] = {}
         writes: list[RiskWrite] = []
@@ -125,7 +132,7 @@ class ChunkWorker:
         for i, row in enumerate(scores.rows()):
             uid = scores.user_ids[i]
             old, basis = stored.get(uid, {}), versions.get(uid, 0)
-            if not self._is_newest(run, old, scores.as_of, basis, as_of, again, uid):
+            if uid in unread or not self._is_newest(run, old, scores.as_of, basis, as_of, again, uid):
                 continue
             item = self._risk_item(run, row, old, basis, scored_at)
             decision = self._decide(run, scores, i, old, item, claimed_here)
@@ -303,7 +310,12 @@ class ChunkWorker:
         by_tier: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for entry in messages:
             body = entry["body"]
-            contact = self.ctx.tables.get_risks([body["user_id"]]).get(body["user_id"], {})
+            stored = self.ctx.tables.get_risks([body["user_id"]])
+            if stored.unread:  # whether it is still due is unknown: it stays dead-lettered
+                run.count("reads_failed")
+                run.dead.messages.append(entry)
+                continue
+            contact = stored.get(body["user_id"], {})
             if contact.get("contact_message_id") == body["message_id"] and contact.get("contact_status") == PENDING:
                 by_tier.setdefault(entry["tier"], []).append((body["user_id"], body))
             else:

@@ -54,9 +54,9 @@ def users_as_of(delta: StateBatch, landed_at: float, tolerance: float) -> dict[s
     return dict(zip(delta.user_ids, (landed_at + np.ceil(ahead / step) * step).tolist(), strict=True))
 
 
-def object_run_id(bucket: str, key: str, etag: str) -> str:
-    """Return the run id of one object content: the same on every redelivery."""
-    return "obj-" + hashlib.sha256(f"{bucket}\x1f{key}\x1f{etag}".encode()).hexdigest()[:20]
+def object_run_id(bucket: str, key: str, identity: str) -> str:
+    """Return the run id of one object content (S3Object.identity): the same on every redelivery."""
+    return "obj-" + hashlib.sha256(f"{bucket}\x1f{key}\x1f{identity}".encode()).hexdigest()[:20]
 
 
 class FileRun:
@@ -86,13 +86,15 @@ class FileRun:
             obj = self.ctx.bucket.open(key, version_id)
         except ObjectGoneError as exc:
             return self.records.finish({"status": "gone", "source": source, "why": str(exc)}, started)
-        run_id = object_run_id(self.ctx.bucket.bucket, key, obj.etag)
+        run_id = object_run_id(self.ctx.bucket.bucket, key, obj.identity)
         summary: dict[str, Any] = {
             "run_id": run_id,
             "trigger": "s3",
             "source": source,
             "object": {"key": key, "etag": obj.etag, "version_id": obj.version_id, "bytes": obj.size},
         }
+        if obj.identity != obj.etag:
+            summary["object"]["identity"] = obj.identity
         if not self._done_before(obj, summary):
             # One attempt at a time: a copy of this event running now holds the run's lease (see lease.py).
             done = self.leases.exclusive(
@@ -105,8 +107,10 @@ class FileRun:
 
     def _done_before(self, obj: S3Object, summary: dict[str, Any]) -> bool:
         """Return True, the summary marked duplicate, when the object content has a ledger record already."""
-        previous = self.ctx.bucket.ledger_get(obj.key, obj.etag)
+        previous = self._ledger_get(obj)
         if previous is not None:
+            if obj.identity != obj.etag:  # a re-upload under a new ETag: the sweep's listing knows only that
+                self.ctx.bucket.ledger_put(obj.key, obj.etag, previous)
             summary.update(status="duplicate", first_run=previous)
         return previous is not None
 
@@ -129,9 +133,21 @@ class FileRun:
             as_of = self._merge_all(key, result, landed_at, summary, deadline)
             deadline.lease.renew()  # an attempt overtaken after its last chunk leaves the bookkeeping to the taker
             # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
-            self.ctx.bucket.ledger_put(key, obj.etag, {"run_id": run_id, "status": summary["status"], "as_of": as_of})
+            self._ledger_put(obj, {"run_id": run_id, "status": summary["status"], "as_of": as_of})
             self.ctx.bucket.checkpoint_delete(run_id)
         return self.records.finish(summary, started)
+
+    def _ledger_get(self, obj: S3Object) -> dict[str, Any] | None:
+        """Return the ledger record of the object's content: under its identity, else under its ETag."""
+        found = self.ctx.bucket.ledger_get(obj.key, obj.identity)
+        if found is None and obj.identity != obj.etag:
+            found = self.ctx.bucket.ledger_get(obj.key, obj.etag)  # recorded before identities, or this very upload
+        return found
+
+    def _ledger_put(self, obj: S3Object, record: dict[str, Any]) -> None:
+        """Record the object's content as processed, under its ETag too when that differs (listings carry only it)."""
+        for name in dict.fromkeys((obj.etag, obj.identity)):
+            self.ctx.bucket.ledger_put(obj.key, name, record)
 
     def _refusal(self, key: str, source: str) -> dict[str, Any] | None:
         """Return the summary of a key that is not processed at all, or None when it may be."""
@@ -153,6 +169,7 @@ class FileRun:
                 source,
                 not_after=landed_at + self.ctx.settings.future_tolerance_seconds,
                 max_decompressed_bytes=self.ctx.settings.max_decompressed_bytes,
+                max_memory_bytes=self.ctx.settings.file_memory_budget_bytes,
             )
         except UnreadableFileError as exc:
             self._quarantine(obj, source, summary, exc)
@@ -186,9 +203,9 @@ class FileRun:
         dest = self.ctx.bucket.quarantine(
             obj.key, obj.version_id, {"source": source, "reason": str(exc), "run_id": run_id}
         )
-        summary.update(status="unreadable", reason=exc.safe_message, moved_to=dest)
+        summary.update(status=exc.status, reason=exc.safe_message, moved_to=dest)
         self.ctx.logger.warning("file rejected", extra={"run_id": run_id, "source": source, "reason": exc.safe_message})
-        self.ctx.bucket.ledger_put(obj.key, obj.etag, {"run_id": run_id, "status": "unreadable"})
+        self._ledger_put(obj, {"run_id": run_id, "status": exc.status})
 
     def _merge_all(
         self, key: str, result: ReadResult, landed_at: float, summary: dict[str, Any], deadline: Deadline

@@ -66,8 +66,13 @@ class StateMerger:
         now: float,
     ) -> None:
         """Read, merge and conditionally write the pending users once; drop from `pending` those settled."""
+        stored = self.ctx.tables.get_states(list(pending))
+        for uid in stored.unread:  # unknown state cannot be merged into: the delta waits for replay
+            run.count("reads_failed")
+            run.dead.add_user(uid, as_of, pending.pop(uid), snapshot)
         ids = list(pending)
-        stored = self.ctx.tables.get_states(ids)
+        if not ids:
+            return
         base = stored.batch.subset(ids).values
         delta = np.stack([pending[uid] for uid in ids])
         rows = delta if snapshot else merge_rows(base, delta)

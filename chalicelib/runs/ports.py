@@ -35,6 +35,12 @@ class S3Object:
     etag: str
     version_id: str | None
     size: int
+    # What names the content (the adapter decides: the ETag, or a full-object checksum where the ETag is no
+    # content hash); empty: the ETag.
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        self.identity = self.identity or self.etag
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,17 @@ class StoredStates:
     applied: dict[str, AppliedRuns] = field(default_factory=dict)
     locales: dict[str, tuple[float, str]] = field(default_factory=dict)
     expired: int = 0  # users left out because their expiry had passed (TTL deletes within days, not at once)
+    # Users whose item could not be read at all (BatchGetItem left their keys unprocessed through every retry):
+    # not the same as users never seen, so their work is dead-lettered for replay, never done blind.
+    unread: list[str] = field(default_factory=list)
+
+
+class StoredRisks(dict[str, dict[str, Any]]):
+    """Stored risk items by user (users without one left out), and the users whose item could not be read."""
+
+    def __init__(self, items: Any = (), unread: list[str] | None = None) -> None:
+        super().__init__(items)
+        self.unread: list[str] = list(unread or [])
 
 
 @dataclass(frozen=True)
@@ -201,15 +218,15 @@ class Tables(Protocol):
         """Return the epoch second after which a user last seen at `last_event` is forgotten."""
 
     def get_states(self, user_ids: list[str]) -> StoredStates:
-        """Return the stored state of the given users (users never seen are left out)."""
+        """Return the stored state of the given users (users never seen are left out; unreadable ones named)."""
 
     def scan_states(
         self, start_key: dict[str, Any] | None, page_items: int, *, as_of: float
     ) -> Iterator[tuple[StoredStates, dict[str, Any] | None]]:
         """Yield each page of live states and the key that resumes after it (None after the last)."""
 
-    def get_risks(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Return the stored risk items of the given users."""
+    def get_risks(self, user_ids: list[str]) -> StoredRisks:
+        """Return the stored risk items of the given users, naming those whose item could not be read."""
 
     def scan_exposures(self) -> list[dict[str, Any]]:
         """Return the exposure attributes of every risk item that has one."""

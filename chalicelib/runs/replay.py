@@ -54,6 +54,9 @@ class Replay:
         users = [e["user_id"] for e in entries]
         if mode == "score":
             stored = self.ctx.tables.get_states(users)
+            for uid in stored.unread:
+                run.count("reads_failed")
+                run.dead.add_user(uid, as_of)
             run.locales = {uid: loc[1] for uid, loc in stored.locales.items()}
             self.worker.score_deliver(run, stored.batch, stored.versions, dict.fromkeys(stored.batch.user_ids, as_of))
             return

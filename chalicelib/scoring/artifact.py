@@ -14,6 +14,7 @@ import numpy as np
 
 from chalicelib.errors import ModelArtifactError
 from chalicelib.scoring.features import FEATURE_NAMES
+from chalicelib.scoring.pinned_artifact import MODEL_SHA256
 from chalicelib.scoring.state import LAYOUT_ID
 
 MODEL_FILE = "model.joblib"
@@ -96,19 +97,28 @@ class ChurnModel:
         return self.estimator.predict_proba(features)[:, 1]
 
 
-def load_model(model_dir: str | os.PathLike) -> ChurnModel:
-    """Load and verify an artifact directory; refuse anything that does not match its manifest."""
+def load_model(model_dir: str | os.PathLike, pinned: str | None = None) -> ChurnModel:
+    """Load and verify an artifact directory; refuse anything that does not match `pinned` or its manifest.
+
+    Loading runs pickle, which runs whatever code the file names: the pin (a sha256 kept outside the
+    directory) is what makes an artifact trusted; the manifest's own hash only catches a damaged copy.
+    """
     import joblib
 
     directory = Path(model_dir)
     manifest_path, model_path = directory / MANIFEST_FILE, directory / MODEL_FILE
     if not manifest_path.exists() or not model_path.exists():
         raise ModelArtifactError(f"{directory}: not a model artifact (needs {MANIFEST_FILE} and {MODEL_FILE})")
+    actual = sha256_of(model_path)
+    if pinned is not None and actual != pinned:
+        raise ModelArtifactError(
+            f"{model_path}: sha256 {actual} is not the pinned {pinned} (chalicelib/scoring/pinned_artifact.py); "
+            "refusing to load"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelArtifactError(f"{manifest_path}: invalid JSON ({exc})") from exc
-    actual = sha256_of(model_path)
     if actual != manifest.get("model_sha256"):
         raise ModelArtifactError(f"{model_path}: sha256 {actual} does not match the manifest; refusing to load")
     wanted = manifest.get("library_versions", {}).get("scikit-learn")
@@ -123,9 +133,10 @@ def load_model(model_dir: str | os.PathLike) -> ChurnModel:
 
 
 class ModelCache:
-    """Loads each artifact directory once per process (one Lambda container)."""
+    """Loads each artifact directory once per process (one Lambda container), refusing any but the pinned one."""
 
-    def __init__(self) -> None:
+    def __init__(self, pinned: str | None = MODEL_SHA256) -> None:
+        self.pinned = pinned
         self._models: dict[str, ChurnModel] = {}
         self._lock = threading.Lock()
 
@@ -134,7 +145,7 @@ class ModelCache:
         key = str(Path(model_dir or default_model_dir()).resolve())
         with self._lock:
             if key not in self._models:
-                self._models[key] = load_model(key)
+                self._models[key] = load_model(key, self.pinned)
             return self._models[key]
 
     def clear(self) -> None:

@@ -18,6 +18,7 @@ NEEDED = {
     "copy_object": {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"},
     "delete_object": {"s3:DeleteObject"},
     "list_objects_v2": {"s3:ListBucket"},
+    "get_bucket_versioning": {"s3:GetBucketVersioning"},
     "batch_get_item": {"dynamodb:BatchGetItem"},
     "put_item": {"dynamodb:PutItem"},
     "update_item": {"dynamodb:UpdateItem"},

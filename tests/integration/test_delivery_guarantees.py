@@ -261,3 +261,65 @@ def test_the_schedule_checkpoints_its_scan_and_a_redelivered_schedule_does_nothi
     assert {i["as_of"] for i in risk.values()} == {"2026-06-08T00:00:00Z"}
     messages = aws.drain_all()
     assert len(messages) == len({m["message_id"] for m in messages}) == sum(summary["messages_sent"].values())
+
+
+def _multipart(aws: Aws, key: str, data: bytes, part_bytes: int) -> dict:
+    """Upload `data` in parts of `part_bytes` with a full-object CRC32, as transfer managers can; return the ETag."""
+    s3, bucket = aws.s3, aws.settings.behaviour_bucket
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
+    parts = []
+    for number, start in enumerate(range(0, len(data), part_bytes), 1):
+        part = s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=data[start : start + part_bytes],
+            ChecksumAlgorithm="CRC32",
+        )
+        parts.append({"PartNumber": number, "ETag": part["ETag"], "ChecksumCRC32": part["ChecksumCRC32"]})
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": parts},
+        ChecksumType="FULL_OBJECT",
+    )
+    return done["ETag"].strip('"')
+
+
+def test_a_byte_identical_multipart_reupload_is_the_same_file_though_its_etag_differs(aws, small, tmp_path):
+    # GIVEN a behaviour file of over 11 MiB (the small population's rows, repeated)
+    header, rows = csv_bytes(small, tmp_path).split(b"\n", 1)
+    body = header + b"\n" + rows * (1 + (11 << 20) // len(rows))
+    pipeline = make_pipeline(aws.settings)
+    # WHEN it is uploaded in 5 MiB parts and processed, then uploaded again byte for byte in 6 MiB parts
+    first_etag = _multipart(aws, "incoming/export.csv", body, 5 << 20)
+    first = pipeline.process_object("incoming/export.csv", None, AS_OF.timestamp())
+    second_etag = _multipart(aws, "incoming/export.csv", body, 6 << 20)
+    second = pipeline.process_object("incoming/export.csv", None, AS_OF.timestamp())
+
+    # THEN the ETags differ, but the identity (S3's full-object checksum with the size) is the same: a duplicate
+    assert first_etag != second_etag and first["status"] == "succeeded"
+    assert first["object"]["identity"].startswith("crc32-") and first["object"]["identity"].endswith(f"-{len(body)}")
+    assert second["status"] == "duplicate" and second["run_id"] == first["run_id"]
+    states = aws.items(aws.settings.state_table)
+    assert sum(int(s["events"]) for s in states) == first["rows"]["scored"]
+    # AND the schedule's sweep, which lists ETags only, finds the upload recorded under its own ETag too
+    assert list(pipeline.bucket.unprocessed("incoming/")) == []
+
+
+def test_a_bucket_without_versioning_is_refused_loudly_naming_it(aws, small, tmp_path):
+    # GIVEN the stage's bucket with versioning suspended, and a landed file
+    aws.s3.put_bucket_versioning(Bucket=aws.settings.behaviour_bucket, VersioningConfiguration={"Status": "Suspended"})
+    aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
+    pipeline = make_pipeline(aws.settings)
+    # WHEN a file run or the schedule starts THEN each refuses with a ConfigError naming the bucket
+    with pytest.raises(ConfigError, match=f"bucket {aws.settings.behaviour_bucket} does not keep versions"):
+        pipeline.process_object("incoming/a.csv", None, AS_OF.timestamp())
+    with pytest.raises(ConfigError, match="versioning Suspended"):
+        pipeline.run_schedule(AS_OF.timestamp())
+    assert aws.items(aws.settings.state_table) == []
+    # AND once versioning is on again, the same container goes ahead
+    aws.s3.put_bucket_versioning(Bucket=aws.settings.behaviour_bucket, VersioningConfiguration={"Status": "Enabled"})
+    assert pipeline.process_object("incoming/a.csv", None, AS_OF.timestamp())["status"] == "succeeded"

@@ -167,6 +167,42 @@ def test_unprocessed_keys_and_a_failed_entry_per_batch_are_retried(aws, pipeline
     assert len(bodies) == sum(summary["messages_sent"].values())
 
 
+def test_unprocessed_keys_that_never_clear_dead_letter_their_users_and_replay_finishes_them(
+    aws, pipeline, small, tmp_path
+):
+    # GIVEN BatchGetItem that never returns the keys of three users, through every retry
+    stuck = set(small.user_ids[:3])
+    tables = pipeline.tables.client
+    real_get = tables.batch_get_item
+    blocked = {"on": True}
+
+    def batch_get_item(RequestItems):
+        ((table, request),) = RequestItems.items()
+        held = [k for k in request["Keys"] if blocked["on"] and k["user_id"] in stuck]
+        rest = [k for k in request["Keys"] if k not in held]
+        resp = real_get(RequestItems={table: {**request, "Keys": rest}}) if rest else {"Responses": {table: []}}
+        resp["UnprocessedKeys"] = {table: {**request, "Keys": held}} if held else {}
+        return resp
+
+    tables.batch_get_item = batch_get_item
+    aws.land("incoming/a.csv", csv_bytes(small, tmp_path))
+
+    # WHEN a file is processed
+    summary = pipeline.process_object("incoming/a.csv", None, AS_OF.timestamp())
+
+    # THEN the run ends incomplete, those users kept for replay with their delta, and every other user done
+    assert summary["status"] == "incomplete"
+    record = json.loads(aws.get(f"dead-letter/{summary['run_id']}.json"))
+    assert {u["user_id"] for u in record["users"]} == stuck and {u["mode"] for u in record["users"]} == {"delta"}
+    assert summary["delivery"]["reads_failed"] == 3
+    assert {i["user_id"] for i in aws.items(aws.settings.state_table)} == set(small.user_ids) - stuck
+
+    # WHEN the reads clear and the run is replayed THEN every user is merged once and every message sent once
+    blocked["on"] = False
+    assert pipeline.replay(summary["run_id"])["status"] == "replayed"
+    assert_every_user_once_and_every_message_once(aws, small)
+
+
 @pytest.mark.parametrize(
     ("operation", "nth", "chunks_done"),
     [

@@ -294,6 +294,25 @@ def test_a_gzip_bomb_is_quarantined_once_it_inflates_past_the_limit(aws, client,
     _assert_quarantined(aws, summary, "incoming/bomb.csv.gz", "decompresses to more than 65536 bytes")
 
 
+def test_a_file_too_large_for_the_function_memory_is_refused_with_the_limit_and_never_retried(aws, client, monkeypatch):
+    # GIVEN a function of 257 MB, so a file may take about 0.8 MiB (set before the container builds its pipeline)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "257")
+    # AND a modest file of 1,000 users, one event each (about 1.2 MiB held in memory)
+    body = _csv([[f"big-u{i}", "2026-05-10T10:00:00Z", "login", ""] for i in range(1_000)])
+    event = aws.land("incoming/big.csv", body)
+
+    # WHEN the S3 trigger runs
+    summary = _invoke(client, event)
+
+    # THEN the file is refused as too large, naming the limit and the setting, moved aside and nothing scored
+    assert summary["status"] == "too_large"
+    assert "FILE_MEMORY_BUDGET_MB" in summary["reason"] and "a file may take" in summary["reason"]
+    assert aws.keys("quarantine/") == ["quarantine/incoming/big.csv", "quarantine/incoming/big.csv.reason.json"]
+    assert aws.items(aws.settings.state_table) == [] and aws.items(aws.settings.risk_table) == []
+    # AND a redelivery finds its ledger record instead of trying again
+    assert _invoke(client, event)["status"] in ("duplicate", "gone")
+
+
 # ------------------------------------------------------------------------------------ awkward keys
 
 

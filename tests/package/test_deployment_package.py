@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import zipfile
@@ -241,9 +242,48 @@ def test_packaged_app_refuses_a_tampered_model(lambda_python, unzipped, tmp_path
     data = model.read_bytes()
     model.unlink()  # a hard link: replace the file, not the shared bytes
     model.write_bytes(data + b"\x00")
-    # WHEN the packaged code loads its model THEN it refuses before unpickling
-    with pytest.raises(AssertionError, match="does not match the manifest; refusing to load"):
+    # WHEN the packaged code loads its model THEN it refuses before unpickling (the pin is checked first)
+    with pytest.raises(AssertionError, match=r"is not the pinned .*; refusing to load"):
         run_packaged(lambda_python, copy, "probe")
+
+
+def test_packaged_app_refuses_a_tampered_model_whose_manifest_was_updated_and_never_runs_it(
+    lambda_python, unzipped, tmp_path
+):
+    # GIVEN a copy of the package whose model.joblib runs code when unpickled, with the manifest's sha256 updated
+    copy = tmp_path / "task"
+    shutil.copytree(unzipped, copy, copy_function=os.link)
+    marker = tmp_path / "payload-ran"
+    model, manifest_path = copy / "model_artifacts" / "model.joblib", copy / "model_artifacts" / "manifest.json"
+    payload = pickle.dumps(_Payload(str(marker)))
+    model.unlink()  # hard links: replace the files, not the shared bytes
+    model.write_bytes(payload)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model_sha256"] = hashlib.sha256(payload).hexdigest()
+    manifest_path.unlink()
+    manifest_path.write_text(json.dumps(manifest))
+    # WHEN the packaged code loads its model THEN it refuses it against the pin in its code, before unpickling
+    with pytest.raises(AssertionError, match="is not the pinned"):
+        run_packaged(lambda_python, copy, "probe")
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it writes `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_the_package_carries_the_pin_of_its_model(unzipped):
+    pin = (unzipped / "chalicelib" / "scoring" / "pinned_artifact.py").read_text()
+    assert (
+        f'MODEL_SHA256 = "{hashlib.sha256((unzipped / "model_artifacts" / "model.joblib").read_bytes()).hexdigest()}"'
+        in pin
+    )
 
 
 def test_packaged_app_refuses_a_model_outside_its_code(lambda_python, unzipped, tmp_path):

@@ -23,6 +23,8 @@ SAMPLES = {
     "SWEEP_MIN_AGE_SECONDS": ("sweep_min_age_seconds", "120", 120.0),
     "MAX_FILE_ATTEMPTS": ("max_file_attempts", "5", 5),
     "FUTURE_TOLERANCE_SECONDS": ("future_tolerance_seconds", "3600.5", 3600.5),
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": ("function_memory_mb", "1024", 1024),
+    "FILE_MEMORY_BUDGET_MB": ("file_memory_budget_bytes", "64", 64 << 20),
     "MAX_DECOMPRESSED_BYTES": ("max_decompressed_bytes", "65536", 65536),
     "APPLIED_RUNS_MAX_AGE_DAYS": ("applied_runs_max_age", "3.5", 3.5 * 86400),
     "WRITE_CONCURRENCY": ("write_concurrency", "4", 4),
@@ -197,3 +199,29 @@ def test_the_retention_floor_outlasts_the_outcome_horizon_and_every_cooldown():
     # THEN even the shortest retention allowed outlasts both
     assert horizon_days < RETENTION_FLOOR_DAYS
     assert max(cooldowns) < RETENTION_FLOOR_DAYS
+
+
+def test_the_memory_limits_follow_from_the_function_memory_lambda_sets():
+    from chalicelib.ingest.budget import BYTES_PER_EVENT, FIXED_MIB, HEADROOM, ROW_BYTES
+
+    # GIVEN two functions, of 512 MB and of 4096 MB, with no limit set
+    small = Settings.from_env({**BASE, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512"})
+    large = Settings.from_env({**BASE, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "4096"})
+    # THEN a file may take what the function has beyond its fixed needs, less headroom, and inflate accordingly
+    assert small.file_memory_budget_bytes == round((512 - FIXED_MIB) * HEADROOM * (1 << 20))
+    assert small.max_decompressed_bytes == small.file_memory_budget_bytes // BYTES_PER_EVENT * ROW_BYTES
+    assert large.file_memory_budget_bytes > 10 * small.file_memory_budget_bytes
+    # AND the defaults are those of the dev stage's 2,048 MB: well under the old fixed 4 GiB of inflation
+    default = Settings.from_env(BASE)
+    assert default.function_memory_mb == 2048 and default.max_decompressed_bytes < 4 << 30
+    assert default.file_memory_budget_bytes < 2048 << 20
+
+
+def test_an_explicit_memory_limit_wins_over_the_derived_one():
+    env = {**BASE, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512"}
+    settings = Settings.from_env({**env, "FILE_MEMORY_BUDGET_MB": "1000", "MAX_DECOMPRESSED_BYTES": "123456"})
+    assert settings.file_memory_budget_bytes == 1000 << 20 and settings.max_decompressed_bytes == 123456
+    # the inflation limit follows an explicit budget when it is not set itself
+    assert Settings.from_env({**env, "FILE_MEMORY_BUDGET_MB": "1000"}).max_decompressed_bytes > (
+        Settings.from_env(env).max_decompressed_bytes
+    )

@@ -11,7 +11,6 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws.queues import RetentionQueues
 from chalicelib.aws.tables import BehaviourTables
-from chalicelib.errors import RetryableError
 from chalicelib.retry import Backoff
 from chalicelib.runs.ports import CONFLICT, FAILED, RiskWrite
 
@@ -81,10 +80,13 @@ def test_unprocessed_keys_are_retried_with_backoff_until_read(sleeps):
     assert tables.retries["BatchGetItem.UnprocessedKeys"] == 2
 
 
-def test_unprocessed_keys_that_never_clear_raise_a_retryable_error(sleeps):
+def test_unprocessed_keys_that_never_clear_are_named_unread_not_taken_for_missing_users(sleeps):
+    # GIVEN BatchGetItem that keeps every key unprocessed through every retry
     tables = tables_of(FakeDynamo(unprocessed=100), sleeps)
-    with pytest.raises(RetryableError, match="UnprocessedKeys"):
-        tables.get_risks(["u1"])
+    # WHEN risks and states are read THEN nothing is found and every user is named unread, for the run to redo
+    risks = tables.get_risks(["u1", "u2"])
+    assert dict(risks) == {} and risks.unread == ["u1", "u2"]
+    assert tables.get_states(["u3"]).unread == ["u3"]
 
 
 @pytest.mark.parametrize(
@@ -137,3 +139,73 @@ def test_every_float_of_a_risk_item_reaches_dynamodb_as_an_exact_decimal():
     stored = client.last_put["Item"]
     assert stored["churn_probability"] == Decimal("0.906571") and stored["extra"] == {"p": Decimal("0.25")}
     assert stored["xs"] == [Decimal("0.5"), "a"] and stored["risk_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("response", "identity"),
+    [
+        # a single-part upload: the ETag is the MD5 of the bytes, whatever checksum came with it
+        (
+            {"ETag": '"5d41402abc4b2a76b9719d911017c592"', "ChecksumCRC32": "NhCmhg=="},
+            "5d41402abc4b2a76b9719d911017c592",
+        ),
+        # a multipart upload with a full-object checksum: the checksum and the size
+        (
+            {"ETag": '"b809-2"', "ChecksumCRC32": "MEAHhA==", "ChecksumType": "FULL_OBJECT", "ContentLength": 11},
+            "crc32-30400784-11",
+        ),
+        # S3's own CRC64NVME on an upload sent without a checksum
+        ({"ETag": '"b809-3"', "ChecksumCRC64NVME": "AAAAAAAAAAE=", "ContentLength": 5}, "crc64nvme-0000000000000001-5"),
+        # a composite checksum depends on the part sizes, as the ETag does: the ETag stays
+        ({"ETag": '"b809-2"', "ChecksumSHA256": "HEYt2zE5iKutqZrbRBTcbaGaQaK7qNJy5JWD7LTBgT4=-2"}, "b809-2"),
+        ({"ETag": '"b809-2"', "ChecksumCRC32": "MEAHhA==", "ChecksumType": "COMPOSITE"}, "b809-2"),
+        ({"ETag": '"b809-2"'}, "b809-2"),
+        # under SSE-KMS even a single-part ETag is no MD5
+        (
+            {"ETag": '"abcd"', "ServerSideEncryption": "aws:kms", "ChecksumSHA256": "AAE=", "ContentLength": 2},
+            "sha256-0001-2",
+        ),
+    ],
+    ids=[
+        "single_part",
+        "multipart_full_object",
+        "s3_default_crc64nvme",
+        "composite_sha256",
+        "composite",
+        "none",
+        "kms",
+    ],
+)
+def test_the_content_identity_is_the_md5_etag_or_else_a_full_object_checksum(response, identity):
+    from chalicelib.aws.bucket import content_identity
+
+    assert content_identity(response) == identity
+
+
+class FakeS3:
+    """An S3 client answering GetBucketVersioning with `status`, counting the calls."""
+
+    def __init__(self, status: str | None) -> None:
+        import botocore.exceptions
+
+        self.status = status
+        self.calls = 0
+        self.exceptions = botocore.exceptions
+
+    def get_bucket_versioning(self, Bucket):
+        self.calls += 1
+        return {"Status": self.status} if self.status else {}
+
+
+def test_versioning_is_checked_once_per_container_and_a_bucket_without_it_is_refused():
+    from chalicelib.aws.bucket import BehaviourBucket
+    from chalicelib.settings import ConfigError
+
+    never = BehaviourBucket(FakeS3(None), "acme-behaviour")
+    with pytest.raises(ConfigError, match=r"bucket acme-behaviour does not keep versions \(versioning never enabled\)"):
+        never.require_versioning()
+    client = FakeS3("Enabled")
+    versioned = BehaviourBucket(client, "acme-behaviour")
+    versioned.require_versioning()
+    versioned.require_versioning()
+    assert client.calls == 1

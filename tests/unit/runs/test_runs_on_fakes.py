@@ -240,6 +240,30 @@ def test_the_schedule_resumes_its_scan_after_the_last_page_it_finished(world, po
     }
 
 
+def test_users_whose_risk_items_cannot_be_read_are_dead_lettered_for_a_re_score_and_replayed(
+    world, population, tmp_path
+):
+    # GIVEN a scored file, and three users whose items then stop coming back from BatchGetItem
+    world.land("incoming/day.csv", population, tmp_path)
+    world.process("incoming/day.csv")
+    stuck = set(population.user_ids[:3])
+    before = {uid: dict(world.tables.risks[uid]) for uid in stuck}
+    world.tables.unread = set(stuck)
+    at = AS_OF.timestamp() + 30 * 86400
+    # WHEN the schedule re-scores everyone
+    summary = world.pipeline.run_schedule(at=at)
+    # THEN it ends incomplete, those users kept to re-score and left untouched, everyone else re-scored
+    assert summary["status"] == "incomplete" and summary["delivery"]["reads_failed"] == 3
+    record = world.bucket.dead_letters[summary["run_id"]]
+    assert {u["user_id"] for u in record["users"]} == stuck and {u["mode"] for u in record["users"]} == {"score"}
+    assert {uid: world.tables.risks[uid] for uid in stuck} == before
+    assert summary["users_scored"] == len(population.user_ids) - 3
+    # WHEN the reads clear and the run is replayed THEN those users are scored as of the schedule's time
+    world.tables.unread.clear()
+    assert world.pipeline.replay(summary["run_id"])["status"] == "replayed"
+    assert {world.tables.risks[uid]["as_of"] for uid in stuck} == {world.tables.risks[population.user_ids[5]]["as_of"]}
+
+
 def test_a_second_schedule_event_for_the_same_time_does_nothing(world, population, tmp_path):
     world.land("incoming/day.csv", population, tmp_path)
     world.process("incoming/day.csv")

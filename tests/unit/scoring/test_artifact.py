@@ -65,3 +65,67 @@ def test_inside_lambda_a_model_outside_the_deployed_code_is_refused(tmp_path, mo
         default_model_dir()
     monkeypatch.setenv("MODEL_DIR", str(task_root / "chalicelib" / "model_artifacts"))
     assert default_model_dir() == task_root / "chalicelib" / "model_artifacts"
+
+
+class _Payload:
+    """Unpickling this runs code: it writes `marker`, as a malicious model would do anything else."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _malicious_artifact(tmp_path):
+    """Return (an artifact whose model.joblib runs code when loaded, with its manifest hash updated, the marker)."""
+    import joblib
+
+    copy, marker = tmp_path / "artifact", tmp_path / "payload-ran"
+    shutil.copytree(ARTIFACT, copy)
+    joblib.dump(_Payload(str(marker)), copy / MODEL_FILE)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["model_sha256"] = sha256_of(copy / MODEL_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return copy, marker
+
+
+def test_the_pin_in_the_code_matches_the_committed_artifact():
+    from chalicelib.scoring.pinned_artifact import MODEL_SHA256
+
+    assert sha256_of(ARTIFACT / MODEL_FILE) == MODEL_SHA256
+
+
+def test_a_tampered_model_with_its_manifest_updated_is_refused_before_it_is_unpickled(tmp_path, monkeypatch):
+    # GIVEN an artifact whose model.joblib runs code when loaded, and whose manifest carries its new sha256
+    copy, marker = _malicious_artifact(tmp_path)
+    # WHEN the function's model cache is pointed at it
+    monkeypatch.setenv("MODEL_DIR", str(copy))
+    # THEN it is refused for not being the pinned model, and its payload never ran
+    with pytest.raises(ModelArtifactError, match="is not the pinned"):
+        ModelCache().get()
+    assert not marker.exists()
+
+
+def test_offline_default_model_is_held_to_the_pin(tmp_path, monkeypatch):
+    from churnguard_offline import cli
+
+    copy, marker = _malicious_artifact(tmp_path)
+    monkeypatch.setenv("MODEL_DIR", str(copy))
+    with pytest.raises(ModelArtifactError, match="is not the pinned"):
+        cli._model(None)
+    assert not marker.exists()
+
+
+def test_pin_model_rewrites_only_the_pin(tmp_path):
+    from scripts.pin_model import PIN_MODULE, write_pin
+
+    (tmp_path / PIN_MODULE).parent.mkdir(parents=True)
+    shutil.copy2(ROOT / PIN_MODULE, tmp_path / PIN_MODULE)
+    before = (tmp_path / PIN_MODULE).read_text()
+    write_pin(tmp_path, "ab" * 32)
+    after = (tmp_path / PIN_MODULE).read_text()
+    assert f'MODEL_SHA256 = "{"ab" * 32}"' in after
+    assert [line for line in after.splitlines() if "MODEL_SHA256 =" not in line] == [
+        line for line in before.splitlines() if "MODEL_SHA256 =" not in line
+    ]

@@ -1,0 +1,9 @@
+"""The sha256 of the one model.joblib the function may load, kept in the code rather than beside the model.
+
+A hash in the artifact's own manifest only proves the two files agree: whoever can replace model.joblib can
+rewrite the manifest too. This pin lives in the deployed code instead. `make model` (scripts/pin_model.py)
+writes it after training into model_artifacts/, `scripts/package.py` writes it into the package after checking
+that the staged artifact matches it, and a test checks that it matches the committed model_artifacts/.
+"""
+
+MODEL_SHA256 = "3329ac24346d39e81ed85597e433e40361f6cb6ef54e420126c847a0e85958c6"
