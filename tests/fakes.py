@@ -30,6 +30,7 @@ from chalicelib.runs.ports import (
     ObjectGoneError,
     RiskWrite,
     S3Object,
+    Sent,
     StateWrite,
     StoredRisks,
     StoredStates,
@@ -288,7 +289,8 @@ class FakeTables:
 
 
 class FakeQueues:
-    """One list of bodies per destination; message ids in `fail_ids` are refused every time."""
+    """One list of bodies per destination; message ids in `fail_ids` fail every time, those in `refuse_ids` are
+    refused (with the reason given) as SQS refuses a body it cannot take."""
 
     batch_size = 10
 
@@ -296,12 +298,15 @@ class FakeQueues:
         self.queue_names = dict(queue_names)
         self.sent: dict[str, list[dict[str, Any]]] = {dest: [] for dest in queue_names}
         self.fail_ids: set[str] = set()
+        self.refuse_ids: dict[str, str] = {}
         self.retries: Counter[str] = Counter()
 
-    def send(self, tier: str, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> Sent:
         failed = [m for m in messages if m["message_id"] in self.fail_ids]
-        self.sent[tier] += [_copy(m) for m in messages if m["message_id"] not in self.fail_ids]
-        return len(messages) - len(failed), failed
+        refused = [(m, self.refuse_ids[m["message_id"]]) for m in messages if m["message_id"] in self.refuse_ids]
+        gone = self.fail_ids | set(self.refuse_ids)
+        self.sent[tier] += [_copy(m) for m in messages if m["message_id"] not in gone]
+        return Sent(len(messages) - len(failed) - len(refused), failed, refused)
 
     def bodies(self) -> list[dict[str, Any]]:
         """Return every message sent, whatever its queue."""

@@ -26,6 +26,27 @@ CHECKPOINT_PREFIX = "checkpoints/"
 ATTEMPTS_PREFIX = "attempts/"
 CLOSED_PREFIX = "outcomes/closed/"
 LIFT_REPORT_KEY = "reports/lift.json"
+REASON_SUFFIX = ".reason.json"
+SOURCE_SUFFIX = ".source.json"
+# S3 refuses a key over 1,024 bytes of UTF-8. A copy of a landed key under another prefix that would pass it
+# gets a hashed name instead: as much of the key as fits, then the SHA-256 of the whole key.
+MAX_KEY_BYTES = 1024
+HASH_MARK = "~sha256-"
+
+
+def derived_key(prefix: str, key: str, suffix: str = "") -> str:
+    """Return prefix + key + suffix, or its hashed form when that would pass S3's 1,024-byte key limit.
+
+    The hashed form keeps the key's head (cut at a character boundary) and the SHA-256 of the whole key, so it
+    is the same on every attempt and two keys never share it.
+    """
+    whole = f"{prefix}{key}{suffix}"
+    if len(whole.encode()) <= MAX_KEY_BYTES:
+        return whole
+    tail = f"{HASH_MARK}{hashlib.sha256(key.encode()).hexdigest()}{suffix}"
+    room = MAX_KEY_BYTES - len(f"{prefix}{tail}".encode())
+    head = key.encode()[:room].decode(errors="ignore")
+    return f"{prefix}{head}{tail}"
 
 
 # Full-object checksums S3 may return with ChecksumMode=ENABLED, strongest first; a multipart upload's
@@ -215,16 +236,25 @@ class BehaviourBucket:
         return f"s3://{self.bucket}/{key}"
 
     def quarantine(self, key: str, version_id: str | None, reason: dict[str, Any]) -> str:
-        """Move an unreadable file to quarantine/ with its reason beside it; return the new key."""
-        dest = QUARANTINE_PREFIX + key
+        """Move an unreadable file to quarantine/ with its reason (and its key) beside it; return the new key."""
+        dest = derived_key(QUARANTINE_PREFIX, key, REASON_SUFFIX).removesuffix(REASON_SUFFIX)
         self.move(key, version_id, dest)
-        self.put_json(dest + ".reason.json", reason)
+        self.put_json(dest + REASON_SUFFIX, {**reason, "key": key})
         return dest
 
     def put_rejected(self, key: str, data: bytes) -> str:
-        """Write a file's rejected rows to rejected/<key>.csv; return their address."""
+        """Write a file's rejected rows to rejected/<key>.csv; return their address.
+
+        Under a hashed name (a key too long to copy whole) the original key is kept beside it in .source.json.
+        """
         rejected_key = f"{REJECTED_PREFIX}{key}.csv"
+        hashed = len(rejected_key.encode()) > MAX_KEY_BYTES
+        if hashed:
+            base = derived_key(REJECTED_PREFIX, key, SOURCE_SUFFIX).removesuffix(SOURCE_SUFFIX)
+            rejected_key = f"{base}.csv"
         self.put_bytes(rejected_key, data, "text/csv")
+        if hashed:
+            self.put_json(base + SOURCE_SUFFIX, {"key": key, "source": self.url(key)})
         return self.url(rejected_key)
 
     def opt_out_list(self, key: str) -> bytes | None:

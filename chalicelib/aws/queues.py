@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
 from chalicelib.retry import Backoff
+from chalicelib.runs.ports import Sent
 
 BATCH = 10
 # Whole-call errors worth another try once botocore's own retries are spent.
@@ -53,19 +54,33 @@ class RetentionQueues:
             self._urls[tier] = self.client.get_queue_url(QueueName=self.queue_names[tier])["QueueUrl"]
         return self._urls[tier]
 
-    def send(self, tier: str, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
-        """Send messages to the tier's queue; return (how many were accepted, the bodies still failing)."""
-        url = self.url(tier) if messages else ""
-        sent, failed = 0, []
-        for batch in _batches([_entry(str(i), m) for i, m in enumerate(messages)]):
-            left = self._send_batch(url, batch)
-            sent += len(batch) - len(left)
-            failed += [messages[int(i)] for i in left]
-        return sent, failed
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> Sent:
+        """Send messages to the tier's queue; return how many were accepted, still failing and refused.
 
-    def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> list[str]:
-        """Send one batch, resending failed entries with backoff; return the ids that never went through."""
-        pending = entries
+        A message SQS refuses for what it holds (a character outside its set, over 256 KiB) is refused alone,
+        with its reason, and never resent; the others of its batch go once.
+        """
+        url = self.url(tier) if messages else ""
+        entries, refused = [], []
+        for i, message in enumerate(messages):
+            entry = _entry(str(i), message)
+            too_big = _too_big(entry, message)
+            if too_big is None:
+                entries.append(entry)
+            else:
+                refused.append((message, too_big))
+        sent, failed = 0, []
+        for batch in _batches(entries):
+            left, bad = self._send_batch(url, batch)
+            sent += len(batch) - len(left) - len(bad)
+            failed += [messages[int(i)] for i in left]
+            refused += [(messages[int(i)], why) for i, why in bad.items()]
+        return Sent(sent, failed, refused)
+
+    def _send_batch(self, url: str, entries: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+        """Send one batch, resending failed entries with backoff; return the ids that never went through and
+        the ids SQS refused for their content (with its reason)."""
+        pending, refused = entries, {}
         for delay in (*self.backoff.delays(), None):
             self.calls += 1
             try:
@@ -82,38 +97,45 @@ class RetentionQueues:
                 continue
             # Throttling and 5xx are retried inside botocore; count those too.
             self.retries["SendMessageBatch"] += retry_attempts(resp)
-            sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
-            if sender_faults:
-                raise ValueError(f"SQS refused messages: {sender_faults}")
-            failed = {f["Id"] for f in resp.get("Failed", [])}
+            refused.update(_sender_faults(resp))
+            failed = {f["Id"] for f in resp.get("Failed", [])} - set(refused)
             pending = [e for e in pending if e["Id"] in failed]
             if not pending or delay is None:
                 break
             self.retries["SendMessageBatch.Failed"] += 1
             self.backoff.wait(delay)
-        return [e["Id"] for e in pending]
+        return [e["Id"] for e in pending], refused
+
+
+def _sender_faults(resp: dict[str, Any]) -> dict[str, str]:
+    """Return the entries SQS refused for what they hold (id -> its code and message): resending cannot help."""
+    return {f["Id"]: f"{f.get('Code')}: {f.get('Message')}" for f in resp.get("Failed", []) if f.get("SenderFault")}
 
 
 def _entry(entry_id: str, message: dict[str, Any]) -> dict[str, Any]:
-    """Return the SendMessageBatch entry of a message; raise ValueError if SQS would refuse its size."""
+    """Return the SendMessageBatch entry of a message."""
     attrs = {
         "risk_tier": message["risk_tier"],
         "value_tier": message["value_tier"],
         "channel": message["action"]["channel"],
     }
-    entry = {
+    return {
         "Id": entry_id,
         "MessageBody": json.dumps(message, separators=(",", ":"), ensure_ascii=False),
         "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
     }
+
+
+def _too_big(entry: dict[str, Any], message: dict[str, Any]) -> str | None:
+    """Return why SQS would refuse the entry's size, or None when it fits."""
     size = _size(entry)
-    if size > MAX_MESSAGE_BYTES:
-        # Named by its id and size only: the body holds the user's id and message text.
-        raise ValueError(
-            f"message {message.get('message_id')} is {size} bytes with its attributes;"
-            f" SQS takes at most {MAX_MESSAGE_BYTES}"
-        )
-    return entry
+    if size <= MAX_MESSAGE_BYTES:
+        return None
+    # Named by its id and size only: the body holds the user's id and message text.
+    return (
+        f"message {message.get('message_id')} is {size} bytes with its attributes;"
+        f" SQS takes at most {MAX_MESSAGE_BYTES}"
+    )
 
 
 def _size(entry: dict[str, Any]) -> int:

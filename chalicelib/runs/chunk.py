@@ -293,12 +293,14 @@ class ChunkWorker:
         size = self.ctx.queues.batch_size
         for start in range(0, len(entries), size):
             batch = entries[start : start + size]
-            sent, failed = self.ctx.queues.send(tier, [body for _, body in batch])
-            run.add({"messages_sent": {tier: sent}})
-            lost = {body["message_id"] for body in failed}
+            sent = self.ctx.queues.send(tier, [body for _, body in batch])
+            run.add({"messages_sent": {tier: sent.accepted}})
+            lost = {body["message_id"] for body in sent.failed} | {body["message_id"] for body, _ in sent.refused}
             channels = Counter(body["action"]["channel"] for _, body in batch if body["message_id"] not in lost)
             run.add({"messages_by_channel": dict(channels)})
-            run.dead.messages += [{"tier": tier, "body": body} for body in failed]
+            run.dead.messages += [{"tier": tier, "body": body} for body in sent.failed]
+            for body, why in sent.refused:
+                self._refused(run, {"tier": tier, "body": body, "refused": why})
             # Marked right after each batch: a crash in between resends at most this batch, same message ids.
             delivered = [(uid, body["message_id"]) for uid, body in batch if body["message_id"] not in lost]
             confirmed = self.ctx.tables.confirm_sent(delivered)
@@ -309,6 +311,9 @@ class ChunkWorker:
         """Resend dead-lettered messages whose claim is still pending; drop the ones superseded or sent."""
         by_tier: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for entry in messages:
+            if "refused" in entry:  # SQS would refuse the same body again: it stays for an operator
+                self._refused(run, entry)
+                continue
             body = entry["body"]
             stored = self.ctx.tables.get_risks([body["user_id"]])
             if stored.unread:  # whether it is still due is unknown: it stays dead-lettered
@@ -322,6 +327,15 @@ class ChunkWorker:
                 run.count("superseded_messages")
         for tier, entries in by_tier.items():
             self.send(run, tier, entries)
+
+    def _refused(self, run: Run, entry: dict[str, Any]) -> None:
+        """Dead-letter a message SQS refused for what it holds, with its reason; it is never resent as it is."""
+        run.dead.messages.append(entry)
+        run.count("messages_refused")
+        message_id = entry["body"]["message_id"]
+        self.ctx.logger.warning(
+            "message refused", extra={"run_id": run.run_id, "message_id": message_id, "reason": entry["refused"]}
+        )
 
     # ---- retries ---------------------------------------------------------------------------------------
     def _retries(self) -> Counter[str]:

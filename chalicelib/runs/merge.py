@@ -69,7 +69,7 @@ class StateMerger:
         stored = self.ctx.tables.get_states(list(pending))
         for uid in stored.unread:  # unknown state cannot be merged into: the delta waits for replay
             run.count("reads_failed")
-            run.dead.add_user(uid, as_of, pending.pop(uid), snapshot)
+            run.dead.add_user(uid, as_of[uid], pending.pop(uid), snapshot)
         ids = list(pending)
         if not ids:
             return

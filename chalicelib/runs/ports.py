@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from chalicelib.errors import ChurnGuardError
 from chalicelib.retention.contact_policy import PENDING as PENDING  # claim statuses, re-exported for adapters
@@ -241,6 +241,14 @@ class Tables(Protocol):
         """Mark (user, message id) claims as sent; return how many were still this message's claim."""
 
 
+class Sent(NamedTuple):
+    """What became of the messages of one send."""
+
+    accepted: int
+    failed: list[dict[str, Any]]  # still failing after the retries: a replay may send them
+    refused: list[tuple[dict[str, Any], str]]  # refused for what they hold (body, why): the same body never goes
+
+
 class Queues(Protocol):
     """Retention messages to one queue per destination (the actionable risk tiers, account managers)."""
 
@@ -248,5 +256,5 @@ class Queues(Protocol):
     retries: Counter[str]
     batch_size: int  # messages per send call: the unit a run marks sent at once
 
-    def send(self, tier: str, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
-        """Send messages to a destination's queue; return (how many were accepted, the bodies still failing)."""
+    def send(self, tier: str, messages: list[dict[str, Any]]) -> Sent:
+        """Send messages to a destination's queue; return how many were accepted, failed and refused."""

@@ -7,7 +7,10 @@ import re
 
 import pytest
 
+from chalicelib.aws.bucket import CHECKPOINT_PREFIX, CLOSED_PREFIX, DEAD_LETTER_PREFIX, LEDGER_PREFIX, RUNS_PREFIX
+from chalicelib.settings import Settings
 from tests.conftest import ROOT
+from tests.strict_aws import IamPolicy
 
 CHALICE = ROOT / ".chalice"
 # Each AWS call the adapters make, and the IAM actions it needs (SendMessageBatch is authorised as
@@ -91,3 +94,30 @@ def test_every_call_the_code_makes_is_allowed(stage):
         }
     )
     assert not unused, f"granted but never used: {sorted(unused)}"
+
+
+# Every prefix where the code reads a key that may not be there, and why it must learn "not there" (404) rather
+# than AccessDenied (403). S3 answers 404 only to a caller with s3:ListBucket on the bucket, and a GET carries
+# no s3:prefix, so a ListBucket grant conditioned on s3:prefix does not count (tests/strict_aws.py).
+PROBED = {
+    "incoming/": "a landed file deleted before its event is handled ends 'gone', not in a retry loop",
+    "ledger/": "an object content's ledger record: absent until the content is processed",
+    "checkpoints/": "an unfinished run's checkpoint: absent on every first attempt",
+    "runs/": "a schedule's run record: absent until its first attempt finishes",
+    "dead-letter/": "what a run left to replay: absent when nothing was left",
+    "outcomes/closed/": "the exposures a run replaced: absent when it replaced none",
+    "suppression/": "the opt-out list: absent until an operator uploads one",
+}
+
+
+def test_every_prefix_the_code_probes_answers_404_for_a_missing_key(stage):
+    _, config, document = stage
+    env = config["environment_variables"]
+    bucket = env["BEHAVIOUR_BUCKET"]
+    probed = {LEDGER_PREFIX, CHECKPOINT_PREFIX, RUNS_PREFIX, DEAD_LETTER_PREFIX, CLOSED_PREFIX}
+    probed |= {env.get("INCOMING_PREFIX", "incoming/"), Settings.from_env(env).opt_out_key.rsplit("/", 1)[0] + "/"}
+    assert probed == set(PROBED), "a new probe needs its reason here"
+    policy = IamPolicy(document)
+    for prefix in PROBED:
+        assert policy.allows("s3:GetObject", f"arn:aws:s3:::{bucket}/{prefix}x.json"), prefix
+    assert policy.missing_key_answers_404(bucket), "a GET of a missing key would answer 403 AccessDenied"

@@ -38,6 +38,7 @@ from churnguard_offline.bootstrap import ensure_resources
 from churnguard_offline.generate import generate_events, write_event_log
 from churnguard_offline.lambda_events import s3_object_created, stage_timeout
 from tests.conftest import ROOT
+from tests.strict_aws import IamPolicy, StrictAws, strict_aws
 
 STAGE = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]
 STAGE_ENV = STAGE["environment_variables"]
@@ -61,8 +62,9 @@ def csv_bytes(batch: EventBatch, tmp_path, extra: str = "", gz: bool = False) ->
 class Aws:
     """The embedded AWS of one test, with helpers to land files and look at what landed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, strict: StrictAws | None = None) -> None:
         self.settings = settings
+        self.strict = strict  # the strict-AWS layer this AWS answers through (what it refused: strict.refused)
         self.s3 = boto3.client("s3")
         self.sqs = boto3.client("sqs")
         self.ddb = boto3.resource("dynamodb")
@@ -174,13 +176,20 @@ def warnings_logged() -> Iterator[list[tuple[str, dict[str, Any]]]]:
         yield handler.logged
 
 
+@contextmanager
+def strict_moto() -> Iterator[StrictAws]:
+    """moto behind the strict-AWS layer, under the dev stage's own IAM policy (tests/strict_aws.py)."""
+    with mock_aws(), strict_aws(IamPolicy.of_stage(ROOT)) as layer:
+        yield layer
+
+
 @pytest.fixture
 def aws(stage_env) -> Aws:
-    with mock_aws():
+    with strict_moto() as layer:
         runtime.clear()
         settings = Settings.from_env()
         ensure_resources(settings)
-        yield Aws(settings)
+        yield Aws(settings, layer)
     runtime.clear()
 
 

@@ -40,7 +40,8 @@ def second_world(aws: Aws, suffix: str) -> Aws:
         queue_medium=f"{s.queue_medium}-{suffix}",
     )
     ensure_resources(settings)
-    return Aws(settings)
+    aws.strict.same_policy_as(settings.behaviour_bucket, s.behaviour_bucket)
+    return Aws(settings, aws.strict)
 
 
 def outcome(aws: Aws) -> tuple[StateBatch, dict[str, dict]]:

@@ -217,14 +217,12 @@ def test_snapshot_replaces_its_users_state(aws, client, population, tmp_path):
 
 def test_shared_table_keeps_state_and_risk_on_one_item(monkeypatch, stage_env, population, tmp_path):
     # GIVEN STATE_TABLE naming the same table as RISK_TABLE
-    from moto import mock_aws
-
     from chalicelib.settings import Settings
     from churnguard_offline.bootstrap import ensure_resources
-    from tests.integration.conftest import Aws
+    from tests.integration.conftest import Aws, strict_moto
 
     monkeypatch.setenv("STATE_TABLE", stage_env["RISK_TABLE"])
-    with mock_aws():
+    with strict_moto():
         runtime.clear()
         ensure_resources()
         aws = Aws(Settings.from_env())

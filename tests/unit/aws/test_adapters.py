@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from decimal import Decimal
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
+from chalicelib.aws.bucket import HASH_MARK, MAX_KEY_BYTES, derived_key
 from chalicelib.aws.queues import RetentionQueues
 from chalicelib.aws.tables import BehaviourTables
 from chalicelib.retry import Backoff
@@ -116,7 +118,7 @@ def _message(i: int) -> dict:
 def test_failed_message_entries_are_resent_once_each(sleeps):
     sqs = FakeSqs(fail=1)
     queues = RetentionQueues(sqs, {"high": "q-high"}, Backoff(sleep=sleeps.append))
-    assert queues.send("high", [_message(i) for i in range(12)]) == (12, [])
+    assert queues.send("high", [_message(i) for i in range(12)]) == (12, [], [])
     assert sorted(json.loads(b)["message_id"] for b in sqs.bodies) == sorted(str(i) for i in range(12))
     assert queues.calls == 3
     assert len(sleeps) == 1
@@ -125,8 +127,8 @@ def test_failed_message_entries_are_resent_once_each(sleeps):
 def test_message_entries_that_keep_failing_are_handed_back(sleeps):
     sqs = FakeSqs(fail=100)
     queues = RetentionQueues(sqs, {"high": "q-high"}, Backoff(sleep=sleeps.append))
-    sent, failed = queues.send("high", [_message(i) for i in range(3)])
-    assert (sent, [m["message_id"] for m in failed]) == (2, ["0"])
+    sent, failed, refused = queues.send("high", [_message(i) for i in range(3)])
+    assert (sent, [m["message_id"] for m in failed], refused) == (2, ["0"], [])
 
 
 def test_every_float_of_a_risk_item_reaches_dynamodb_as_an_exact_decimal():
@@ -209,3 +211,21 @@ def test_versioning_is_checked_once_per_container_and_a_bucket_without_it_is_ref
     versioned.require_versioning()
     versioned.require_versioning()
     assert client.calls == 1
+
+
+def test_a_derived_key_is_the_plain_copy_while_it_fits_and_a_hashed_name_after():
+    # GIVEN keys that fit under rejected/ with .csv, one at the edge, and two long ones sharing their head
+    short = "incoming/a.csv"
+    edge = "incoming/" + "é" * 500 + "xx"  # rejected/ + key + .csv: exactly 1,024 bytes
+    long_a = "incoming/" + "é" * 501 + "a"
+    long_b = "incoming/" + "é" * 501 + "b"
+    assert len(f"rejected/{edge}.csv".encode()) == MAX_KEY_BYTES
+    # THEN the short and the edge key keep their plain copy's name
+    assert derived_key("rejected/", short, ".csv") == f"rejected/{short}.csv"
+    assert derived_key("rejected/", edge, ".csv") == f"rejected/{edge}.csv"
+    # AND the long ones get names that fit, end in the key's SHA-256, differ, and come out the same each time
+    a, b = derived_key("rejected/", long_a, ".csv"), derived_key("rejected/", long_b, ".csv")
+    digest = hashlib.sha256(long_a.encode()).hexdigest()
+    assert a.endswith(f"{HASH_MARK}{digest}.csv") and a.startswith("rejected/incoming/éé")
+    assert len(a.encode()) <= MAX_KEY_BYTES and len(b.encode()) <= MAX_KEY_BYTES
+    assert a != b and a == derived_key("rejected/", long_a, ".csv")

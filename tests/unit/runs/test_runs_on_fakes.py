@@ -208,6 +208,30 @@ def test_messages_the_queue_keeps_refusing_are_dead_lettered_and_resent_by_repla
     assert [m["message_id"] for m in world.queues.bodies()].count(first_id) == 1
 
 
+def test_a_message_sqs_refuses_is_dead_lettered_alone_with_its_reason_and_never_resent(world, population, tmp_path):
+    # GIVEN a run whose first claimed message SQS refuses for what it holds (learnt from a run on a copy)
+    world.land("incoming/day.csv", population, tmp_path)
+    probe = World()
+    probe.land("incoming/day.csv", population, tmp_path)
+    probe.process("incoming/day.csv")
+    first_id = probe.queues.bodies()[0]["message_id"]
+    world.queues.refuse_ids = {first_id: "InvalidMessageContents: Invalid characters found"}
+    # WHEN the file is processed
+    summary = world.process("incoming/day.csv")
+    # THEN every other message goes once, and the refused one is dead-lettered alone with its reason
+    sent = [m["message_id"] for m in world.queues.bodies()]
+    assert sorted(sent) == sorted(m["message_id"] for m in probe.queues.bodies() if m["message_id"] != first_id)
+    assert summary["status"] == "incomplete" and summary["delivery"]["messages_refused"] == 1
+    [letter] = world.bucket.dead_letters[summary["run_id"]]["messages"]
+    assert letter["body"]["message_id"] == first_id and letter["refused"].startswith("InvalidMessageContents")
+    # AND a replay does not send it again (SQS would refuse the same body) but keeps it, with its reason
+    world.queues.refuse_ids.clear()
+    replayed = world.pipeline.replay(summary["run_id"])
+    assert replayed["status"] == "incomplete" and replayed["delivery"]["messages_refused"] == 1
+    assert sorted(m["message_id"] for m in world.queues.bodies()) == sorted(sent)
+    assert world.bucket.dead_letters[summary["run_id"]]["messages"] == [letter]
+
+
 def test_a_run_out_of_time_checkpoints_and_the_next_attempt_merges_the_rest_once(world, population, tmp_path):
     world.land("incoming/day.csv", population, tmp_path)
     left = iter([100.0, 1.0])  # asked after the first and the second chunk: room for one more, then none
