@@ -50,7 +50,7 @@ class FakeBucket:
         self.runs: dict[str, dict[str, Any]] = {}
         self.checkpoints: dict[str, dict[str, Any]] = {}
         self.dead_letters: dict[str, dict[str, Any]] = {}
-        self.closed: dict[str, list[dict[str, Any]]] = {}
+        self.closed: dict[tuple[str, frozenset[tuple[str, str]]], list[dict[str, Any]]] = {}
         self.lift: dict[str, Any] | None = None
         self.opt_outs: dict[str, bytes] = {}
         self.checkpoint_history: list[dict[str, Any]] = []
@@ -134,11 +134,9 @@ class FakeBucket:
     def dead_letters_delete(self, run_id: str) -> None:
         self.dead_letters.pop(run_id, None)
 
-    def closed_get(self, run_id: str) -> list[dict[str, Any]]:
-        return _copy(self.closed.get(run_id, []))
-
     def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
-        self.closed[run_id] = _copy(exposures)
+        names = frozenset((e["user_id"], e["exposed_at"]) for e in exposures)
+        self.closed[(run_id, names)] = _copy(exposures)
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
         for exposures in self.closed.values():

@@ -15,6 +15,9 @@ botocore handlers on every new session, ahead of moto's responder (moto answers 
   whose messages together pass 256 KiB fails whole with BatchRequestTooLong.
 - DynamoDB: PutItem, UpdateItem (the item as updated) and BatchWriteItem of an item over 400 KB fail with
   ValidationException, as does a BatchWriteItem of more than 25 requests; nothing is written.
+- DynamoDB: a conditional write is atomic, as in DynamoDB: moto checks the condition and then writes with no lock,
+  so two threads could both pass one `attribute_not_exists` (both taking one run's lease). The layer runs moto's
+  item writes one at a time.
 
 Enable it with `strict_aws(policy)` around `mock_aws()` (the integration fixtures do), or `StrictAws` directly.
 """
@@ -404,12 +407,41 @@ BUILTIN_HANDLERS.extend(
 )
 
 
+# moto's DynamoDB calls that check a condition and then write the item.
+_ITEM_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+_WRITE_LOCK = threading.RLock()
+
+
+def _one_at_a_time(method: Any) -> Any:
+    def write(*args: Any, **kwargs: Any) -> Any:
+        with _WRITE_LOCK:
+            return method(*args, **kwargs)
+
+    return write
+
+
+@contextmanager
+def _atomic_item_writes() -> Iterator[None]:
+    """Make moto's condition check and write of an item one step, as DynamoDB's are, for the block."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    originals = {name: getattr(DynamoDBBackend, name) for name in _ITEM_WRITES}
+    for name, method in originals.items():
+        setattr(DynamoDBBackend, name, _one_at_a_time(method))
+    try:
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(DynamoDBBackend, name, method)
+
+
 @contextmanager
 def strict_aws(policy: IamPolicy) -> Iterator[StrictAws]:
     """Apply the strict-AWS rules to every botocore client created inside the block (use inside mock_aws)."""
     layer = StrictAws(policy)
     _ACTIVE.append(layer)
     try:
-        yield layer
+        with _atomic_item_writes():
+            yield layer
     finally:
         _ACTIVE.remove(layer)

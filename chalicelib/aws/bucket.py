@@ -286,13 +286,14 @@ class BehaviourBucket:
         """Forget the dead letters of a replayed run."""
         self.delete(f"{DEAD_LETTER_PREFIX}{run_id}.json")
 
-    def closed_get(self, run_id: str) -> list[dict[str, Any]]:
-        """Return the exposures a run replaced (empty when none)."""
-        return self.find_json(f"{CLOSED_PREFIX}{run_id}.json") or []
-
     def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
-        """Keep the exposures a run replaced in outcomes/closed/."""
-        self.put_json(f"{CLOSED_PREFIX}{run_id}.json", exposures)
+        """Keep exposures a run is about to replace in outcomes/closed/<run>/, named by which exposures they are.
+
+        The same exposures (a redo after a crash) land on the same key, so a redo adds nothing.
+        """
+        names = sorted(f"{e['user_id']}\x1f{e['exposed_at']}" for e in exposures)
+        digest = hashlib.sha256("\x1e".join(names).encode()).hexdigest()[:32]
+        self.put_json(f"{CLOSED_PREFIX}{run_id}/{digest}.json", exposures)
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
         """Yield every exposure any run replaced."""

@@ -69,6 +69,21 @@ def exposure_from_item(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def distinct_exposures(exposures: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return each exposure once, by its identity (user and time), with the earliest return any copy saw.
+
+    An exposure is kept as closed before the write that replaces it, so after a crash, or a write that lost a
+    race, the same exposure may be found closed and still open, or closed by two attempts.
+    """
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in exposures:
+        key = (e["user_id"], e["exposed_at"])
+        kept = seen.setdefault(key, dict(e))
+        returns = [r for r in (kept.get("returned_at"), e.get("returned_at")) if r]
+        kept["returned_at"] = min(returns, key=parse_timestamp) if returns else None
+    return list(seen.values())
+
+
 def outcome(exposure: dict[str, Any], horizon_days: float, as_of: float) -> str:
     """Return `returned`, `lost` (the horizon passed without a return) or `pending`."""
     start = parse_timestamp(exposure["exposed_at"])
@@ -82,9 +97,9 @@ def outcome(exposure: dict[str, Any], horizon_days: float, as_of: float) -> str:
 def lift_report(
     exposures: Iterable[dict[str, Any]], horizon_days: float, as_of: float, since: float | None = None
 ) -> dict[str, Any]:
-    """Return win-back rates of treated against holdout, overall and per risk tier and action."""
+    """Return win-back rates of treated against holdout, overall and per risk tier and action; each exposure once."""
     cells: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
-    for e in exposures:
+    for e in distinct_exposures(exposures):
         if since is not None and parse_timestamp(e["exposed_at"]) < since:
             continue
         result = outcome(e, horizon_days, as_of)

@@ -139,6 +139,11 @@ class ChunkWorker:
             claimed_here += decision.body is not None
             writes.append(RiskWrite(item, int(old.get("risk_version", 0)), float(part.values[i, col("last_seen")])))
             decisions[uid] = decision
+        replaced = [d.replaced for d in decisions.values() if d.replaced is not None]
+        if replaced:
+            # Kept before the writes that replace them: a crash in between leaves an exposure both closed and
+            # still open, which the lift report counts once, never one that is nowhere.
+            self.ctx.bucket.closed_put(run.run_id, replaced)
         outcomes = self.ctx.tables.put_risks(writes)
         self._tally(run, scores, decisions, outcomes, as_of, claimed, again)
 
@@ -199,7 +204,9 @@ class ChunkWorker:
         if decision.body is not None:
             claimed_now = _claim(item, decision.body["message_id"], run.run_id, scores.as_of, claimed_now)
         item["contact_ids"] = claimed_now
-        item["holdout"] = decision.held == "holdout"
+        # A redo of the same exposure finds it in its cooldown: it is still the holdout it was.
+        same_exposure = old.get("exposed_at") == scores.as_of
+        item["holdout"] = decision.held == "holdout" or (same_exposure and old.get("exposure_group") == HOLDOUT)
         decision.replaced = _expose(item, old, scores, i, decision)
         _tag(item, scores, i, segment)
         return decision
@@ -283,8 +290,6 @@ class ChunkWorker:
             manager = decision.body["action"]["channel"] == "account_manager" and "account_manager" in claimed
             claimed["account_manager" if manager else risk].append((decision.item["user_id"], decision.body))
             bump(counts, "messages_claimed")
-        if decision.replaced is not None:
-            run.closed.append(decision.replaced)
 
     # ---- send ------------------------------------------------------------------------------------------
     def send(self, run: Run, tier: str, entries: list[tuple[str, dict[str, Any]]]) -> None:

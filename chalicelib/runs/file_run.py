@@ -17,7 +17,7 @@ from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.lease import LeasedDeadline, Leases
 from chalicelib.runs.ports import ObjectGoneError, S3Object
-from chalicelib.runs.records import Run, RunRecords
+from chalicelib.runs.records import FINAL, Run, RunRecords
 from chalicelib.scoring.scorer import iso_time
 from chalicelib.scoring.state import StateBatch, build_state, col
 
@@ -52,6 +52,11 @@ def users_as_of(delta: StateBatch, landed_at: float, tolerance: float) -> dict[s
     step = max(HOUR, tolerance / AS_OF_STEPS)
     ahead = np.maximum(delta.values[:, col("last_seen")] - landed_at, 0.0)
     return dict(zip(delta.user_ids, (landed_at + np.ceil(ahead / step) * step).tolist(), strict=True))
+
+
+def ledger_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """Return the ledger record of a finished run, from its summary."""
+    return {"run_id": summary["run_id"], "status": summary["status"], "as_of": summary.get("as_of")}
 
 
 def object_run_id(bucket: str, key: str, identity: str) -> str:
@@ -106,8 +111,8 @@ class FileRun:
         return self.records.finish(summary, started, write=False)
 
     def _done_before(self, obj: S3Object, summary: dict[str, Any]) -> bool:
-        """Return True, the summary marked duplicate, when the object content has a ledger record already."""
-        previous = self._ledger_get(obj)
+        """Return True, the summary marked duplicate, when a run of the object's content has finished already."""
+        previous = self._finished(obj, summary)
         if previous is not None:
             if obj.identity != obj.etag:  # a re-upload under a new ETag: the sweep's listing knows only that
                 self.ctx.bucket.ledger_put(obj.key, obj.etag, previous)
@@ -118,7 +123,7 @@ class FileRun:
         self, obj: S3Object, summary: dict[str, Any], landed_at: float, started: float, deadline: LeasedDeadline
     ) -> dict[str, Any]:
         """Process the object under the run's lease; return the run summary."""
-        key, source, run_id = obj.key, summary["source"], summary["run_id"]
+        key, source = obj.key, summary["source"]
         # A copy that finished between the first look at the ledger and the lease leaves nothing to do.
         if self._done_before(obj, summary):
             obj.body.close()
@@ -130,12 +135,36 @@ class FileRun:
             result = self._read(obj, source, landed_at, summary)
             if result is None:
                 return self.records.finish(summary, started)
-            as_of = self._merge_all(key, result, landed_at, summary, deadline)
+            self._merge_all(key, result, landed_at, summary, deadline)
             deadline.lease.renew()  # an attempt overtaken after its last chunk leaves the bookkeeping to the taker
-            # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
-            self._ledger_put(obj, {"run_id": run_id, "status": summary["status"], "as_of": as_of})
-            self.ctx.bucket.checkpoint_delete(run_id)
-        return self.records.finish(summary, started)
+            return self._complete(obj, summary, started)
+
+    def _complete(self, obj: S3Object, summary: dict[str, Any], started: float) -> dict[str, Any]:
+        """Finish the bookkeeping in an order a redo can complete: run record, checkpoint gone, then the ledger."""
+        self.records.finish(summary, started)
+        self.ctx.bucket.checkpoint_delete(summary["run_id"])
+        # The ledger's record comes last: once it is there the run is done and nothing of it is left to write.
+        # Even an incomplete run is recorded: its state is merged, and `replay` finishes what is left.
+        self._ledger_put(obj, ledger_record(summary))
+        return summary
+
+    def _finished(self, obj: S3Object, summary: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the ledger record of a finished run of this content (None if none), first completing its
+        bookkeeping when an attempt died between the run record and the ledger record."""
+        bucket, run_id = self.ctx.bucket, summary["run_id"]
+        ledger = self._ledger_get(obj)
+        record = bucket.run_record_get(run_id)
+        if record is not None and record.get("status") not in FINAL:
+            record = None  # a run that has not finished yet
+        if ledger is None and record is None:
+            return None
+        if record is None:  # a ledger written before its run record (an earlier version's order, or a quarantine)
+            bucket.run_record_put(run_id, {**summary, **ledger, "repaired": "from its ledger record"})
+        bucket.checkpoint_delete(run_id)
+        if ledger is None:
+            ledger = ledger_record(record)
+            self._ledger_put(obj, ledger)
+        return ledger
 
     def _ledger_get(self, obj: S3Object) -> dict[str, Any] | None:
         """Return the ledger record of the object's content: under its identity, else under its ETag."""
@@ -251,7 +280,8 @@ class FileRun:
         summary: dict[str, Any],
         deadline: Deadline,
     ) -> None:
-        """Work through the chunks after the `done` ones, checkpointing after each."""
+        """Work through the chunks after the `done` ones, checkpointing after each (the last too: a redo that finds
+        every chunk done goes straight to the bookkeeping)."""
         size = self.ctx.settings.chunk_users
         latest = {"as_of": max(as_of.values(), default=0.0)}
         n_chunks = -(-len(delta) // size)
@@ -267,5 +297,4 @@ class FileRun:
             rows = delta.values[i * size : (i + 1) * size]
             self.worker.merge_score_deliver(run, users, rows, snapshot, {uid: as_of[uid] for uid in users})
             deadline.end_chunk()
-            if i + 1 < n_chunks:
-                self.records.checkpoint(run, i + 1, latest)
+            self.records.checkpoint(run, i + 1, latest)

@@ -195,11 +195,8 @@ class Bucket(Protocol):
     def dead_letters_delete(self, run_id: str) -> None:
         """Forget the dead letters of a run that was replayed."""
 
-    def closed_get(self, run_id: str) -> list[dict[str, Any]]:
-        """Return the exposures a run replaced (empty when none)."""
-
     def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
-        """Keep the exposures a run replaced, for the lift report."""
+        """Keep exposures a run is about to replace, for the lift report; the same exposures land in the same place."""
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
         """Yield every exposure any run replaced."""

@@ -15,7 +15,7 @@ from chalicelib.runs.run_metrics import publish_run
 from chalicelib.scoring.scorer import iso_time
 
 # A run in one of these states is done: a redelivered event finds it and does nothing.
-FINAL = ("succeeded", "incomplete", "replayed")
+FINAL = ("succeeded", "incomplete", "replayed", "rejected", "unreadable", "quarantined", "too_large")
 # How many attempts' outcomes a run record lists.
 MAX_ATTEMPTS_KEPT = 20
 
@@ -63,7 +63,6 @@ class Run:
     events: EventIndex | None = None  # the file's events, to see who came back after an exposure
     file_locales: dict[str, tuple[float, str]] = field(default_factory=dict)  # from the file's locale column
     locales: dict[str, str] = field(default_factory=dict)  # locale of the users being scored now
-    closed: list[dict[str, Any]] = field(default_factory=list)  # exposures replaced by newer ones
 
     def add(self, counts: dict[str, Any]) -> None:
         """Add one step's counts into the run totals."""
@@ -83,7 +82,7 @@ class Run:
 
 
 class RunRecords:
-    """Keeps runs' checkpoints, dead letters, replaced exposures and summaries in the bucket."""
+    """Keeps runs' checkpoints, dead letters and summaries in the bucket."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -101,7 +100,6 @@ class RunRecords:
             return run, {}
         run.totals = checkpoint.get("totals", {})
         run.dead = DeadLetters.from_json(bucket.dead_letters_get(run_id))
-        run.closed = bucket.closed_get(run_id)
         return run, checkpoint
 
     def summarise(self, run: Run, summary: dict[str, Any], as_of: float, zeros: tuple[str, ...]) -> None:
@@ -113,14 +111,8 @@ class RunRecords:
         summary.setdefault("messages_sent", dict.fromkeys(self.ctx.queues.queue_names, 0))
         summary["model_version"] = self.ctx.scorer.model.model_version
 
-    def save_closed(self, run: Run) -> None:
-        """Keep the exposures this run replaced, with their outcomes, for the lift report."""
-        if run.closed:
-            self.ctx.bucket.closed_put(run.run_id, run.closed)
-
     def checkpoint(self, run: Run, done: int, extra: dict[str, Any]) -> None:
         """Write where the run stands after `done` chunks, with what it has to keep so far."""
-        self.save_closed(run)
         if run.dead:
             self.ctx.bucket.dead_letters_put(run.run_id, run.dead.to_json(run.run_id))
         record = {"run_id": run.run_id, "done": done, "totals": run.totals, "at": iso_time(self.ctx.clock()), **extra}
@@ -129,7 +121,6 @@ class RunRecords:
 
     def settle(self, run: Run, summary: dict[str, Any]) -> None:
         """Mark the run succeeded, or keep what failed as a dead-letter record and mark it incomplete."""
-        self.save_closed(run)
         delivery = summary.setdefault("delivery", {})
         delivery["dead_lettered"] = {"users": len(run.dead.users), "messages": len(run.dead.messages)}
         if not run.dead:

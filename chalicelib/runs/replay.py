@@ -30,7 +30,6 @@ class Replay:
             raise InputError(f"{where}: run {run_id} has nothing left to replay")
         left = DeadLetters.from_json(record)
         run = Run(run_id, "replay", opt_outs=self.records.opt_outs())
-        run.closed = self.ctx.bucket.closed_get(run_id)
         for (mode, as_of), entries in _group_users(left.users).items():
             self._redo(run, mode, as_of, entries)
         self.worker.resend(run, left.messages)
@@ -38,7 +37,6 @@ class Replay:
         if run.dead:
             self.records.settle(run, summary)
         else:
-            self.records.save_closed(run)
             self.ctx.bucket.dead_letters_delete(run_id)
             summary["status"] = "replayed"
         stored_run = self.ctx.bucket.run_record_get(run_id) or {"run_id": run_id}

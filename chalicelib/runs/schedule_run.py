@@ -52,6 +52,7 @@ class ScheduleRun:
         run_id = summary["run_id"]
         previous = self.ctx.bucket.run_record_get(run_id)
         if previous is not None and previous.get("status") in FINAL:
+            self.ctx.bucket.checkpoint_delete(run_id)  # left by an attempt that died just after its record
             summary.update(status="duplicate", first_run={"run_id": run_id, "status": previous["status"]})
             return True
         return False
@@ -68,10 +69,12 @@ class ScheduleRun:
         deadline.lease.renew()  # an attempt overtaken after its last page leaves the bookkeeping to the taker
         self.records.summarise(run, summary, at, ("users_scored",))
         self.records.settle(run, summary)
-        self.ctx.bucket.checkpoint_delete(run_id)
         # Once a day is enough for the lift report: it scans the whole risk table.
         summary["lift_report"] = self.ctx.bucket.lift_report_put(self.lift_report(as_of=at))
-        return self.records.finish(summary, started)
+        # The checkpoint goes only once the record is there: a redo without either would start the scan over.
+        self.records.finish(summary, started)
+        self.ctx.bucket.checkpoint_delete(run_id)
+        return summary
 
     def _pages(
         self, run: Run, checkpoint: dict[str, Any], at: float, summary: dict[str, Any], deadline: Deadline
@@ -80,6 +83,8 @@ class ScheduleRun:
         pages_done = int(checkpoint.get("done", 0))
         if pages_done:
             summary["resumed_after_chunks"] = pages_done
+        if checkpoint.get("scanned"):
+            return  # an attempt that died in the bookkeeping had scored every page
         page_start = checkpoint.get("scan_key")
         for stored, resume in self.ctx.tables.scan_states(page_start, self.ctx.settings.chunk_users, as_of=at):
             if not deadline.room_for_another():
@@ -93,8 +98,8 @@ class ScheduleRun:
             deadline.end_chunk()
             pages_done += 1
             page_start = resume
-            if resume:
-                self.records.checkpoint(run, pages_done, {"scan_key": resume})
+            # After the last page too: a redo that finds every page scored goes straight to the bookkeeping.
+            self.records.checkpoint(run, pages_done, {"scan_key": resume, "scanned": resume is None})
 
     def sweep(self, now: float, deadline: Deadline) -> list[dict[str, Any]]:
         """Process every incoming file that has no ledger entry and is older than the minimum age."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
@@ -202,3 +205,46 @@ def test_a_batch_write_of_more_than_25_items_is_refused(aws):
         ddb.batch_write_item(RequestItems={table: puts})
     ddb.batch_write_item(RequestItems={table: puts[:25]})
     assert _code(info) == "ValidationException" and len(aws.items(table)) == 25
+
+
+def _takers_of_one_item(table: str, threads: int) -> int:
+    """Return how many of `threads` concurrent conditional puts of one new item succeeded."""
+    ddb = boto3.client("dynamodb")
+    ready = threading.Barrier(threads)
+    won: list[bool] = []
+
+    def take(i: int) -> None:
+        ready.wait()
+        try:
+            ddb.put_item(
+                TableName=table,
+                Item={"user_id": {"S": "\x1flease\x1frace"}, "holder": {"S": str(i)}},
+                ConditionExpression="attribute_not_exists(user_id)",
+            )
+            won.append(True)
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+    workers = [threading.Thread(target=take, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return len(won)
+
+
+def test_a_conditional_put_raced_by_many_threads_is_won_by_exactly_one(aws, monkeypatch):
+    # GIVEN moto, which checks a condition and then writes with no lock between, slowed at the worst moment
+    from moto.dynamodb.models.table import Table
+
+    real_get = Table.get_item
+
+    def slow_get(self, *args, **kwargs):
+        found = real_get(self, *args, **kwargs)
+        time.sleep(0.01)  # between reading the item and writing it: where another thread's put slips in
+        return found
+
+    monkeypatch.setattr(Table, "get_item", slow_get)
+    # WHEN 8 threads race one conditional put of a new item
+    # THEN exactly one wins, as in DynamoDB, where a conditional write is atomic
+    assert _takers_of_one_item(aws.settings.state_table, 8) == 1

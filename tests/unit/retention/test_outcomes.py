@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -35,10 +37,16 @@ def test_first_event_after_a_time_per_user():
     assert index.first_after("nobody", 0.0) is None
 
 
-def _exposure(group: str, returned_after_days: float | None, tier="high", action="win_back_push") -> dict:
+_USERS = itertools.count()
+
+
+def _exposure(
+    group: str, returned_after_days: float | None, tier="high", action="win_back_push", user: str | None = None
+) -> dict:
+    """Return an exposure at T0 of a user of its own (or of `user`)."""
     returned = None if returned_after_days is None else iso_time(T0 + returned_after_days * DAY)
     return {
-        "user_id": "u",
+        "user_id": user or f"u{next(_USERS)}",
         "exposed_at": iso_time(T0),
         "group": group,
         "risk_tier": tier,
@@ -79,3 +87,22 @@ def test_the_report_recovers_a_planted_treatment_effect():
 def test_exposures_before_since_are_left_out():
     report = lift_report([_exposure("treated", 1)], 30, T0 + 40 * DAY, since=T0 + DAY)
     assert report["rows"] == []
+
+
+def test_an_exposure_found_closed_and_still_open_is_counted_once_with_its_earliest_return():
+    # GIVEN one exposure kept as closed before the write that replaces it, twice (a crash and its redo),
+    # and still on the user's risk item because that write never happened; one copy saw the return
+    copies = [
+        _exposure("treated", None, user="u1"),
+        _exposure("treated", 3, user="u1"),
+        _exposure("treated", None, user="u1"),
+    ]
+    # AND another user's exposure, once
+    others = [_exposure("holdout", None, user="u2")]
+
+    # WHEN the report is made after the horizon
+    overall = lift_report(copies + others, 30, T0 + 40 * DAY)["rows"][0]
+
+    # THEN each exposure counts once, the first as returned
+    assert overall["treated"] == {"returned": 1, "lost": 0, "pending": 0, "win_back_rate": 1.0}
+    assert overall["holdout"]["lost"] == 1

@@ -166,7 +166,8 @@ def test_a_run_record_written_again_keeps_every_count_of_the_earlier_one():
 def test_a_run_record_is_merged_with_the_one_stored(world, population, tmp_path):
     world.land(KEY, population, tmp_path)
     run_id = run_id_of(world)
-    world.bucket.runs[run_id] = {"run_id": run_id, "status": "succeeded", "messages_sent": {"high": 999}}
+    # an earlier attempt's record, written before it was finished (a final one would make this run a duplicate)
+    world.bucket.runs[run_id] = {"run_id": run_id, "status": "lease_lost", "messages_sent": {"high": 999}}
     summary = world.process(KEY)
     record = world.bucket.runs[run_id]
     assert record["messages_sent"]["high"] == 999 > summary["messages_sent"]["high"]

@@ -6,6 +6,7 @@ import pytest
 
 from chalicelib.observability import COUNT, METRICS
 from chalicelib.runs import file_run
+from chalicelib.runs.ports import Sent
 from churnguard_offline.generate import generate_events
 from tests.unit.runs.test_runs_on_fakes import AS_OF, Recorder, World
 
@@ -67,7 +68,7 @@ def users_dead_lettered(world, population, tmp_path, monkeypatch):
 
 
 def messages_dead_lettered(world, population, tmp_path, monkeypatch):
-    monkeypatch.setattr(world.queues, "send", lambda tier, messages: (0, list(messages)))
+    monkeypatch.setattr(world.queues, "send", lambda tier, messages: Sent(0, list(messages), []))
     world.land(KEY, population, tmp_path)
     summary = world.process(KEY)
     assert summary["dead_letter"]["messages"] > 0
