@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint package iac-check $(LAMBDA_ENV)/.installed
-	CHURNGUARD_PACKAGE_DIR=$(PACKAGE_DIR) CHURNGUARD_LAMBDA_PYTHON=$(LAMBDA_ENV)/bin/python $(BIN)/python -m pytest -n auto --dist loadfile
+	CHURNGUARD_PACKAGE_DIR=$(PACKAGE_DIR) CHURNGUARD_LAMBDA_PYTHON=$(LAMBDA_ENV)/bin/python $(BIN)/python -m pytest -n auto --dist load
 
 # The pure and fake-backed tests (tests/unit, without the slow offline training tests): seconds, no AWS, no build.
 unit: install
