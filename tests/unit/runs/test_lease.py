@@ -13,24 +13,11 @@ from chalicelib.runs.file_run import object_run_id
 from chalicelib.runs.lease import LEASE_MARGIN_SECONDS, UNBOUNDED_LEASE_SECONDS, Lease
 from chalicelib.runs.ports import LeaseHolder
 from chalicelib.runs.records import merge_record
-from chalicelib.scoring.events import EventBatch
-from churnguard_offline.generate import generate_events
 from tests.fakes import FakeLeases
 from tests.unit.ingest.conftest import HEADER, read, rejects
 from tests.unit.runs.test_runs_on_fakes import AS_OF, World
 
 KEY = "incoming/day.csv"
-
-
-@pytest.fixture(scope="module")
-def population() -> EventBatch:
-    """A year of behaviour of 120 synthetic users (three chunks of forty), ending at AS_OF."""
-    return generate_events(120, 365, 11, AS_OF)
-
-
-@pytest.fixture
-def world() -> World:
-    return World()
 
 
 def run_id_of(world: World, key: str = KEY) -> str:

@@ -7,8 +7,6 @@ from dataclasses import replace
 
 import pytest
 
-from chalicelib.scoring.events import EventBatch
-from churnguard_offline.generate import generate_events
 from tests.unit.runs.test_runs_on_fakes import AS_OF, SETTINGS, World
 
 DAY = 86400.0
@@ -37,17 +35,6 @@ def die_once_at(world: World, monkeypatch, method: str) -> None:
 
 def without_times(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in TIMES}
-
-
-@pytest.fixture(scope="module")
-def population() -> EventBatch:
-    """A year of behaviour of 120 synthetic users, ending at AS_OF."""
-    return generate_events(120, 365, 11, AS_OF)
-
-
-@pytest.fixture
-def world() -> World:
-    return World()
 
 
 @pytest.fixture

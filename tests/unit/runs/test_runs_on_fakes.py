@@ -16,7 +16,7 @@ from chalicelib.scoring.artifact import MODEL_CACHE
 from chalicelib.scoring.events import EventBatch
 from chalicelib.scoring.scorer import Scorer
 from chalicelib.settings import Settings
-from churnguard_offline.generate import generate_events, write_event_log
+from churnguard_offline.generate import write_event_log
 from tests.fakes import FakeBucket, FakeQueues, FakeTables
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -58,17 +58,6 @@ class World:
 
     def process(self, key: str, **kwargs):
         return self.pipeline.process_object(key, landed_at=self.now, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def population() -> EventBatch:
-    """A year of behaviour of 120 synthetic users, ending at AS_OF."""
-    return generate_events(120, 365, 11, AS_OF)
-
-
-@pytest.fixture
-def world() -> World:
-    return World()
 
 
 def test_a_landed_file_is_merged_scored_and_each_message_sent_once_and_marked(world, population, tmp_path):
