@@ -7,6 +7,7 @@ from functools import lru_cache
 from chalicelib.aws.bucket import BehaviourBucket
 from chalicelib.aws.queues import RetentionQueues
 from chalicelib.aws.tables import BehaviourTables
+from chalicelib.aws.workflows import StateMachines
 from chalicelib.retention.playbook import load_playbook
 from chalicelib.retry import Backoff
 from chalicelib.runs.deadline import Deadline
@@ -30,6 +31,7 @@ def get_pipeline() -> ScoringPipeline:
         queues=RetentionQueues.create(settings.queues, backoff),
         scorer=Scorer(MODEL_CACHE.get(), load_playbook(settings.playbook_file)),
         backoff=backoff,
+        workflows=StateMachines.create(settings.state_machines),
     )
 
 

@@ -211,6 +211,10 @@ class Settings:
     )
     # Users per chunk: the unit of checkpointing and of state reads.
     chunk_users: int = setting("CHUNK_USERS", _number, 1000, minimum=1, convert=_count)
+    # The state machines that spread a run over many functions (infra/statemachines/); unset: not deployed, and
+    # every run stays in one invocation.
+    backfill_state_machine_arn: str | None = setting("BACKFILL_STATE_MACHINE_ARN", default=None)
+    schedule_state_machine_arn: str | None = setting("SCHEDULE_STATE_MACHINE_ARN", default=None)
     # Capped exponential backoff with full jitter: the first delay, and the cap on any one delay.
     retry_base_delay_seconds: float = setting("RETRY_BASE_DELAY_SECONDS", _number, BASE_DELAY, minimum=0.0)
     retry_max_delay_seconds: float = setting("RETRY_MAX_DELAY_SECONDS", _number, MAX_DELAY, minimum=0.0)
@@ -227,6 +231,12 @@ class Settings:
         if self.queue_account_manager:
             queues["account_manager"] = self.queue_account_manager
         return queues
+
+    @property
+    def state_machines(self) -> dict[str, str]:
+        """Return the ARN of each deployed state machine, by the name a run asks for."""
+        arns = {"backfill": self.backfill_state_machine_arn, "schedule": self.schedule_state_machine_arn}
+        return {machine: arn for machine, arn in arns.items() if arn}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -31,6 +31,7 @@ from chalicelib.runs.ports import (
     RiskWrite,
     S3Object,
     Sent,
+    Started,
     StateWrite,
     StoredRisks,
     StoredStates,
@@ -309,6 +310,23 @@ class FakeQueues:
     def bodies(self) -> list[dict[str, Any]]:
         """Return every message sent, whatever its queue."""
         return [m for sent in self.sent.values() for m in sent]
+
+
+class FakeWorkflows:
+    """Deployed state machines that record each execution started, one per name, as Step Functions keeps them."""
+
+    def __init__(self, machines: tuple[str, ...] = ("backfill", "schedule")) -> None:
+        self.machines = machines
+        self.executions: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def available(self, machine: str) -> bool:
+        return machine in self.machines
+
+    def start(self, machine: str, name: str, payload: dict[str, Any]) -> Started:
+        arn = f"arn:aws:states:eu-west-1:123456789012:execution:{machine}:{name}"
+        new = (machine, name) not in self.executions
+        self.executions.setdefault((machine, name), _copy(payload))
+        return Started(arn, new)
 
 
 def _etag(data: bytes) -> str:

@@ -18,7 +18,7 @@ from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline
 from chalicelib.runs.file_run import FileRun
-from chalicelib.runs.ports import Bucket, Queues, Tables
+from chalicelib.runs.ports import Bucket, Queues, Tables, Workflows
 from chalicelib.runs.records import RunRecords
 from chalicelib.runs.replay import Replay
 from chalicelib.runs.schedule_run import ScheduleRun
@@ -40,8 +40,11 @@ class ScoringPipeline:
         backoff: Backoff | None = None,
         logger: Any = default_logger,
         metrics: Any = default_metrics,
+        workflows: Workflows | None = None,
     ) -> None:
-        self.ctx = RunContext(settings, bucket, tables, queues, scorer, clock, backoff or Backoff(), logger, metrics)
+        self.ctx = RunContext(
+            settings, bucket, tables, queues, scorer, clock, backoff or Backoff(), logger, metrics, workflows
+        )
         worker = ChunkWorker(self.ctx)
         records = RunRecords(self.ctx)
         self.files = FileRun(self.ctx, worker, records)

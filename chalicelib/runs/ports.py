@@ -238,6 +238,31 @@ class Tables(Protocol):
         """Mark (user, message id) claims as sent; return how many were still this message's claim."""
 
 
+class Started(NamedTuple):
+    """An execution of a state machine: its ARN, and whether this call started it (False: it ran already)."""
+
+    execution_arn: str
+    new: bool
+
+
+class Workflows(Protocol):
+    """The state machines that spread one run over many functions (Step Functions Distributed Map).
+
+    An execution is named after its run id, and Step Functions keeps a Standard workflow's execution names for 90
+    days: a second start under the same name starts nothing, so a duplicate event is harmless.
+    """
+
+    def available(self, machine: str) -> bool:
+        """Return True when the state machine (BACKFILL or SCHEDULE) is deployed for this stage."""
+
+    def start(self, machine: str, name: str, payload: dict[str, Any]) -> Started:
+        """Start an execution of `machine` named `name` with `payload` as its input, unless one of that name exists."""
+
+
+# The state machines, by the name a run asks for.
+BACKFILL, SCHEDULE = "backfill", "schedule"
+
+
 class Sent(NamedTuple):
     """What became of the messages of one send."""
 

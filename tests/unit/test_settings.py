@@ -33,6 +33,16 @@ SAMPLES = {
     "OPT_OUT_KEY": ("opt_out_key", "lists/opt-out.csv", "lists/opt-out.csv"),
     "RETENTION_DAYS": ("retention_seconds", "365", 365 * 86400),
     "CHUNK_USERS": ("chunk_users", "250", 250),
+    "BACKFILL_STATE_MACHINE_ARN": (
+        "backfill_state_machine_arn",
+        "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-backfill",
+        "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-backfill",
+    ),
+    "SCHEDULE_STATE_MACHINE_ARN": (
+        "schedule_state_machine_arn",
+        "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-schedule",
+        "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-schedule",
+    ),
     "RETRY_BASE_DELAY_SECONDS": ("retry_base_delay_seconds", "0.2", 0.2),
     "RETRY_MAX_DELAY_SECONDS": ("retry_max_delay_seconds", "30", 30.0),
 }
@@ -225,3 +235,10 @@ def test_an_explicit_memory_limit_wins_over_the_derived_one():
     assert Settings.from_env({**env, "FILE_MEMORY_BUDGET_MB": "1000"}).max_decompressed_bytes > (
         Settings.from_env(env).max_decompressed_bytes
     )
+
+
+def test_only_the_state_machines_a_stage_names_are_deployed():
+    arn = "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-schedule"
+
+    assert Settings.from_env(BASE).state_machines == {}
+    assert Settings.from_env({**BASE, "SCHEDULE_STATE_MACHINE_ARN": arn}).state_machines == {"schedule": arn}
