@@ -15,10 +15,12 @@ LAMBDA_PYTHON ?= PYENV_VERSION=3.12.1 python3.12
 PACKAGER := .venv-package
 LAMBDA_ENV := .venv-lambda
 IAC := .venv-iac
+# The npm tools (asl-validator), pinned in package.json and package-lock.json.
+NODE_TOOLS := node_modules/.installed
 STAGE ?= dev
 PACKAGE_DIR := build/package
 
-.PHONY: install demo test unit lint benchmark cold-start model package iac-check clean
+.PHONY: install demo test unit lint benchmark cold-start model package iac-check asl-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +37,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint package iac-check $(LAMBDA_ENV)/.installed
+test: lint asl-check package iac-check $(LAMBDA_ENV)/.installed
 	CHURNGUARD_PACKAGE_DIR=$(PACKAGE_DIR) CHURNGUARD_LAMBDA_PYTHON=$(LAMBDA_ENV)/bin/python $(BIN)/python -m pytest -n auto --dist load
 
 # The pure and fake-backed tests (tests/unit, without the slow offline training tests): seconds, no AWS, no build.
@@ -67,6 +69,15 @@ $(IAC)/.installed: requirements-iac.txt
 	$(IAC)/bin/python -m pip install --quiet -r requirements-iac.txt
 	touch $@
 
+# asl-validator, exactly as package-lock.json pins it (npm ci never resolves anything anew).
+$(NODE_TOOLS): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Every state machine definition in infra/statemachines/, its placeholders filled in as Terraform will.
+asl-check: install $(NODE_TOOLS)
+	$(BIN)/python scripts/validate_asl.py
+
 # The deployment: build/package holds deployment.zip, the Terraform and terraform.tfvars.json.
 package: $(PACKAGER)/.installed
 	$(PACKAGER)/bin/python scripts/package.py --stage $(STAGE) --out $(PACKAGE_DIR)
@@ -88,4 +99,4 @@ model: install
 	$(BIN)/python scripts/pin_model.py model_artifacts
 
 clean:
-	rm -rf $(VENV) $(PACKAGER) $(LAMBDA_ENV) $(IAC) build .pytest_cache .ruff_cache data
+	rm -rf $(VENV) $(PACKAGER) $(LAMBDA_ENV) $(IAC) node_modules build .pytest_cache .ruff_cache data

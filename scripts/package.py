@@ -13,8 +13,8 @@ Steps, each printed with its time:
 3. slim the zip: drop test suites, build sources and library sub-packages the functions never import,
    and ship byte code (Lambda's code directory is read-only, so a package without it compiles every
    module on every cold start);
-4. patch the generated Terraform (see `patch_terraform`) and put infra/*.tf.json and the stage's
-   terraform.tfvars.json beside it;
+4. patch the generated Terraform (see `patch_terraform`; it adds the state machines and their roles) and put
+   infra/*.tf.json, infra/statemachines/ and the stage's terraform.tfvars.json beside it;
 5. unzip the result and fail when function plus layers are over the budget (scripts/check_package.py).
 """
 
@@ -25,11 +25,13 @@ import compileall
 import json
 import os
 import py_compile
+import re
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # The project (the model checks) and this folder (check_package, also run on its own) are importable.
@@ -90,6 +92,30 @@ UNUSED_PACKAGES = (
 # What a build writes into its output directory besides *.tf.json and the zips (infra/ holds the
 # hand-written Terraform, a backend configuration included: it is copied in on every build).
 GENERATED_FILES = ("terraform.tfvars.json", "package-report.json")
+STATE_MACHINE_DIR = "statemachines"
+
+
+@dataclass(frozen=True)
+class StateMachine:
+    """What the Terraform of one state machine (infra/statemachines/<name>.asl.json) needs beyond its definition.
+
+    Its workers are the `${handler}` placeholders of its definition; `starters` are the functions whose role may
+    start it, `items_prefix` where its Distributed Maps' item lists (and result files) are kept in the bucket.
+    """
+
+    starters: tuple[str, ...]
+    items_prefix: str
+
+
+# The scheduled sweep hands a missed file to the file run, which routes a file past one invocation to the
+# backfill: so the schedule's function may start both machines, the S3 and queue handlers only the backfill.
+STATE_MACHINES = {
+    "backfill": StateMachine(("on_behaviour_file", "on_behaviour_queue", "scheduled_scoring"), "workflows/backfill/"),
+    "schedule": StateMachine(("scheduled_scoring",), "workflows/schedule/"),
+}
+# The template variable every definition gets besides its workers' ARNs.
+BUCKET_PLACEHOLDER = "bucket"
+PLACEHOLDER = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def step(message: str, started: float) -> None:
@@ -284,6 +310,7 @@ def patch_terraform(document: dict, stage: str) -> dict:
     - The bucket notification names the bucket infra/ creates, and waits for the permission that lets
       S3 invoke the function (S3 checks it when the notification is written).
     - The schedule's rule carries app and stage in its name, so two stages can share an account.
+    - The state machines are added once their workers are functions of the app (`add_state_machines`).
     """
     patched = json.loads(json.dumps(document))
     patched.pop("terraform", None)
@@ -307,7 +334,200 @@ def patch_terraform(document: dict, stage: str) -> dict:
     app_name = next(iter(resources["aws_lambda_function"].values()))["tags"]["aws-chalice"].split("app=")[-1]
     for rule_id, rule in resources.get("aws_cloudwatch_event_rule", {}).items():
         rule["name"] = f"{app_name}-{stage}-{rule_id.removesuffix('-event')}"
+    add_state_machines(patched, f"{app_name}-{stage}")
     return patched
+
+
+# ---- the state machines ------------------------------------------------------------------------------
+def add_state_machines(document: dict, prefix: str, definitions: Path | None = None) -> list[str]:
+    """Add each state machine whose workers chalice generated; return the machines added, in name order.
+
+    For each: the machine (Standard, logged, traced; its definition the template of its ASL file), its
+    log group, its role (invoke exactly its workers, run its own Distributed Map children, read its item
+    lists), a grant to start it on each starter's role, and its ARN in every function's environment. The
+    ARN is spelled from the name: the definition refers to the functions, so the functions cannot refer to
+    the machine.
+    """
+    definitions = definitions or ROOT / "infra" / STATE_MACHINE_DIR
+    functions = document["resource"]["aws_lambda_function"]
+    added = []
+    for machine, spec in sorted(STATE_MACHINES.items()):
+        path = definitions / f"{machine}.asl.json"
+        if not path.exists():
+            continue
+        definition = json.loads(path.read_text())
+        workers = sorted(set(PLACEHOLDER.findall(path.read_text())) - {BUCKET_PLACEHOLDER})
+        if not workers or any(worker not in functions for worker in workers):
+            continue  # its workers are not in this app yet: every run stays in one invocation
+        name = f"{prefix}-{machine}"
+        resources = document["resource"]
+        resources.setdefault("aws_sfn_state_machine", {})[machine] = _state_machine(machine, name, workers)
+        resources.setdefault("aws_cloudwatch_log_group", {})[f"{machine}_state_machine"] = _log_group(name)
+        resources.setdefault("aws_iam_role", {})[f"{machine}_state_machine"] = _machine_role(machine, name)
+        resources.setdefault("aws_iam_role_policy", {})[f"{machine}_state_machine"] = {
+            "name": f"{name}-states",
+            "role": f"${{aws_iam_role.{machine}_state_machine.id}}",
+            "policy": f"${{data.aws_iam_policy_document.{machine}_state_machine.json}}",
+        }
+        documents = document.setdefault("data", {}).setdefault("aws_iam_policy_document", {})
+        documents[f"{machine}_state_machine_trust"] = _machine_trust()
+        documents[f"{machine}_state_machine"] = _machine_policy(name, workers, definition, spec.items_prefix)
+        for function in functions.values():
+            function.setdefault("environment", {}).setdefault("variables", {})[
+                f"{machine.upper()}_STATE_MACHINE_ARN"
+            ] = _states_arn("stateMachine", name)
+        added.append(machine)
+    _grant_starts(document, added)
+    if added:
+        arns = ", ".join(f"{m} = aws_sfn_state_machine.{m}.arn" for m in added)
+        document.setdefault("output", {})["state_machine_arns"] = {
+            "description": "ARN of each state machine, by the name a run asks for (backfill, schedule).",
+            "value": f"${{ {{ {arns} }} }}",
+        }
+    return added
+
+
+def _states_arn(kind: str, name: str) -> str:
+    """Return the Terraform expression of a Step Functions ARN in this account and region."""
+    return (
+        "arn:${data.aws_partition.chalice.partition}:states:${data.aws_region.chalice.name}:"
+        f"${{data.aws_caller_identity.chalice.account_id}}:{kind}:{name}"
+    )
+
+
+def _state_machine(machine: str, name: str, workers: list[str]) -> dict:
+    """Return the aws_sfn_state_machine of `machine`, its definition rendered from its ASL file."""
+    variables = ", ".join(
+        [f"{worker} = aws_lambda_function.{worker}.arn" for worker in workers]
+        + [f"{BUCKET_PLACEHOLDER} = aws_s3_bucket.behaviour.bucket"]
+    )
+    template = f"${{path.module}}/{STATE_MACHINE_DIR}/{machine}.asl.json"
+    return {
+        "name": name,
+        "type": "STANDARD",
+        "role_arn": f"${{aws_iam_role.{machine}_state_machine.arn}}",
+        "definition": f'${{templatefile("{template}", {{ {variables} }})}}',
+        "logging_configuration": {
+            "log_destination": f"${{aws_cloudwatch_log_group.{machine}_state_machine.arn}}:*",
+            "include_execution_data": True,
+            "level": "ERROR",
+        },
+        "tracing_configuration": {"enabled": True},
+        "tags": "${local.tags}",
+        # Step Functions checks at creation that the role may deliver to the log group.
+        "depends_on": [f"aws_iam_role_policy.{machine}_state_machine"],
+    }
+
+
+def _log_group(name: str) -> dict:
+    """Return the log group of a state machine (under /aws/vendedlogs/, which keeps the logs' resource policy small)."""
+    return {
+        "name": f"/aws/vendedlogs/states/{name}",
+        "retention_in_days": "${var.log_retention_days}",
+        "tags": "${local.tags}",
+    }
+
+
+def _machine_role(machine: str, name: str) -> dict:
+    """Return the role Step Functions runs the machine with."""
+    return {
+        "name": f"{name}-states",
+        "assume_role_policy": f"${{data.aws_iam_policy_document.{machine}_state_machine_trust.json}}",
+        "tags": "${local.tags}",
+    }
+
+
+def _machine_trust() -> dict:
+    """Return the trust policy: Step Functions may assume the role, on behalf of this account only."""
+    return {
+        "statement": {
+            "effect": "Allow",
+            "actions": ["sts:AssumeRole"],
+            "principals": {"type": "Service", "identifiers": ["states.amazonaws.com"]},
+            "condition": {
+                "test": "StringEquals",
+                "variable": "aws:SourceAccount",
+                "values": ["${data.aws_caller_identity.chalice.account_id}"],
+            },
+        }
+    }
+
+
+def _machine_policy(name: str, workers: list[str], definition: dict, items_prefix: str) -> dict:
+    """Return the machine role's policy document: its workers, its map children, its item lists, logs, X-Ray."""
+    items = f"${{aws_s3_bucket.behaviour.arn}}/{items_prefix}*"
+    statements = [
+        {
+            "sid": "InvokeItsWorkers",
+            "actions": ["lambda:InvokeFunction"],
+            "resources": [f"${{aws_lambda_function.{worker}.arn}}" for worker in workers],
+        },
+        {
+            "sid": "RunItsDistributedMapChildren",
+            "actions": ["states:StartExecution"],
+            "resources": [_states_arn("stateMachine", name)],
+        },
+        {
+            "sid": "WatchAndRedriveItsChildren",
+            "actions": ["states:DescribeExecution", "states:StopExecution", "states:RedriveExecution"],
+            "resources": [_states_arn("execution", f"{name}/*")],
+        },
+    ]
+    readers = {state["ItemReader"]["Resource"] for state in _states(definition) if "ItemReader" in state}
+    if "arn:aws:states:::s3:getObject" in readers:
+        statements.append({"sid": "ReadItsItemLists", "actions": ["s3:GetObject"], "resources": [items]})
+    if "arn:aws:states:::s3:listObjectsV2" in readers:
+        statements.append(
+            {
+                "sid": "ListItsItems",
+                "actions": ["s3:ListBucket"],
+                "resources": ["${aws_s3_bucket.behaviour.arn}"],
+                "condition": {"test": "StringLike", "variable": "s3:prefix", "values": [f"{items_prefix}*"]},
+            }
+        )
+    if any("ResultWriter" in state for state in _states(definition)):
+        writes = ["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"]
+        statements.append({"sid": "WriteItsMapResults", "actions": writes, "resources": [items]})
+    # Log delivery and X-Ray take no resource-level permissions: AWS documents "*" for both.
+    log_delivery = ["CreateLogDelivery", "GetLogDelivery", "UpdateLogDelivery", "DeleteLogDelivery"]
+    log_delivery += ["ListLogDeliveries", "PutResourcePolicy", "DescribeResourcePolicies", "DescribeLogGroups"]
+    statements.append({"sid": "DeliverLogs", "actions": [f"logs:{a}" for a in log_delivery], "resources": ["*"]})
+    tracing = ["xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"]
+    statements.append({"sid": "Trace", "actions": tracing, "resources": ["*"]})
+    return {"statement": [{"effect": "Allow", **statement} for statement in statements]}
+
+
+def _states(definition: dict) -> list[dict]:
+    """Return every state of a definition, those inside Map and Parallel states included."""
+    found = []
+    for state in definition.get("States", {}).values():
+        found.append(state)
+        for inner in [state.get("ItemProcessor") or state.get("Iterator") or {}, *state.get("Branches", [])]:
+            found += _states(inner)
+    return found
+
+
+def _grant_starts(document: dict, machines: list[str]) -> None:
+    """Let each starter's role (chalice gives every function its own) start exactly the machines it starts."""
+    functions = document["resource"]["aws_lambda_function"]
+    for function_name, function in sorted(functions.items()):
+        started = [m for m in machines if function_name in STATE_MACHINES[m].starters]
+        if not started:
+            continue
+        role = re.fullmatch(r"\$\{aws_iam_role\.([\w-]+)\.arn\}", function["role"]).group(1)
+        document["resource"]["aws_iam_role_policy"][f"{function_name}_starts_executions"] = {
+            "name": f"{function_name}-starts-executions",
+            "role": f"${{aws_iam_role.{role}.id}}",
+            "policy": f"${{data.aws_iam_policy_document.{function_name}_starts_executions.json}}",
+        }
+        document["data"]["aws_iam_policy_document"][f"{function_name}_starts_executions"] = {
+            "statement": {
+                "sid": "StartItsStateMachines",
+                "effect": "Allow",
+                "actions": ["states:StartExecution"],
+                "resources": [f"${{aws_sfn_state_machine.{m}.arn}}" for m in started],
+            }
+        }
 
 
 def terraform_variables(stage: str, document: dict) -> dict:
@@ -338,6 +558,11 @@ def write_terraform(out: Path, stage: str) -> None:
     generated.write_text(json.dumps(patch_terraform(document, stage), indent=2) + "\n")
     for path in sorted((ROOT / "infra").glob("*.tf.json")):
         shutil.copy2(path, out / path.name)
+    # The state machines' definitions, which their templatefile() reads from beside the Terraform.
+    definitions = out / STATE_MACHINE_DIR
+    if definitions.exists():
+        shutil.rmtree(definitions)
+    shutil.copytree(ROOT / "infra" / STATE_MACHINE_DIR, definitions)
     variables = terraform_variables(stage, document)
     (out / "terraform.tfvars.json").write_text(json.dumps(variables, indent=2) + "\n")
 

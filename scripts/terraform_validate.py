@@ -38,6 +38,12 @@ def main() -> None:
         stale.unlink()
     for source in package.glob("*.tf.json"):
         shutil.copy2(source, work / source.name)
+    # validate renders the state machines' templatefile(), so their definitions come along.
+    definitions = work / "statemachines"
+    if definitions.exists():
+        shutil.rmtree(definitions)
+    if (package / "statemachines").is_dir():
+        shutil.copytree(package / "statemachines", definitions)
     # validate evaluates file functions (the upload's hash), so the zip must be where the config says.
     link = work / "deployment.zip"
     link.unlink(missing_ok=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -11,6 +14,17 @@ import pytest
 from chalicelib.scoring.events import EVENT_TYPES, EventBatch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str) -> ModuleType:
+    """Import scripts/<name>.py (scripts are not a package) once, as module `churnguard_<name>_script`."""
+    module_name = f"churnguard_{name}_script"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def make_events(n_users: int, n_events: int, seed: int, end: datetime, days: int = 200) -> EventBatch:
