@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lookback-days", type=_positive_float, default=180.0, help="population: seen within this")
     train.add_argument("--max-origins", type=_positive_int, default=8, help="rolling origins, one horizon apart")
+    train.add_argument(
+        "--sample-users",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train on N users chosen by a hash of user_id, stratified by activity (the file is read twice)",
+    )
     tiers = train.add_argument_group("risk tiers (default: expected value)")
     tiers.add_argument("--tier-mode", choices=("expected_value", "capacity", "fixed"), default="expected_value")
     tiers.add_argument("--action-cost-high", type=_positive_float, default=20.0, help="cost of a high-tier action")
@@ -213,20 +222,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         capacity_medium=args.capacity_medium,
         fixed={"high": args.high_threshold, "medium": args.medium_threshold},
     )
-    result = _read(args.events, _not_after(None))
+    events, sample = _training_events(args)
     started = time.monotonic()
-    manifest = train(
-        result.events,
-        cutoff=args.cutoff,
-        horizon_days=args.horizon_days,
-        out_dir=args.out,
-        seed=args.seed,
-        policy=policy,
-        lookback_days=args.lookback_days,
-        max_origins=args.max_origins,
-        source=args.events.name,
-        progress=_say,
-    )
+    with _sample_too_small(args.events, sample):
+        manifest = train(
+            events,
+            sample=sample,
+            cutoff=args.cutoff,
+            horizon_days=args.horizon_days,
+            out_dir=args.out,
+            seed=args.seed,
+            policy=policy,
+            lookback_days=args.lookback_days,
+            max_origins=args.max_origins,
+            source=args.events.name,
+            progress=_say,
+        )
     m = manifest["metrics"]
     _say(
         f"{args.out}: {manifest['model_version']} ({manifest['estimator']}, calibration {manifest['calibration']}) "
@@ -235,6 +246,35 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     for name, b in manifest["baselines"].items():
         _say(f"  baseline {name}: AUC {b['auc']:.4f}, PR-AUC {b['pr_auc']:.4f}, Brier {b['brier']:.4f}")
+
+
+def _training_events(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """Return (events, sample record): the whole file, or with --sample-users only the sampled users' events."""
+    if args.sample_users is None:
+        return _read(args.events, _not_after(None)).events, None
+    from churnguard_offline.sampling import sampled_events
+
+    _check_exists(args.events)
+    events, _population, sample = sampled_events(
+        args.events, args.sample_users, args.cutoff, _not_after(None), progress=True, say=_say
+    )
+    return events, sample.record
+
+
+@contextlib.contextmanager
+def _sample_too_small(path: Path, sample: dict[str, Any] | None) -> Iterator[None]:
+    """Say that the sample is what is short when a sampled history has too few churners or stayers."""
+    from churnguard_offline.training import TooFewExamplesError
+
+    try:
+        yield
+    except TooFewExamplesError as exc:
+        if sample is None or sample["users_used"] >= sample["population_users"]:
+            raise
+        raise InputError(
+            f"{path}: {exc}, in a sample of {sample['users_used']:,} of {sample['population_users']:,} users; "
+            "raise --sample-users"
+        ) from exc
 
 
 def cmd_score(args: argparse.Namespace) -> None:

@@ -125,6 +125,7 @@ def _data_section(manifest: dict[str, Any]) -> list[str]:
         "## Data",
         f"- Source `{data['source']}`: {data['events']} events from {data['first_event']} to {data['last_event']}; "
         f"event types: {', '.join(f'{t} {s:.1%}' for t, s in data['event_type_shares'].items())}",
+        *_sample_lines(data.get("sample")),
         f"- Population at each origin: users with an event in the {data['lookback_days']:g} days before it",
         f"- Rolling origins (features up to the origin, label from the {data['horizon_days']:g} days after it):",
         "",
@@ -136,6 +137,20 @@ def _data_section(manifest: dict[str, Any]) -> list[str]:
         f"{', '.join(c[:10] for c in val['fit_origins'])} and judged at {val['cutoff'][:10]} "
         f"({val['users']} users, churn rate {val['churn_rate']:.3f})",
         "",
+    ]
+
+
+def _sample_lines(sample: dict[str, Any] | None) -> list[str]:
+    """Return the data section's account of the sample the model was trained on, if it was."""
+    if not sample:
+        return []
+    rates = [s["rate"] for s in sample["strata"]]
+    return [
+        f"- **Trained on a sample** of {sample['users_used']:,} of the {sample['population_users']:,} users with an "
+        f"event at or before the cutoff ({sample['rate']:.2%}; {sample['users_requested']:,} requested), "
+        f"{sample['log_events']:,} events in the whole log. Chosen by a hash of `user_id`: "
+        f"{sample['hash_rule']}. Stratified by activity over {len(sample['strata'])} strata ({sample['strata_rule']}; "
+        f"rates {min(rates):.3f} to {max(rates):.3f}, by rounding to whole users); the strata are in the manifest.",
     ]
 
 

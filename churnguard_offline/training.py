@@ -83,12 +83,16 @@ def labelled_set(
     )
 
 
+class TooFewExamplesError(InputError):
+    """Too few churners or stayers to learn from (a sample can be too small even when the log is not)."""
+
+
 def check_learnable(labels: np.ndarray, where: str) -> None:
-    """Raise InputError when there are too few churners or stayers to learn from."""
+    """Raise TooFewExamplesError when there are too few churners or stayers to learn from."""
     churners = int(labels.sum())
     stayers = int(labels.size - churners)
     if min(churners, stayers) < MIN_CLASS_ROWS:
-        raise InputError(
+        raise TooFewExamplesError(
             f"too few examples to learn from {where}: {churners} churners and {stayers} stayers "
             f"among {labels.size} rows (need at least {MIN_CLASS_ROWS} of each)"
         )
@@ -258,9 +262,13 @@ def train(
     max_origins: int = 8,
     min_history_days: float = 60.0,
     source: str = "",
+    sample: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
-    """Fit candidates on earlier origins, choose and calibrate out of time, write the artifact; return its manifest."""
+    """Fit candidates on earlier origins, choose and calibrate out of time, write the artifact; return its manifest.
+
+    `sample` is the record of the users `events` were sampled to (`churnguard_offline.sampling`), if they were.
+    """
     from churnguard_offline.model_card import write_model_card
 
     policy = policy or TierPolicy()
@@ -283,7 +291,8 @@ def train(
             horizon_days=horizon_days,
             lookback_days=lookback_days,
             seed=seed,
-        ),
+        )
+        | ({"sample": sample} if sample else {}),
         "validation": _validation_record(validation, history),
         "candidates": choice.scores,
         "selection": _selection_text(choice, validation),
