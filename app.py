@@ -63,6 +63,31 @@ def scheduled_scoring(event: Any) -> dict[str, Any]:
     return runtime.get_pipeline().run_schedule(at=at, deadline=runtime.deadline(event.context))
 
 
+# The backfill state machine's workers (infra/statemachines/backfill.asl.json): each gets a Task's input.
+@app.lambda_function(name="backfill_split")
+def backfill_split(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Cut a file too large for one invocation into ranges; return the keys of the maps' item lists."""
+    return runtime.get_pipeline().backfill.split(event)
+
+
+@app.lambda_function(name="backfill_range")
+def backfill_range(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Validate one range of the file and write its events by shard; return its summary."""
+    return runtime.get_pipeline().backfill.range(event)
+
+
+@app.lambda_function(name="backfill_shard")
+def backfill_shard(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Merge, score and deliver one shard's users; out of time it checkpoints and raises RunInterrupted."""
+    return runtime.get_pipeline().backfill.shard(event, runtime.deadline(context))
+
+
+@app.lambda_function(name="backfill_finish")
+def backfill_finish(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Write the backfill's run record and ledger record from its children's summaries."""
+    return runtime.get_pipeline().backfill.finish(event)
+
+
 def _epoch(text: str | None) -> float | None:
     """Return an event's ISO 8601 time (a 'Z' suffix included) as epoch seconds; None when it has none."""
     return datetime.fromisoformat(text).timestamp() if text else None

@@ -87,6 +87,16 @@ def _mib_to_bytes(mib: float) -> int:
     return round(mib * (1 << 20))
 
 
+def _optional_mib(mib: float | None) -> int | None:
+    """Return a number of MiB in whole bytes, None staying None (derived where it is used)."""
+    return None if mib is None else _mib_to_bytes(mib)
+
+
+def _optional_count(value: float | None) -> int | None:
+    """Return a count, None staying None (derived where it is used)."""
+    return None if value is None else int(value)
+
+
 def _budget_from_memory(values: Mapping[str, Any]) -> int:
     """Return the bytes one file may take in memory, from the function's memory."""
     return _mib_to_bytes(file_memory_budget_mb(values["function_memory_mb"]))
@@ -215,6 +225,15 @@ class Settings:
     # every run stays in one invocation.
     backfill_state_machine_arn: str | None = setting("BACKFILL_STATE_MACHINE_ARN", default=None)
     schedule_state_machine_arn: str | None = setting("SCHEDULE_STATE_MACHINE_ARN", default=None)
+    # A file past this many (decompressed) bytes goes to the backfill state machine; unset: derived from the
+    # memory budget and the invocation's time left (runs/backfill/routing.py).
+    backfill_threshold_bytes: int | None = setting(
+        "BACKFILL_THRESHOLD_MB", _number, None, minimum=0.001, convert=_optional_mib
+    )
+    # The size of one range of a backfill; unset: as much as one range child can hold whatever its rows are.
+    backfill_range_bytes: int | None = setting("BACKFILL_RANGE_MB", _number, None, minimum=0.001, convert=_optional_mib)
+    # Shards of a backfill's users; unset: twice the ranges, so a shard holds about half a range's events.
+    backfill_shards: int | None = setting("BACKFILL_SHARDS", _number, None, minimum=1, convert=_optional_count)
     # Capped exponential backoff with full jitter: the first delay, and the cap on any one delay.
     retry_base_delay_seconds: float = setting("RETRY_BASE_DELAY_SECONDS", _number, BASE_DELAY, minimum=0.0)
     retry_max_delay_seconds: float = setting("RETRY_MAX_DELAY_SECONDS", _number, MAX_DELAY, minimum=0.0)

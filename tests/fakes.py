@@ -57,6 +57,7 @@ class FakeBucket:
         self.checkpoint_history: list[dict[str, Any]] = []
         self.attempts: dict[str, dict[str, Any]] = {}
         self.unreadable: set[str] = set()  # keys whose every read fails, as a poison file's would
+        self.backfill: dict[str, bytes] = {}  # a backfill's working objects, by "<run_id>/<name>"
 
     def land(self, key: str, data: bytes, at: datetime | None = None) -> str:
         """Put an object; return its etag."""
@@ -146,6 +147,22 @@ class FakeBucket:
     def lift_report_put(self, report: dict[str, Any]) -> str:
         self.lift = _copy(report)
         return self.url("reports/lift.json")
+
+    def read_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
+        if key not in self.objects:
+            raise ObjectGoneError(f"{self.url(key)} no longer exists")
+        return self.objects[key][0][start:end]
+
+    def backfill_put(self, run_id: str, name: str, data: bytes) -> str:
+        self.backfill[f"{run_id}/{name}"] = bytes(data)
+        return f"backfill/{run_id}/{name}"
+
+    def backfill_get(self, run_id: str, name: str) -> bytes | None:
+        return self.backfill.get(f"{run_id}/{name}")
+
+    def backfill_delete(self, run_id: str, names: list[str]) -> None:
+        for name in names:
+            self.backfill.pop(f"{run_id}/{name}", None)
 
 
 class FakeLeases:

@@ -463,11 +463,15 @@ class StateMachineRunner:
         seed: int = 0,
         threads: int = 0,
         kill: Kill | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         if threads and kill is not None and kill.at_call is not None:
             raise ValueError("a kill at an AWS call needs threads=0: calls from many threads cannot be told apart")
         self.definition, self.functions, self.s3 = definition, dict(functions), s3
         self.seed, self.threads, self.kill = seed, threads, kill
+        # Called with the seconds of each Retry interval and Wait instead of sleeping them: a test may move its
+        # clock on (a killed invocation's lease runs out while its retries wait).
+        self.sleep = sleep
 
     def run(self, payload: Any = None, name: str = "execution") -> Execution:
         """Run the definition on `payload`; return how it ended (a failure is returned, not raised)."""
@@ -529,9 +533,16 @@ class StateMachineRunner:
                     if caught is None:
                         raise
                     return caught
-                run.waited += retry_delay(state["Retry"][retrier], attempts[retrier])
+                self._wait(run, retry_delay(state["Retry"][retrier], attempts[retrier]))
                 context = {**context, "State": {**context["State"], "RetryCount": sum(attempts.values())}}
                 run.note(type="StateRetried", state=name, item=item, error=exc.error, attempt=attempts[retrier])
+
+    def _wait(self, run: _Run, seconds: float) -> None:
+        """Count a wait (and hand it to `sleep`, when given) instead of sleeping it."""
+        with run.lock:
+            run.waited += seconds
+        if self.sleep is not None:
+            self.sleep(seconds)
 
     @staticmethod
     def _next(state: dict[str, Any]) -> str | None:
@@ -588,7 +599,7 @@ class StateMachineRunner:
         effective = {} if path is None else select(path, data, context)
         if kind in ("Succeed", "Wait"):
             if kind == "Wait":
-                run.waited += state.get("Seconds", 0)
+                self._wait(run, state.get("Seconds", 0))
             return self._output(state, effective, context)
         template = state.get("Parameters") if kind != "Map" else None
         handed = evaluate(template, effective, context, run.rng) if template is not None else effective

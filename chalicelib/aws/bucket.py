@@ -25,6 +25,9 @@ DEAD_LETTER_PREFIX = "dead-letter/"
 CHECKPOINT_PREFIX = "checkpoints/"
 ATTEMPTS_PREFIX = "attempts/"
 CLOSED_PREFIX = "outcomes/closed/"
+# A backfill's working objects (plan, item lists, range parts, shard parts, summaries), one folder per run:
+# the finish step deletes them, and a lifecycle rule on the prefix expires what a failed run left.
+BACKFILL_PREFIX = "backfill/"
 LIFT_REPORT_KEY = "reports/lift.json"
 REASON_SUFFIX = ".reason.json"
 SOURCE_SUFFIX = ".source.json"
@@ -304,3 +307,30 @@ class BehaviourBucket:
         """Write the latest lift report to reports/lift.json; return its address."""
         self.put_json(LIFT_REPORT_KEY, report)
         return self.url(LIFT_REPORT_KEY)
+
+    def read_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
+        """Return bytes [start, end) of one object version (a backfill's range)."""
+        if end <= start:
+            return b""
+        kwargs = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        return self.client.get_object(**kwargs)["Body"].read()
+
+    def backfill_put(self, run_id: str, name: str, data: bytes) -> str:
+        """Write one of a backfill's working objects under backfill/<run_id>/; return its key."""
+        key = f"{BACKFILL_PREFIX}{run_id}/{name}"
+        self.put_bytes(key, data, "application/octet-stream")
+        return key
+
+    def backfill_get(self, run_id: str, name: str) -> bytes | None:
+        """Return one of a backfill's working objects, or None when there is none (needs s3:ListBucket there)."""
+        return self.find_bytes(f"{BACKFILL_PREFIX}{run_id}/{name}")
+
+    def backfill_delete(self, run_id: str, names: list[str]) -> None:
+        """Delete a backfill's working objects, a thousand per call."""
+        keys = [{"Key": f"{BACKFILL_PREFIX}{run_id}/{name}"} for name in names]
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
+            )

@@ -12,6 +12,7 @@ from chalicelib.ingest import ReadResult, read_events
 from chalicelib.observability import COUNT, FILES_ALL_ROWS_REJECTED
 from chalicelib.retention.outcomes import EventIndex
 from chalicelib.runs.attempts import FileAttempts
+from chalicelib.runs.backfill.routing import hand_over
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
@@ -101,6 +102,10 @@ class FileRun:
         if obj.identity != obj.etag:
             summary["object"]["identity"] = obj.identity
         if not self._done_before(obj, summary):
+            if self._handed_over(obj, summary, landed_at, deadline):
+                obj.body.close()
+                # No run record yet: the finish step writes it, and a late duplicate must never overwrite it.
+                return self.records.finish(summary, started, write=False)
             # One attempt at a time: a copy of this event running now holds the run's lease (see lease.py).
             done = self.leases.exclusive(
                 summary, deadline or Deadline(), lambda held: self._leased(obj, summary, landed_at, started, held)
@@ -109,6 +114,11 @@ class FileRun:
                 return done
         obj.body.close()
         return self.records.finish(summary, started, write=False)
+
+    def _handed_over(self, obj: S3Object, summary: dict[str, Any], landed_at: float, deadline: Deadline | None) -> bool:
+        """Return True, the summary saying so, when the file went to the backfill (too large for one invocation)."""
+        seconds_left = None if deadline is None else deadline.seconds_left
+        return hand_over(self.ctx, obj, summary, landed_at, seconds_left)
 
     def _done_before(self, obj: S3Object, summary: dict[str, Any]) -> bool:
         """Return True, the summary marked duplicate, when a run of the object's content has finished already."""

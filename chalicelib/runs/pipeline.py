@@ -14,6 +14,7 @@ from typing import Any
 from chalicelib.observability import logger as default_logger
 from chalicelib.observability import metrics as default_metrics
 from chalicelib.retry import Backoff
+from chalicelib.runs.backfill.steps import Backfill
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline
@@ -50,6 +51,7 @@ class ScoringPipeline:
         self.files = FileRun(self.ctx, worker, records)
         self.schedule = ScheduleRun(self.ctx, worker, records, self.files)
         self.replays = Replay(self.ctx, worker, records)
+        self.backfill = Backfill(self.ctx, worker, records, self.files)
 
     @property
     def settings(self) -> Settings:

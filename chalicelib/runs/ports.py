@@ -204,6 +204,18 @@ class Bucket(Protocol):
     def lift_report_put(self, report: dict[str, Any]) -> str:
         """Write the latest lift report; return its address."""
 
+    def read_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
+        """Return bytes [start, end) of one object version (a backfill's range)."""
+
+    def backfill_put(self, run_id: str, name: str, data: bytes) -> str:
+        """Keep one of a backfill's working objects (plan, item lists, parts, summaries); return its key."""
+
+    def backfill_get(self, run_id: str, name: str) -> bytes | None:
+        """Return one of a backfill's working objects, or None when it was never written."""
+
+    def backfill_delete(self, run_id: str, names: list[str]) -> None:
+        """Delete a finished backfill's working objects."""
+
 
 class Tables(Protocol):
     """Per-user behaviour state and current risk, each written under its own condition."""

@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from chalicelib.aws.bucket import CHECKPOINT_PREFIX, CLOSED_PREFIX, DEAD_LETTER_PREFIX, LEDGER_PREFIX, RUNS_PREFIX
+from chalicelib.aws.bucket import (
+    BACKFILL_PREFIX,
+    CHECKPOINT_PREFIX,
+    CLOSED_PREFIX,
+    DEAD_LETTER_PREFIX,
+    LEDGER_PREFIX,
+    RUNS_PREFIX,
+)
 from chalicelib.settings import Settings
 from tests.conftest import ROOT
 from tests.strict_aws import IamPolicy
@@ -20,6 +27,7 @@ NEEDED = {
     "put_object": {"s3:PutObject"},
     "copy_object": {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"},
     "delete_object": {"s3:DeleteObject"},
+    "delete_objects": {"s3:DeleteObject"},
     "list_objects_v2": {"s3:ListBucket"},
     "get_bucket_versioning": {"s3:GetBucketVersioning"},
     "batch_get_item": {"dynamodb:BatchGetItem"},
@@ -113,6 +121,7 @@ PROBED = {
     "dead-letter/": "what a run left to replay: absent when nothing was left",
     "outcomes/closed/": "the exposures a run replaced: absent when it replaced none",
     "suppression/": "the opt-out list: absent until an operator uploads one",
+    "backfill/": "a backfill's plan, range and shard summaries, checkpoints: absent until each step has run",
 }
 
 
@@ -120,7 +129,7 @@ def test_every_prefix_the_code_probes_answers_404_for_a_missing_key(stage):
     _, config, document = stage
     env = config["environment_variables"]
     bucket = env["BEHAVIOUR_BUCKET"]
-    probed = {LEDGER_PREFIX, CHECKPOINT_PREFIX, RUNS_PREFIX, DEAD_LETTER_PREFIX, CLOSED_PREFIX}
+    probed = {LEDGER_PREFIX, CHECKPOINT_PREFIX, RUNS_PREFIX, DEAD_LETTER_PREFIX, CLOSED_PREFIX, BACKFILL_PREFIX}
     probed |= {env.get("INCOMING_PREFIX", "incoming/"), Settings.from_env(env).opt_out_key.rsplit("/", 1)[0] + "/"}
     assert probed == set(PROBED), "a new probe needs its reason here"
     policy = IamPolicy(document)

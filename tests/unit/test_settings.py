@@ -43,6 +43,9 @@ SAMPLES = {
         "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-schedule",
         "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-schedule",
     ),
+    "BACKFILL_THRESHOLD_MB": ("backfill_threshold_bytes", "512", 512 << 20),
+    "BACKFILL_RANGE_MB": ("backfill_range_bytes", "64", 64 << 20),
+    "BACKFILL_SHARDS": ("backfill_shards", "256", 256),
     "RETRY_BASE_DELAY_SECONDS": ("retry_base_delay_seconds", "0.2", 0.2),
     "RETRY_MAX_DELAY_SECONDS": ("retry_max_delay_seconds", "30", 30.0),
 }
