@@ -46,6 +46,7 @@ unit: install
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/benchmark_scale.py
 
 # Packaging runs chalice under the Lambda runtime's Python; chalice imports app.py, so the runtime
 # requirements and boto3 are installed beside it (chalice's own pin from requirements-dev.txt).

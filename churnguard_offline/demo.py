@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chalicelib.aws.bucket import RESCORE_MARK_KEY
 from chalicelib.scoring.events import SECONDS_PER_DAY, EventBatch
 from chalicelib.scoring.scorer import iso_time
 from churnguard_offline.lambda_events import s3_object_created, scheduled, stage_timeout
@@ -238,7 +239,8 @@ def _show_landed(settings: Any, s3: Any) -> None:
             f"queue {name}: {depth['Attributes']['ApproximateNumberOfMessages']} messages; one of them",
             {"attributes": attrs, "body": body},
         )
-    runs = s3.list_objects_v2(Bucket=settings.behaviour_bucket, Prefix="runs/").get("KeyCount", 0)
+    listed = s3.list_objects_v2(Bucket=settings.behaviour_bucket, Prefix="runs/").get("Contents", [])
+    runs = sum(o["Key"] != RESCORE_MARK_KEY for o in listed)  # the re-score mark sits beside the run records
     rejected = [
         o["Key"] for o in s3.list_objects_v2(Bucket=settings.behaviour_bucket, Prefix="rejected/").get("Contents", [])
     ]

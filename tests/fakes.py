@@ -58,6 +58,7 @@ class FakeBucket:
         self.attempts: dict[str, dict[str, Any]] = {}
         self.unreadable: set[str] = set()  # keys whose every read fails, as a poison file's would
         self.backfill: dict[str, bytes] = {}  # a backfill's working objects, by "<run_id>/<name>"
+        self.rescore_mark: float | None = None
 
     def land(self, key: str, data: bytes, at: datetime | None = None) -> str:
         """Put an object; return its etag."""
@@ -163,6 +164,12 @@ class FakeBucket:
     def backfill_delete(self, run_id: str, names: list[str]) -> None:
         for name in names:
             self.backfill.pop(f"{run_id}/{name}", None)
+
+    def rescored_through(self) -> float | None:
+        return self.rescore_mark
+
+    def mark_rescored(self, at: float) -> None:
+        self.rescore_mark = max(at, self.rescore_mark or at)
 
 
 class FakeLeases:
@@ -291,7 +298,11 @@ class FakeTables:
             return FAILED
         if int(self.risks.get(w.user_id, {}).get("risk_version", 0)) != w.expected:
             return CONFLICT
-        self.risks[w.user_id] = {**_copy(w.item), "risk_version": w.expected + 1}
+        self.risks[w.user_id] = {
+            **_copy(w.item),
+            "risk_version": w.expected + 1,
+            "expires_at": self.expiry(w.last_event),
+        }
         return WRITTEN
 
     def _stored(self, ids: list[str]) -> StoredStates:

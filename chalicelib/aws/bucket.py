@@ -8,6 +8,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -29,6 +30,8 @@ CLOSED_PREFIX = "outcomes/closed/"
 # the finish step deletes them, and a lifecycle rule on the prefix expires what a failed run left.
 BACKFILL_PREFIX = "backfill/"
 LIFT_REPORT_KEY = "reports/lift.json"
+# When the latest re-score of every user began (see runs/chunk.py): beside the run records, named as no run is.
+RESCORE_MARK_KEY = f"{RUNS_PREFIX}_rescored-through.json"
 REASON_SUFFIX = ".reason.json"
 SOURCE_SUFFIX = ".source.json"
 # S3 refuses a key over 1,024 bytes of UTF-8. A copy of a landed key under another prefix that would pass it
@@ -334,3 +337,15 @@ class BehaviourBucket:
             self.client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
             )
+
+    def rescored_through(self) -> float | None:
+        """Return the time of the latest re-score of every user that has begun, or None before the first."""
+        mark = self.find_json(RESCORE_MARK_KEY)
+        return None if mark is None else float(mark["rescored_through"])
+
+    def mark_rescored(self, at: float) -> None:
+        """Move the re-score mark on to `at`, unless it is there or later already (a redo of an older schedule)."""
+        current = self.rescored_through()
+        if current is None or current < at:
+            as_of = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self.put_json(RESCORE_MARK_KEY, {"rescored_through": at, "as_of": as_of})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,17 @@ CONTACT_ATTRS = ("contact_message_id", "contact_status", "contact_run_id", "cont
 EXPOSURE_ATTRS = ("exposed_at", "exposure_group", "exposure_tier", "exposure_action", "returned_at")
 # Messages claimed in a chunk, by destination: (user, body) each.
 Claimed = dict[str, list[tuple[str, dict[str, Any]]]]
+# What a risk item says about its writing, not about the user: which run wrote it and when, the ids claimed at
+# its own as_of, the adapter's version and expiry. A re-score that would change only these is not written, and
+# the stored item stands with its older as_of (its contact_ids belong to that as_of, so they stand with it).
+BOOKKEEPING_ATTRS = frozenset(
+    {"as_of", "scored_at", "run_id", "source", "contact_ids", "risk_version", "expires_at", "churn_probability"}
+)
+# A stored probability stands until a re-score moves it by this much; compared with the stored value, so small
+# daily moves add up to a write rather than drifting away unseen.
+PROBABILITY_STEP = 0.01
+# The outcome of a risk item not written because the stored one already says everything it would.
+UNCHANGED = "unchanged"
 
 
 @dataclass
@@ -128,6 +140,7 @@ class ChunkWorker:
         scored_at = iso_time(self.ctx.clock())
         decisions: dict[str, Decision] = {}
         writes: list[RiskWrite] = []
+        skipped: list[str] = []
         claimed_here = 0
         for i, row in enumerate(scores.rows()):
             uid = scores.user_ids[i]
@@ -137,14 +150,18 @@ class ChunkWorker:
             item = self._risk_item(run, row, old, basis, scored_at)
             decision = self._decide(run, scores, i, old, item, claimed_here)
             claimed_here += decision.body is not None
-            writes.append(RiskWrite(item, int(old.get("risk_version", 0)), float(part.values[i, col("last_seen")])))
             decisions[uid] = decision
+            last_event = float(part.values[i, col("last_seen")])
+            if decision.body is None and unchanged(old, item, basis, self.ctx.tables.expiry(last_event)):
+                skipped.append(uid)
+                continue
+            writes.append(RiskWrite(item, int(old.get("risk_version", 0)), last_event))
         replaced = [d.replaced for d in decisions.values() if d.replaced is not None]
         if replaced:
             # Kept before the writes that replace them: a crash in between leaves an exposure both closed and
             # still open, which the lift report counts once, never one that is nowhere.
             self.ctx.bucket.closed_put(run.run_id, replaced)
-        outcomes = self.ctx.tables.put_risks(writes)
+        outcomes = {**self.ctx.tables.put_risks(writes), **dict.fromkeys(skipped, UNCHANGED)}
         self._tally(run, scores, decisions, outcomes, as_of, claimed, again)
 
     @staticmethod
@@ -157,6 +174,10 @@ class ChunkWorker:
         older in state is scored again from the newer state at the newer time (rescored_at_newer_as_of).
         """
         old_as_of, old_basis = old.get("as_of"), int(old.get("scored_state_version", 0))
+        if old_as_of is not None and run.rescored_through is not None:
+            # A re-score of everyone that began at `rescored_through` left unwritten the items it would not change:
+            # each stored item stands for that time too, so a late score older than it is scored again, not written.
+            old_as_of = max(old_as_of, iso_time(run.rescored_through))
         if old_as_of is None or (old_as_of <= new_as_of and old_basis <= basis):
             return True
         if old_as_of >= new_as_of and old_basis >= basis:
@@ -252,7 +273,7 @@ class ChunkWorker:
     ) -> None:
         """Count what was written, queue the messages of written items, and retry or dead-letter the rest."""
         counts: dict[str, Any] = {"users_scored": 0, "risk_tier": {}, "value_tier": {}, "risk_x_value": {}}
-        counts.update(actions={}, suppressed={})
+        counts.update(actions={}, suppressed={}, risk_writes_skipped=0)
         if scores.promotion is not None:
             counts["promotion"] = {"name": scores.promotion, "users_discounted": 0}
         for uid, outcome in outcomes.items():
@@ -261,7 +282,8 @@ class ChunkWorker:
                 again[uid] = as_of
             elif outcome == FAILED:
                 run.dead.add_user(uid, as_of)
-            else:
+            else:  # written, or unchanged: the user is scored and counted alike either way
+                counts["risk_writes_skipped"] += outcome == UNCHANGED
                 self._count_written(run, scores, decisions[uid], counts, claimed)
         run.add(counts)
 
@@ -362,6 +384,32 @@ def risk_item(row: dict[str, Any], *, run_id: str, scored_at: str, source: str) 
     item["reasons"] = list(row["reasons"])
     item.update(run_id=run_id, scored_at=scored_at, source=source)
     return item
+
+
+def unchanged(old: dict[str, Any], item: dict[str, Any], basis: int, expires_at: int) -> bool:
+    """Return True when the stored risk item already tells its readers everything the new one would.
+
+    Only a re-score of the very state the stored item was scored from qualifies (new events always write: the
+    state version orders runs), and only while the stored expiry is the one the write would set. Every other
+    attribute but the bookkeeping must be equal, and the probability within PROBABILITY_STEP.
+    """
+    if not old or int(old.get("scored_state_version", -1)) != basis or not _same(old.get("expires_at"), expires_at):
+        return False
+    if "churn_probability" not in old:
+        return False
+    if abs(float(item["churn_probability"]) - float(old["churn_probability"])) >= PROBABILITY_STEP:
+        return False
+    return all(_same(old.get(k), item.get(k)) for k in (old.keys() | item.keys()) - BOOKKEEPING_ATTRS)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Return True when two attribute values are equal as stored (a Decimal read back equals the float written)."""
+    numbers = (int, float, Decimal)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def _claim(item: dict[str, Any], message_id: str, run_id: str, as_of: str, claimed_now: list[str]) -> list[str]:

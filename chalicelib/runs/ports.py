@@ -216,6 +216,12 @@ class Bucket(Protocol):
     def backfill_delete(self, run_id: str, names: list[str]) -> None:
         """Delete a finished backfill's working objects."""
 
+    def rescored_through(self) -> float | None:
+        """Return the time of the latest re-score of every user that has begun, or None before the first."""
+
+    def mark_rescored(self, at: float) -> None:
+        """Record that a re-score of every user as of `at` has begun; the mark never moves back."""
+
 
 class Tables(Protocol):
     """Per-user behaviour state and current risk, each written under its own condition."""

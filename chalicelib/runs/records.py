@@ -60,6 +60,8 @@ class Run:
     totals: dict[str, Any] = field(default_factory=dict)
     dead: DeadLetters = field(default_factory=DeadLetters)
     opt_outs: frozenset[str] = frozenset()
+    # When the latest re-score of every user began: a stored score it left unwritten stands for that time too.
+    rescored_through: float | None = None
     events: EventIndex | None = None  # the file's events, to see who came back after an exposure
     file_locales: dict[str, tuple[float, str]] = field(default_factory=dict)  # from the file's locale column
     locales: dict[str, str] = field(default_factory=dict)  # locale of the users being scored now
@@ -94,7 +96,7 @@ class RunRecords:
     def resume(self, run_id: str, source: str) -> tuple[Run, dict[str, Any]]:
         """Return the run as its last checkpoint left it (a fresh one when there is none) and the checkpoint."""
         bucket = self.ctx.bucket
-        run = Run(run_id, source, opt_outs=self.opt_outs())
+        run = Run(run_id, source, opt_outs=self.opt_outs(), rescored_through=self.ctx.bucket.rescored_through())
         checkpoint = bucket.checkpoint_get(run_id)
         if checkpoint is None:
             return run, {}

@@ -29,7 +29,9 @@ class Replay:
             where = self.ctx.bucket.dead_letters_url(run_id)
             raise InputError(f"{where}: run {run_id} has nothing left to replay")
         left = DeadLetters.from_json(record)
-        run = Run(run_id, "replay", opt_outs=self.records.opt_outs())
+        run = Run(
+            run_id, "replay", opt_outs=self.records.opt_outs(), rescored_through=self.ctx.bucket.rescored_through()
+        )
         for (mode, as_of), entries in _group_users(left.users).items():
             self._redo(run, mode, as_of, entries)
         self.worker.resend(run, left.messages)

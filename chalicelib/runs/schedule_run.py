@@ -64,6 +64,9 @@ class ScheduleRun:
         if self._done_before(summary):
             return self.records.finish(summary, started, write=False)
         summary["swept_files"] = self.sweep(started, deadline)
+        # After the sweep, whose files score as of their landing: from here on no score older than `at` is written
+        # over a stored one, as if every item had been written as of `at` (chunk.py skips unchanged ones).
+        self.ctx.bucket.mark_rescored(at)
         run, checkpoint = self.records.resume(run_id, "schedule")
         self._pages(run, checkpoint, at, summary, deadline)
         deadline.lease.renew()  # an attempt overtaken after its last page leaves the bookkeeping to the taker

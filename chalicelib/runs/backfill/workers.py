@@ -214,7 +214,12 @@ class BackfillWorkers:
 
         The one place a shard's Run is made: a budget shared by every shard of the run attaches here.
         """
-        return Run(plan["run_id"], plan["source"], opt_outs=self.records.opt_outs())
+        return Run(
+            plan["run_id"],
+            plan["source"],
+            opt_outs=self.records.opt_outs(),
+            rescored_through=self.ctx.bucket.rescored_through(),
+        )
 
     def _shard_events(self, plan: dict[str, Any], s: int) -> list[Any]:
         """Return the shard's events of every range read, in range order; raise RangeNotReady if one is unfinished."""
