@@ -88,6 +88,24 @@ def backfill_finish(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return runtime.get_pipeline().backfill.finish(event)
 
 
+@app.lambda_function(name="schedule_plan")
+def schedule_plan(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The schedule state machine's first step: sweep missed files, size the segments, write their list."""
+    return runtime.get_pipeline().plan_schedule(event, deadline=runtime.deadline(context))
+
+
+@app.lambda_function(name="schedule_segment")
+def schedule_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """One child of the schedule's map: re-score one segment of the state table (RunInterrupted: invoke again)."""
+    return runtime.get_pipeline().score_segment(event, deadline=runtime.deadline(context))
+
+
+@app.lambda_function(name="schedule_finish")
+def schedule_finish(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The schedule state machine's last step: the run's record, metrics and lift report from its segments'."""
+    return runtime.get_pipeline().finish_schedule(event)
+
+
 def _epoch(text: str | None) -> float | None:
     """Return an event's ISO 8601 time (a 'Z' suffix included) as epoch seconds; None when it has none."""
     return datetime.fromisoformat(text).timestamp() if text else None

@@ -27,6 +27,7 @@ USERS_DEAD_LETTERED = "UsersDeadLettered"  # users whose work a run left in its 
 MESSAGES_DEAD_LETTERED = "MessagesDeadLettered"  # messages a run left in its dead-letter record
 WRITE_CONFLICTS = "WriteConflicts"  # conditional writes that lost a race and were decided again
 RETRIES = "Retries"  # retries of AWS calls and of partial batch failures, botocore's and the adapters'
+SCHEDULE_USERS_NOT_COVERED = "ScheduleUsersNotCovered"  # users a schedule run stopped without re-scoring
 METRICS = (
     ROWS_REJECTED,
     FILES_ALL_ROWS_REJECTED,
@@ -37,6 +38,7 @@ METRICS = (
     MESSAGES_DEAD_LETTERED,
     WRITE_CONFLICTS,
     RETRIES,
+    SCHEDULE_USERS_NOT_COVERED,
 )
 
 

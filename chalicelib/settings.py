@@ -72,6 +72,11 @@ def _count(value: float) -> int:
     return int(value)
 
 
+def _count_or_none(value: float | None) -> int | None:
+    """Return a count from a number read, or None when there is none."""
+    return None if value is None else int(value)
+
+
 def _days_to_seconds(days: float) -> float:
     """Return a number of days in seconds."""
     return days * SECONDS_PER_DAY
@@ -234,6 +239,16 @@ class Settings:
     backfill_range_bytes: int | None = setting("BACKFILL_RANGE_MB", _number, None, minimum=0.001, convert=_optional_mib)
     # Shards of a backfill's users; unset: twice the ranges, so a shard holds about half a range's events.
     backfill_shards: int | None = setting("BACKFILL_SHARDS", _number, None, minimum=1, convert=_optional_count)
+    # Users one invocation of the schedule re-scores per second (measured: about 1,000 a second on DynamoDB, at
+    # 0.5-1.0 s per page of 1,000); with the invocation's time it sets how many users one invocation covers.
+    schedule_users_per_second: float = setting("SCHEDULE_USERS_PER_SECOND", _number, 1000.0, minimum=1.0)
+    # Users one invocation of the schedule covers, instead of the figure derived from the rate and the time: a
+    # table with more goes to the schedule state machine, in segments of at most this many.
+    schedule_invocation_users: int | None = setting(
+        "SCHEDULE_INVOCATION_USERS", _number, None, minimum=1, convert=_count_or_none
+    )
+    # At most this many segments of the schedule run at once (the map's MaxConcurrency, passed in by the plan).
+    schedule_max_concurrency: int = setting("SCHEDULE_MAX_CONCURRENCY", _number, 40, minimum=1, convert=_count)
     # Capped exponential backoff with full jitter: the first delay, and the cap on any one delay.
     retry_base_delay_seconds: float = setting("RETRY_BASE_DELAY_SECONDS", _number, BASE_DELAY, minimum=0.0)
     retry_max_delay_seconds: float = setting("RETRY_MAX_DELAY_SECONDS", _number, MAX_DELAY, minimum=0.0)

@@ -110,8 +110,10 @@ class StateMachine:
 # The scheduled sweep hands a missed file to the file run, which routes a file past one invocation to the
 # backfill: so the schedule's function may start both machines, the S3 and queue handlers only the backfill.
 STATE_MACHINES = {
-    "backfill": StateMachine(("on_behaviour_file", "on_behaviour_queue", "scheduled_scoring"), "backfill/"),
-    "schedule": StateMachine(("scheduled_scoring",), "workflows/schedule/"),
+    "backfill": StateMachine(
+        ("on_behaviour_file", "on_behaviour_queue", "scheduled_scoring", "schedule_plan"), "backfill/"
+    ),
+    "schedule": StateMachine(("scheduled_scoring",), "map-items/"),
 }
 # The template variable every definition gets besides its workers' ARNs.
 BUCKET_PLACEHOLDER = "bucket"

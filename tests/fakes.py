@@ -35,6 +35,7 @@ from chalicelib.runs.ports import (
     StateWrite,
     StoredRisks,
     StoredStates,
+    TableStats,
 )
 from chalicelib.scoring.state import StateBatch, empty_rows
 
@@ -53,6 +54,7 @@ class FakeBucket:
         self.dead_letters: dict[str, dict[str, Any]] = {}
         self.closed: dict[tuple[str, frozenset[tuple[str, str]]], list[dict[str, Any]]] = {}
         self.lift: dict[str, Any] | None = None
+        self.map_items: dict[str, bytes] = {}  # what the state machines' item readers read, by key
         self.opt_outs: dict[str, bytes] = {}
         self.checkpoint_history: list[dict[str, Any]] = []
         self.attempts: dict[str, dict[str, Any]] = {}
@@ -171,6 +173,11 @@ class FakeBucket:
     def mark_rescored(self, at: float) -> None:
         self.rescore_mark = max(at, self.rescore_mark or at)
 
+    def segments_put(self, run_id: str, segments: list[dict[str, Any]]) -> str:
+        key = f"map-items/{run_id}/segments.json"
+        self.map_items[key] = json.dumps(segments).encode()
+        return key
+
 
 class FakeLeases:
     """Run leases under the adapter's conditions, atomic under a lock so threads can race for them."""
@@ -203,12 +210,47 @@ class FakeLeases:
                 del self.held[run_id]
 
 
+class FakeCaps:
+    """Run message counters and their chunks' grants, atomic under a lock so threads can race for them."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.grants: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+
+    def grant(self, run_id: str, chunk: str, user_id: str, cap: int) -> bool | None:
+        with self._lock:
+            held = self.grants.setdefault((run_id, chunk), set())
+            if user_id in held:
+                return True
+            if self.counters.get(run_id, 0) >= cap:
+                return None
+            self.counters[run_id] = self.counters.get(run_id, 0) + 1
+            held.add(user_id)
+            return True
+
+    def granted(self, run_id: str, chunk: str) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self.grants.get((run_id, chunk), ()))
+
+    def claimed(self, run_id: str) -> int:
+        return self.counters.get(run_id, 0)
+
+
+def scan_segment(user_id: str, total_segments: int) -> int:
+    """Return the parallel-scan segment a user's item falls in, as DynamoDB's hash of the key decides (here md5)."""
+    return int(hashlib.md5(user_id.encode(), usedforsecurity=False).hexdigest(), 16) % total_segments
+
+
 class FakeTables:
     """State and risk items with versions; users named in `fail_states` / `fail_risks` fail every write."""
 
     def __init__(self, retention_seconds: int = 730 * 86400) -> None:
         self.retention_seconds = retention_seconds
         self.leases = FakeLeases()
+        self.caps = FakeCaps()
+        self.item_count: int | None = None  # what DescribeTable says (None: the true count)
+        self.warm_write_units: int | None = None
         self.states: dict[str, dict[str, Any]] = {}
         self.risks: dict[str, dict[str, Any]] = {}
         self.fail_states: set[str] = set()
@@ -230,9 +272,17 @@ class FakeTables:
         return stored
 
     def scan_states(
-        self, start_key: dict[str, Any] | None, page_items: int, *, as_of: float
+        self,
+        start_key: dict[str, Any] | None,
+        page_items: int,
+        *,
+        as_of: float,
+        segment: int | None = None,
+        total_segments: int | None = None,
     ) -> Iterator[tuple[StoredStates, dict[str, Any] | None]]:
         ids = sorted(self.states)
+        if total_segments is not None:
+            ids = [uid for uid in ids if scan_segment(uid, total_segments) == segment]
         if start_key:
             ids = [uid for uid in ids if uid > start_key["user_id"]]
         for start in range(0, len(ids), page_items):
@@ -247,9 +297,15 @@ class FakeTables:
         items = {uid: _copy(self.risks[uid]) for uid in user_ids if uid in self.risks and uid not in self.unread}
         return StoredRisks(items, [uid for uid in user_ids if uid in self.unread])
 
-    def scan_exposures(self) -> list[dict[str, Any]]:
+    def state_table_stats(self) -> TableStats:
+        return TableStats(len(self.states) if self.item_count is None else self.item_count, self.warm_write_units)
+
+    def scan_exposures(self, segment: int | None = None, total_segments: int | None = None) -> list[dict[str, Any]]:
         keys = ("user_id", "exposed_at", "exposure_group", "exposure_tier", "exposure_action", "returned_at")
-        return [{k: i[k] for k in keys if k in i} for i in self.risks.values() if "exposed_at" in i]
+        items = [i for i in self.risks.values() if "exposed_at" in i]
+        if total_segments is not None:
+            items = [i for i in items if scan_segment(i["user_id"], total_segments) == segment]
+        return [{k: i[k] for k in keys if k in i} for i in items]
 
     def put_states(self, writes: list[StateWrite]) -> dict[str, str]:
         return {w.user_id: self._put_state(w) for w in writes}

@@ -32,6 +32,8 @@ BACKFILL_PREFIX = "backfill/"
 LIFT_REPORT_KEY = "reports/lift.json"
 # When the latest re-score of every user began (see runs/chunk.py): beside the run records, named as no run is.
 RESCORE_MARK_KEY = f"{RUNS_PREFIX}_rescored-through.json"
+# The item lists the state machines' Distributed Maps read (ItemReader), one folder per run.
+MAP_ITEMS_PREFIX = "map-items/"
 REASON_SUFFIX = ".reason.json"
 SOURCE_SUFFIX = ".source.json"
 # S3 refuses a key over 1,024 bytes of UTF-8. A copy of a landed key under another prefix that would pass it
@@ -349,3 +351,9 @@ class BehaviourBucket:
         if current is None or current < at:
             as_of = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             self.put_json(RESCORE_MARK_KEY, {"rescored_through": at, "as_of": as_of})
+
+    def segments_put(self, run_id: str, segments: list[dict[str, Any]]) -> str:
+        """Write the segment list of a schedule run to map-items/<run>/segments.json; return its key."""
+        key = f"{MAP_ITEMS_PREFIX}{run_id}/segments.json"
+        self.put_bytes(key, json.dumps(segments).encode(), "application/json")
+        return key

@@ -27,11 +27,22 @@ from boto3.dynamodb.types import Binary
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
+from chalicelib.aws.caps import RunCapTable
 from chalicelib.aws.leases import RunLeaseTable
 from chalicelib.errors import ChurnGuardError
 from chalicelib.retry import Backoff
 from chalicelib.runs.applied_runs import AppliedRuns
-from chalicelib.runs.ports import CONFLICT, FAILED, SENT, WRITTEN, RiskWrite, StateWrite, StoredRisks, StoredStates
+from chalicelib.runs.ports import (
+    CONFLICT,
+    FAILED,
+    SENT,
+    WRITTEN,
+    RiskWrite,
+    StateWrite,
+    StoredRisks,
+    StoredStates,
+    TableStats,
+)
 from chalicelib.scoring.state import LAYOUT_ID, StateBatch
 
 GET_BATCH = 100
@@ -78,6 +89,7 @@ class BehaviourTables:
         self.backoff = backoff or Backoff()
         # Run leases live in the state table, under keys no user id can be (see leases.py).
         self.leases = RunLeaseTable(self.client, state_table)
+        self.caps = RunCapTable(self.client, state_table, self.backoff)
         self.calls: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -110,10 +122,20 @@ class BehaviourTables:
         return stored
 
     def scan_states(
-        self, start_key: dict[str, Any] | None = None, page_items: int = 1000, *, as_of: float
+        self,
+        start_key: dict[str, Any] | None = None,
+        page_items: int = 1000,
+        *,
+        as_of: float,
+        segment: int | None = None,
+        total_segments: int | None = None,
     ) -> Iterator[tuple[StoredStates, dict | None]]:
-        """Yield each page of states not expired at `as_of` (with how many were), and the key resuming after it."""
+        """Yield each page of states not expired at `as_of` (with how many were), and the key resuming after it.
+
+        With `segment` and `total_segments`, only that segment of a parallel Scan: each has its own resume key.
+        """
         kwargs = {"TableName": self.state_table, "Limit": page_items, **_STATE_PROJECTION}
+        kwargs.update(_segment(segment, total_segments))
         for items, resume in self._scan_pages(kwargs, start_key):
             states = [i for i in items if "state" in i]
             # An item written before expiries existed has none, and stays until a write gives it one.
@@ -128,11 +150,18 @@ class BehaviourTables:
         items = {uid: {k: v for k, v in item.items() if k not in _STATE_ATTRS} for uid, item in found.items()}
         return StoredRisks(items, unread)
 
-    def scan_exposures(self) -> list[dict[str, Any]]:
-        """Return the exposure attributes of every risk item that has one."""
+    def state_table_stats(self) -> TableStats:
+        """Return the state table's item count (DynamoDB updates it about every six hours) and warm write throughput."""
+        table = self._call("DescribeTable", self.client.describe_table, TableName=self.state_table)["Table"]
+        warm = table.get("WarmThroughput", {}).get("WriteUnitsPerSecond")
+        return TableStats(int(table.get("ItemCount", 0)), int(warm) if warm else None)
+
+    def scan_exposures(self, segment: int | None = None, total_segments: int | None = None) -> list[dict[str, Any]]:
+        """Return the exposure attributes of every risk item that has one (of one parallel-scan segment when given)."""
         kwargs = {
             "TableName": self.risk_table,
             "ProjectionExpression": "user_id, exposed_at, exposure_group, exposure_tier, exposure_action, returned_at",
+            **_segment(segment, total_segments),
         }
         return [i for items, _ in self._scan_pages(kwargs) for i in items if "exposed_at" in i]
 
@@ -349,6 +378,13 @@ def _stored(items: list[dict[str, Any]]) -> StoredStates:
         applied={i["user_id"]: AppliedRuns.load(_binary(i.get("applied_runs"))) for i in items},
         locales={i["user_id"]: (float(i["locale_at"]), i["locale"]) for i in items if "locale" in i},
     )
+
+
+def _segment(segment: int | None, total_segments: int | None) -> dict[str, int]:
+    """Return the Scan arguments of one parallel-scan segment (none for a whole-table scan)."""
+    if segment is None or total_segments is None:
+        return {}
+    return {"Segment": segment, "TotalSegments": total_segments}
 
 
 def _set_expression(values: dict[str, Any], keep: tuple[str, ...] = ()) -> tuple[str, dict[str, str], dict[str, Any]]:

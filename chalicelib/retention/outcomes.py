@@ -98,15 +98,47 @@ def lift_report(
     exposures: Iterable[dict[str, Any]], horizon_days: float, as_of: float, since: float | None = None
 ) -> dict[str, Any]:
     """Return win-back rates of treated against holdout, overall and per risk tier and action; each exposure once."""
-    cells: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
-    for e in distinct_exposures(exposures):
+    return report_from_cells(
+        lift_cells(distinct_exposures(exposures), horizon_days, as_of, since), horizon_days, as_of, since
+    )
+
+
+# Partial sums of the lift report: outcome counts per group, by "tier<US>action". Sums of disjoint sets of
+# exposures add up (add_cells), so workers that each see some users can each give their part.
+Cells = dict[str, dict[str, dict[str, int]]]
+_CELL_SEP = "\x1f"
+
+
+def lift_cells(
+    exposures: Iterable[dict[str, Any]], horizon_days: float, as_of: float, since: float | None = None
+) -> Cells:
+    """Return the outcome counts of `exposures` (taken as distinct) per group, overall and per risk tier and action."""
+    cells: Cells = {}
+    for e in exposures:
         if since is not None and parse_timestamp(e["exposed_at"]) < since:
             continue
         result = outcome(e, horizon_days, as_of)
-        for key in (("all", "all"), (e["risk_tier"], e["action"])):
+        for tier, action in (("all", "all"), (e["risk_tier"], e["action"])):
+            key = f"{tier}{_CELL_SEP}{action}"
             group = cells.setdefault(key, {TREATED: _zero(), HOLDOUT: _zero()})[e["group"]]
             group[result] += 1
-    rows = [_row(tier, action, groups) for (tier, action), groups in sorted(cells.items(), key=_order)]
+    return cells
+
+
+def add_cells(total: Cells, part: Cells, sign: int = 1) -> Cells:
+    """Add (or with `sign` -1, take away) one part's outcome counts into `total`; return `total`."""
+    for key, groups in part.items():
+        into = total.setdefault(key, {TREATED: _zero(), HOLDOUT: _zero()})
+        for name, counts in groups.items():
+            for result, n in counts.items():
+                into[name][result] += sign * n
+    return total
+
+
+def report_from_cells(cells: Cells, horizon_days: float, as_of: float, since: float | None = None) -> dict[str, Any]:
+    """Return the lift report of summed outcome counts."""
+    keyed = {tuple(key.split(_CELL_SEP, 1)): groups for key, groups in cells.items()}
+    rows = [_row(tier, action, groups) for (tier, action), groups in sorted(keyed.items(), key=_order)]
     since_iso = iso_time(since) if since is not None else None
     return {"horizon_days": horizon_days, "as_of": iso_time(as_of), "since": since_iso, "rows": rows}
 

@@ -22,6 +22,7 @@ from chalicelib.runs.file_run import FileRun
 from chalicelib.runs.ports import Bucket, Queues, Tables, Workflows
 from chalicelib.runs.records import RunRecords
 from chalicelib.runs.replay import Replay
+from chalicelib.runs.schedule_map import ScheduleMap
 from chalicelib.runs.schedule_run import ScheduleRun
 from chalicelib.scoring.scorer import Scorer
 from chalicelib.settings import Settings
@@ -52,6 +53,7 @@ class ScoringPipeline:
         self.schedule = ScheduleRun(self.ctx, worker, records, self.files)
         self.replays = Replay(self.ctx, worker, records)
         self.backfill = Backfill(self.ctx, worker, records, self.files)
+        self.schedule_map = ScheduleMap(self.ctx, self.schedule, records)
 
     @property
     def settings(self) -> Settings:
@@ -86,6 +88,18 @@ class ScoringPipeline:
     def run_schedule(self, at: float | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
         """Process missed files, then re-score every known user as of `at` (default now); return the summary."""
         return self.schedule.run(at, deadline)
+
+    def plan_schedule(self, event: dict[str, Any], deadline: Deadline | None = None) -> dict[str, Any]:
+        """The schedule state machine's plan: sweep missed files, write the segment list; return what the map reads."""
+        return self.schedule_map.plan(event, deadline)
+
+    def score_segment(self, item: dict[str, Any], deadline: Deadline | None = None) -> dict[str, Any]:
+        """The schedule state machine's child: re-score one segment of the state table to its end."""
+        return self.schedule_map.segment(item, deadline)
+
+    def finish_schedule(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The schedule state machine's last step: the run's record and lift report from its segments'."""
+        return self.schedule_map.finish(event)
 
     def lift_report(
         self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None

@@ -117,6 +117,32 @@ class LeaseHolder:
     until: float
 
 
+@dataclass(frozen=True)
+class TableStats:
+    """What DynamoDB says of a table's size: its item count (updated about every six hours) and warm throughput."""
+
+    items: int
+    write_units_per_second: int | None = None  # the table's warm write throughput; None when DynamoDB names none
+
+
+class CapStore(Protocol):
+    """One message counter per run, shared by all its workers, and the grants each chunk of work took from it.
+
+    Kept in the state table under keys no user id can be; each grant is written in the same transaction as the
+    counter's increment, so a chunk redone after a crash finds the grants it took and never takes another.
+    """
+
+    def grant(self, run_id: str, chunk: str, user_id: str, cap: int) -> bool | None:
+        """Take one message of the run's `cap` for a user of `chunk`; return True (taken, or taken before by this
+        chunk), None when the cap is reached."""
+
+    def granted(self, run_id: str, chunk: str) -> frozenset[str]:
+        """Return the users `chunk` of the run holds a grant for."""
+
+    def claimed(self, run_id: str) -> int:
+        """Return how many messages of the run's cap are taken."""
+
+
 class LeaseStore(Protocol):
     """One lease per run id, each written under its own condition: one attempt at a time per run."""
 
@@ -222,12 +248,16 @@ class Bucket(Protocol):
     def mark_rescored(self, at: float) -> None:
         """Record that a re-score of every user as of `at` has begun; the mark never moves back."""
 
+    def segments_put(self, run_id: str, segments: list[dict[str, Any]]) -> str:
+        """Write the segment list of a schedule run as a JSON array (the map's item list); return its key."""
+
 
 class Tables(Protocol):
     """Per-user behaviour state and current risk, each written under its own condition."""
 
     retries: Counter[str]
     leases: LeaseStore  # kept in the state table, under keys no user id can be
+    caps: CapStore  # the shared message counters of runs spread over many workers, in the state table too
 
     def expiry(self, last_event: float) -> int:
         """Return the epoch second after which a user last seen at `last_event` is forgotten."""
@@ -236,15 +266,24 @@ class Tables(Protocol):
         """Return the stored state of the given users (users never seen are left out; unreadable ones named)."""
 
     def scan_states(
-        self, start_key: dict[str, Any] | None, page_items: int, *, as_of: float
+        self,
+        start_key: dict[str, Any] | None,
+        page_items: int,
+        *,
+        as_of: float,
+        segment: int | None = None,
+        total_segments: int | None = None,
     ) -> Iterator[tuple[StoredStates, dict[str, Any] | None]]:
-        """Yield each page of live states and the key that resumes after it (None after the last)."""
+        """Yield each page of live states (of one parallel-scan segment when given) and the key resuming after it."""
+
+    def state_table_stats(self) -> TableStats:
+        """Return the state table's item count and warm write throughput, as DescribeTable gives them."""
 
     def get_risks(self, user_ids: list[str]) -> StoredRisks:
         """Return the stored risk items of the given users, naming those whose item could not be read."""
 
-    def scan_exposures(self) -> list[dict[str, Any]]:
-        """Return the exposure attributes of every risk item that has one."""
+    def scan_exposures(self, segment: int | None = None, total_segments: int | None = None) -> list[dict[str, Any]]:
+        """Return the exposure attributes of every risk item that has one (of one parallel-scan segment when given)."""
 
     def put_states(self, writes: list[StateWrite]) -> dict[str, str]:
         """Write each state if its version is unchanged; return user -> WRITTEN | CONFLICT | FAILED."""

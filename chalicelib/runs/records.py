@@ -11,6 +11,7 @@ import numpy as np
 from chalicelib.retention.contact_policy import parse_opt_outs
 from chalicelib.retention.outcomes import EventIndex
 from chalicelib.runs.context import RunContext
+from chalicelib.runs.message_cap import SharedMessageCap
 from chalicelib.runs.run_metrics import publish_run
 from chalicelib.scoring.scorer import iso_time
 
@@ -65,6 +66,15 @@ class Run:
     events: EventIndex | None = None  # the file's events, to see who came back after an exposure
     file_locales: dict[str, tuple[float, str]] = field(default_factory=dict)  # from the file's locale column
     locales: dict[str, str] = field(default_factory=dict)  # locale of the users being scored now
+    # The run's part one worker does (a schedule segment): its checkpoint and dead letters are kept under it.
+    part: str | None = None
+    # The message cap shared by every worker of the run (message_cap.py); None: counted in memory, in this run.
+    budget: SharedMessageCap | None = None
+
+    @property
+    def record_id(self) -> str:
+        """Return the id the run's checkpoint and dead letters are kept under: its part's, else its own."""
+        return self.part or self.run_id
 
     def add(self, counts: dict[str, Any]) -> None:
         """Add one step's counts into the run totals."""
@@ -93,15 +103,21 @@ class RunRecords:
         """Return the user ids on the opt-out list the settings name (none when there is no list)."""
         return parse_opt_outs(self.ctx.bucket.opt_out_list(self.ctx.settings.opt_out_key))
 
-    def resume(self, run_id: str, source: str) -> tuple[Run, dict[str, Any]]:
-        """Return the run as its last checkpoint left it (a fresh one when there is none) and the checkpoint."""
+    def resume(self, run_id: str, source: str, part: str | None = None) -> tuple[Run, dict[str, Any]]:
+        """Return the run (or its `part`) as its last checkpoint left it (a fresh one when none) and the checkpoint."""
         bucket = self.ctx.bucket
-        run = Run(run_id, source, opt_outs=self.opt_outs(), rescored_through=self.ctx.bucket.rescored_through())
-        checkpoint = bucket.checkpoint_get(run_id)
+        run = Run(
+            run_id,
+            source,
+            opt_outs=self.opt_outs(),
+            part=part,
+            rescored_through=self.ctx.bucket.rescored_through(),
+        )
+        checkpoint = bucket.checkpoint_get(run.record_id)
         if checkpoint is None:
             return run, {}
         run.totals = checkpoint.get("totals", {})
-        run.dead = DeadLetters.from_json(bucket.dead_letters_get(run_id))
+        run.dead = DeadLetters.from_json(bucket.dead_letters_get(run.record_id))
         return run, checkpoint
 
     def summarise(self, run: Run, summary: dict[str, Any], as_of: float, zeros: tuple[str, ...]) -> None:
@@ -116,10 +132,10 @@ class RunRecords:
     def checkpoint(self, run: Run, done: int, extra: dict[str, Any]) -> None:
         """Write where the run stands after `done` chunks, with what it has to keep so far."""
         if run.dead:
-            self.ctx.bucket.dead_letters_put(run.run_id, run.dead.to_json(run.run_id))
+            self.ctx.bucket.dead_letters_put(run.record_id, run.dead.to_json(run.run_id))
         record = {"run_id": run.run_id, "done": done, "totals": run.totals, "at": iso_time(self.ctx.clock()), **extra}
-        self.ctx.bucket.checkpoint_put(run.run_id, record)
-        self.ctx.logger.info("checkpoint", extra={"run_id": run.run_id, "done": done})
+        self.ctx.bucket.checkpoint_put(run.record_id, record)
+        self.ctx.logger.info("checkpoint", extra={"run_id": run.record_id, "done": done})
 
     def settle(self, run: Run, summary: dict[str, Any]) -> None:
         """Mark the run succeeded, or keep what failed as a dead-letter record and mark it incomplete."""

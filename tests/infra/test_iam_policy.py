@@ -35,6 +35,10 @@ NEEDED = {
     "update_item": {"dynamodb:UpdateItem"},
     "delete_item": {"dynamodb:DeleteItem"},
     "scan": {"dynamodb:Scan"},
+    "get_item": {"dynamodb:GetItem"},
+    "describe_table": {"dynamodb:DescribeTable"},
+    # A transaction is authorised item by item, as the writes it holds (the message counter's are UpdateItem).
+    "transact_write_items": {"dynamodb:UpdateItem"},
     "get_queue_url": {"sqs:GetQueueUrl"},
     "send_message_batch": {"sqs:SendMessage"},
     "start_execution": {"states:StartExecution"},

@@ -46,6 +46,9 @@ SAMPLES = {
     "BACKFILL_THRESHOLD_MB": ("backfill_threshold_bytes", "512", 512 << 20),
     "BACKFILL_RANGE_MB": ("backfill_range_bytes", "64", 64 << 20),
     "BACKFILL_SHARDS": ("backfill_shards", "256", 256),
+    "SCHEDULE_USERS_PER_SECOND": ("schedule_users_per_second", "2500", 2500.0),
+    "SCHEDULE_INVOCATION_USERS": ("schedule_invocation_users", "200000", 200000),
+    "SCHEDULE_MAX_CONCURRENCY": ("schedule_max_concurrency", "100", 100),
     "RETRY_BASE_DELAY_SECONDS": ("retry_base_delay_seconds", "0.2", 0.2),
     "RETRY_MAX_DELAY_SECONDS": ("retry_max_delay_seconds", "30", 30.0),
 }

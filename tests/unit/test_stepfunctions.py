@@ -413,16 +413,17 @@ def test_each_repository_definition_runs_over_stand_in_workers_calling_each_work
     def worker(handler: str) -> Any:
         def call(payload: Any) -> Any:
             calls.append(handler)
-            keys = {f"{kind}_key": f"workflows/{name}/{kind}.json" for kind in ("ranges", "shards", "segments")}
+            keys = {f"{kind}_key": f"items/{name}/{kind}.json" for kind in ("ranges", "shards", "segments")}
             for key in keys.values():
                 s3.objects[key] = json.dumps([{"i": i} for i in range(3)])
-            return keys
+            # What the definitions read of a worker's answer: item lists, the map's width, the run's status.
+            return {**keys, "total_segments": 3, "max_concurrency": 2, "status": "succeeded"}
 
         return call
 
     handlers = sorted(set(re.findall(r'"FunctionName": "(\w+)"', text)))
     # WHEN it runs
-    execution = StateMachineRunner(definition, {h: worker(h) for h in handlers}, s3=s3).run({"run_id": "r"})
+    execution = StateMachineRunner(definition, {h: worker(h) for h in handlers}, s3=s3).run({"run_id": "r", "at": 0.0})
     # THEN it succeeds, calling each worker, the mapped ones once per item
     assert execution.status == "SUCCEEDED", execution.cause
     assert set(calls) == set(handlers)

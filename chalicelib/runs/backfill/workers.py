@@ -22,6 +22,7 @@ from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.file_run import users_as_of
 from chalicelib.runs.lease import LeasedDeadline, Leases
+from chalicelib.runs.message_cap import SharedMessageCap
 from chalicelib.runs.records import DeadLetters, Run, RunRecords
 from chalicelib.scoring.state import StateBatch, build_state
 
@@ -187,7 +188,7 @@ class BackfillWorkers:
         delta = build_state(events)
         landed_at = plan["landed_at"]
         as_of = users_as_of(delta, landed_at, self.ctx.settings.future_tolerance_seconds)
-        run = self.shard_run(plan)
+        run = self.shard_run(plan, s)
         checkpoint = work.get_json(store.shard_checkpoint(s)) or {}
         run.totals = checkpoint.get("totals", {})
         run.dead = DeadLetters.from_json(checkpoint.get("dead"))
@@ -209,16 +210,19 @@ class BackfillWorkers:
         work.put_json(store.shard_summary(s), summary)
         return summary
 
-    def shard_run(self, plan: dict[str, Any]) -> Run:
+    def shard_run(self, plan: dict[str, Any], s: int) -> Run:
         """Return a new Run of one shard: the FILE's run id and source, so state, items and messages are the file's.
 
-        The one place a shard's Run is made: a budget shared by every shard of the run attaches here.
+        Every shard takes its messages from the run's one shared counter, so the shards together claim at most the
+        playbook's cap per run, as one invocation would.
         """
+        cap = self.ctx.scorer.playbook.contact_policy.max_messages_per_run
         return Run(
             plan["run_id"],
             plan["source"],
             opt_outs=self.records.opt_outs(),
             rescored_through=self.ctx.bucket.rescored_through(),
+            budget=SharedMessageCap(self.ctx.tables.caps, plan["run_id"], cap, f"shard-{s:05d}"),
         )
 
     def _shard_events(self, plan: dict[str, Any], s: int) -> list[Any]:
@@ -254,6 +258,7 @@ class BackfillWorkers:
                 self._checkpoint(run, s, i)
                 raise RunInterrupted(f"{run.run_id}.shard-{s:05d}", i, n_chunks)
             deadline.start_chunk()
+            run.budget.start_chunk(i)  # a redo of this chunk is the same chunk, with the same grants
             users = delta.user_ids[i * size : (i + 1) * size]
             rows = delta.values[i * size : (i + 1) * size]
             self.worker.merge_score_deliver(run, users, rows, snapshot, {uid: as_of[uid] for uid in users})

@@ -6,7 +6,9 @@ import pytest
 
 from chalicelib.observability import COUNT, METRICS
 from chalicelib.runs import file_run
+from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.ports import Sent
+from chalicelib.runs.schedule_run import schedule_run_id
 from churnguard_offline.generate import generate_events
 from tests.unit.runs.test_runs_on_fakes import AS_OF, Recorder, World
 
@@ -97,6 +99,15 @@ def retries(world, population, tmp_path, monkeypatch):
     return tables.calls["get_states"]
 
 
+def schedule_users_not_covered(world, population, tmp_path, monkeypatch):
+    world.land("incoming/all.csv", population, tmp_path)
+    world.process("incoming/all.csv")
+    at = AS_OF.timestamp() + 86400
+    with pytest.raises(RunInterrupted):
+        world.pipeline.run_schedule(at=at, deadline=Deadline(lambda: 1.0))
+    return world.bucket.runs[schedule_run_id(at)]["cut_short"]["users_not_covered"]
+
+
 # What makes each metric happen, and the value it then has in one invocation's metrics.
 SCENARIOS = {
     "RowsRejected": rows_rejected,
@@ -108,6 +119,7 @@ SCENARIOS = {
     "MessagesDeadLettered": messages_dead_lettered,
     "WriteConflicts": write_conflicts,
     "Retries": retries,
+    "ScheduleUsersNotCovered": schedule_users_not_covered,
 }
 
 
