@@ -13,7 +13,7 @@ from chalice import Chalice
 
 from chalicelib import runtime
 from chalicelib.observability import flush_metrics, logger
-from chalicelib.settings import DEFAULT_INCOMING_PREFIX, DEFAULT_SCHEDULE
+from chalicelib.settings import DEFAULT_FILES_QUEUE, DEFAULT_INCOMING_PREFIX, DEFAULT_SCHEDULE, DEFAULTS
 
 app = Chalice(app_name="churnguard")
 
@@ -54,6 +54,20 @@ def on_behaviour_file(event: Any) -> list[dict[str, Any]]:
             pipeline.process_object(key, obj.version_id, _epoch(record.get("eventTime")), deadline=deadline)
         )
     return summaries
+
+
+@app.on_sqs_message(
+    queue=os.environ.get("FILES_QUEUE", DEFAULT_FILES_QUEUE),
+    batch_size=int(os.environ.get("FILES_BATCH_SIZE", DEFAULTS["files_batch_size"])),
+    maximum_concurrency=int(os.environ.get("FILES_MAX_CONCURRENCY", DEFAULTS["files_max_concurrency"])),
+)
+def on_behaviour_queue(event: Any) -> dict[str, Any]:
+    """Process a batch of the files queue (S3 notifications): each landed file as on_behaviour_file does.
+
+    Returns the partial batch response: the messages to deliver again (in progress elsewhere, checkpointed, failed,
+    or not started for lack of time); every other message is deleted.
+    """
+    return runtime.get_pipeline().process_queue_batch(event.to_dict(), runtime.deadline(event.context))
 
 
 @app.schedule(os.environ.get("SCORING_SCHEDULE", DEFAULT_SCHEDULE))

@@ -28,6 +28,7 @@ MESSAGES_DEAD_LETTERED = "MessagesDeadLettered"  # messages a run left in its de
 WRITE_CONFLICTS = "WriteConflicts"  # conditional writes that lost a race and were decided again
 RETRIES = "Retries"  # retries of AWS calls and of partial batch failures, botocore's and the adapters'
 SCHEDULE_USERS_NOT_COVERED = "ScheduleUsersNotCovered"  # users a schedule run stopped without re-scoring
+FILES_MESSAGES_DROPPED = "FilesMessagesDropped"  # files-queue or sweep messages no retry can help (not a notification)
 METRICS = (
     ROWS_REJECTED,
     FILES_ALL_ROWS_REJECTED,
@@ -39,6 +40,7 @@ METRICS = (
     WRITE_CONFLICTS,
     RETRIES,
     SCHEDULE_USERS_NOT_COVERED,
+    FILES_MESSAGES_DROPPED,
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from chalicelib.aws.bucket import BehaviourBucket
+from chalicelib.aws.missed import MissedFileQueues
 from chalicelib.aws.queues import RetentionQueues
 from chalicelib.aws.tables import BehaviourTables
 from chalicelib.aws.workflows import StateMachines
@@ -26,12 +27,18 @@ def get_pipeline() -> ScoringPipeline:
         settings=settings,
         bucket=BehaviourBucket.create(settings.behaviour_bucket),
         tables=BehaviourTables.create(
-            settings.state_table, settings.risk_table, settings.write_concurrency, settings.retention_seconds, backoff
+            settings.state_table,
+            settings.risk_table,
+            settings.write_concurrency,
+            settings.retention_seconds,
+            backoff,
+            settings.ledger_retention_seconds,
         ),
         queues=RetentionQueues.create(settings.queues, backoff),
         scorer=Scorer(MODEL_CACHE.get(), load_playbook(settings.playbook_file)),
         backoff=backoff,
         workflows=StateMachines.create(settings.state_machines),
+        missed=MissedFileQueues.create([settings.files_dead_letter_queue, settings.files_failed_queue]),
     )
 
 

@@ -20,6 +20,11 @@ from chalicelib.retry import BASE_DELAY, MAX_DELAY
 
 DEFAULT_INCOMING_PREFIX = "incoming/"
 DEFAULT_SCHEDULE = "rate(1 day)"
+# The queue S3 notifications go to on a stage that delivers landed files through SQS (on_behaviour_queue).
+DEFAULT_FILES_QUEUE = "churnguard-files-dev"
+# Suffixes of the files queue's dead-letter queue and of the failed asynchronous invocations' queue.
+FILES_DEAD_LETTER_SUFFIX = "-dlq"
+FILES_FAILED_SUFFIX = "-failed"
 DEFAULT_RETENTION_DAYS = 730
 # Retention may not be shorter than this: it must outlast, with room to spare, every window the code waits
 # out or measures after a user's last event (the model's outcome horizon, the playbook's cooldowns).
@@ -85,6 +90,16 @@ def _days_to_seconds(days: float) -> float:
 def _days_to_whole_seconds(days: float) -> int:
     """Return a number of days in whole seconds."""
     return round(days * SECONDS_PER_DAY)
+
+
+def _dead_letter_of_files(values: Mapping[str, Any]) -> str:
+    """Return the files queue's dead-letter queue name: the files queue's, suffixed."""
+    return values["files_queue"] + FILES_DEAD_LETTER_SUFFIX
+
+
+def _failed_of_files(values: Mapping[str, Any]) -> str:
+    """Return the name of the queue the failed asynchronous invocations of on_behaviour_file go to."""
+    return values["files_queue"] + FILES_FAILED_SUFFIX
 
 
 def _mib_to_bytes(mib: float) -> int:
@@ -249,6 +264,30 @@ class Settings:
     )
     # At most this many segments of the schedule run at once (the map's MaxConcurrency, passed in by the plan).
     schedule_max_concurrency: int = setting("SCHEDULE_MAX_CONCURRENCY", _number, 40, minimum=1, convert=_count)
+    # The stream of landed files through SQS (on_behaviour_queue), and the queues the schedule's sweep drains for
+    # files whose delivery failed: the files queue's dead-letter queue, and the on-failure destination of
+    # on_behaviour_file's asynchronous invocations. A queue that does not exist is skipped.
+    files_queue: str = setting("FILES_QUEUE", default=DEFAULT_FILES_QUEUE)
+    # Messages per invocation (SQS gives at most 10 without a batching window), and invocations at once at most
+    # (the event source mapping's maximum concurrency, 2 to 1,000): read by app.py's decorator when packaged.
+    files_batch_size: int = setting("FILES_BATCH_SIZE", _number, 10, minimum=1, convert=_count)
+    files_max_concurrency: int = setting("FILES_MAX_CONCURRENCY", _number, 10, minimum=2, convert=_count)
+    files_dead_letter_queue: str = setting(
+        "FILES_DEAD_LETTER_QUEUE", default=DEFAULT_FILES_QUEUE + FILES_DEAD_LETTER_SUFFIX, derive=_dead_letter_of_files
+    )
+    files_failed_queue: str = setting(
+        "FILES_FAILED_QUEUE", default=DEFAULT_FILES_QUEUE + FILES_FAILED_SUFFIX, derive=_failed_of_files
+    )
+    # Messages of those queues one sweep handles at most; the rest wait for the next one.
+    sweep_max_messages: int = setting("SWEEP_MAX_MESSAGES", _number, 100, minimum=0, convert=_count)
+    # Keys of the incoming prefix one sweep lists at most, resuming where the last stopped, to find files whose
+    # notification never came (0: no listing at all); only files younger than the ledger's retention qualify.
+    sweep_list_max_keys: int = setting("SWEEP_LIST_MAX_KEYS", _number, 10000, minimum=0, convert=_count)
+    # How long the ledger remembers a processed object content (its items' TTL). It must outlast every way a file
+    # can come back (docs/operations.md); a file that landed longer ago than this, less a day, is not processed.
+    ledger_retention_seconds: int = setting(
+        "LEDGER_RETENTION_DAYS", _number, 35, minimum=15, convert=_days_to_whole_seconds
+    )
     # Capped exponential backoff with full jitter: the first delay, and the cap on any one delay.
     retry_base_delay_seconds: float = setting("RETRY_BASE_DELAY_SECONDS", _number, BASE_DELAY, minimum=0.0)
     retry_max_delay_seconds: float = setting("RETRY_MAX_DELAY_SECONDS", _number, MAX_DELAY, minimum=0.0)

@@ -18,6 +18,8 @@ MAX_RECEIVE_COUNT = 5
 # Longer than the handler's timeout, so a message is not redelivered while still being handled.
 VISIBILITY_TIMEOUT_SECONDS = 960
 MESSAGE_RETENTION_SECONDS = 14 * 86400
+# The files queue: hidden for six times the handler's timeout (900 s), as AWS advises for a Lambda event source.
+FILES_VISIBILITY_TIMEOUT_SECONDS = 6 * 900
 
 
 def ensure_resources(settings: Settings | None = None) -> dict[str, Any]:
@@ -32,7 +34,8 @@ def ensure_resources(settings: Settings | None = None) -> dict[str, Any]:
         _ensure_table(dynamodb, table)
         _ensure_ttl(dynamodb, table)
     queues = {tier: _ensure_queue(sqs, name) for tier, name in settings.queues.items()}
-    return {"bucket": settings.behaviour_bucket, "tables": tables, "queues": queues}
+    files = _ensure_files_queues(sqs, settings)
+    return {"bucket": settings.behaviour_bucket, "tables": tables, "queues": queues, "files_queues": files}
 
 
 def _ensure_bucket(s3: Any, bucket: str) -> None:
@@ -105,3 +108,22 @@ def _ensure_queue(sqs: Any, name: str) -> dict[str, str]:
         },
     )["QueueUrl"]
     return {"url": url, "dlq_url": dlq_url}
+
+
+def _ensure_files_queues(sqs: Any, settings: Settings) -> dict[str, str]:
+    """Create the files queue (S3 notifications for on_behaviour_queue), its dead-letter queue, and the queue the
+    failed asynchronous invocations of on_behaviour_file go to; return their URLs."""
+    kept = {"MessageRetentionPeriod": str(MESSAGE_RETENTION_SECONDS), "SqsManagedSseEnabled": "true"}
+    dlq_url = sqs.create_queue(QueueName=settings.files_dead_letter_queue, Attributes=kept)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+    url = sqs.create_queue(
+        QueueName=settings.files_queue,
+        Attributes={
+            **kept,
+            "VisibilityTimeout": str(FILES_VISIBILITY_TIMEOUT_SECONDS),
+            "RedrivePolicy": json.dumps(redrive),
+        },
+    )["QueueUrl"]
+    failed_url = sqs.create_queue(QueueName=settings.files_failed_queue, Attributes=kept)["QueueUrl"]
+    return {"url": url, "dlq_url": dlq_url, "failed_url": failed_url}

@@ -1,13 +1,15 @@
-"""Build the Lambda events AWS sends: S3 ObjectCreated and EventBridge schedule (demo, tests, replays)."""
+"""Build the Lambda events AWS sends: S3 ObjectCreated, SQS batches of them, and EventBridge schedule (demo, tests,
+replays)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 from chalicelib.scoring.scorer import iso_time
 
@@ -34,6 +36,42 @@ def s3_object_created(
                     "object": obj,
                 },
             }
+        ]
+    }
+
+
+def queued_notification(notification: dict[str, Any]) -> str:
+    """Return an S3 notification as S3 puts it in an SQS body: the key URL-encoded, '/' included."""
+    records = []
+    for record in notification["Records"]:
+        obj = record["s3"]["object"]
+        key = quote_plus(unquote_plus(obj["key"]), safe="")
+        records.append({**record, "s3": {**record["s3"], "object": {**obj, "key": key}}})
+    return json.dumps({"Records": records})
+
+
+def sqs_batch(bodies: list[str], queue: str = "churnguard-files-dev", ids: list[str] | None = None) -> dict[str, Any]:
+    """Return an SQS event as Lambda's event source mapping hands it over: one record per body, each its own id."""
+    ids = ids or [str(uuid.uuid4()) for _ in bodies]
+    return {
+        "Records": [
+            {
+                "messageId": message_id,
+                "receiptHandle": f"receipt-{message_id}",
+                "body": body,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "0",
+                    "SenderId": "AIDAEXAMPLE",
+                    "ApproximateFirstReceiveTimestamp": "0",
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
+                "awsRegion": "us-east-1",
+            }
+            for message_id, body in zip(ids, bodies, strict=True)
         ]
     }
 

@@ -42,6 +42,7 @@ from pin_model import write_pin
 
 from chalicelib.scoring.artifact import MODEL_FILE, load_model, sha256_of
 from chalicelib.scoring.pinned_artifact import MODEL_SHA256
+from chalicelib.settings import DEFAULT_FILES_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN_CODE = ("app.py", "chalicelib")
@@ -312,6 +313,11 @@ def patch_terraform(document: dict, stage: str) -> dict:
     - The bucket notification names the bucket infra/ creates, and waits for the permission that lets
       S3 invoke the function (S3 checks it when the notification is written).
     - The schedule's rule carries app and stage in its name, so two stages can share an account.
+    - The files queue's event source mapping reports partial batch failures (ReportBatchItemFailures, which
+      chalice 1.34 cannot set) and waits for the queue infra/ creates. On a stage whose FILES_DELIVERY is `queue`
+      the bucket notification goes to the files queue instead of the function (S3 allows one notification per
+      prefix and event type); otherwise to on_behaviour_file, whose failed asynchronous invocations then go to the
+      failed-files queue, for the schedule's sweep.
     - The state machines are added once their workers are functions of the app (`add_state_machines`).
     """
     patched = json.loads(json.dumps(document))
@@ -333,11 +339,54 @@ def patch_terraform(document: dict, stage: str) -> dict:
             for name, permission in resources["aws_lambda_permission"].items()
             if permission["principal"] == "s3.amazonaws.com"
         ]
+    _patch_files_delivery(resources, stage_environment(stage).get("FILES_DELIVERY", "function"))
     app_name = next(iter(resources["aws_lambda_function"].values()))["tags"]["aws-chalice"].split("app=")[-1]
     for rule_id, rule in resources.get("aws_cloudwatch_event_rule", {}).items():
         rule["name"] = f"{app_name}-{stage}-{rule_id.removesuffix('-event')}"
     add_state_machines(patched, f"{app_name}-{stage}")
     return patched
+
+
+FILE_FUNCTION = "on_behaviour_file"
+# Lambda's own limits for an asynchronous event: two retries, kept for up to six hours.
+ASYNC_RETRIES, ASYNC_MAX_AGE_SECONDS = 2, 6 * 3600
+
+
+def stage_environment(stage: str) -> dict:
+    """Return the environment the stage's functions get: the app's variables, then the stage's."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
+
+
+def _patch_files_delivery(resources: dict, delivery: str) -> None:
+    """Report partial batch failures on the files queue's mapping; point the bucket notification at the stage's
+    delivery (the files queue, or the function with an on-failure destination)."""
+    if delivery not in ("function", "queue"):
+        raise SystemExit(f"FILES_DELIVERY must be function or queue, not {delivery!r}")
+    for mapping in resources.get("aws_lambda_event_source_mapping", {}).values():
+        mapping["function_response_types"] = ["ReportBatchItemFailures"]
+        mapping["depends_on"] = ["aws_sqs_queue.files"]
+    if delivery == "function":
+        resources["aws_lambda_function_event_invoke_config"] = {
+            FILE_FUNCTION: {
+                "function_name": f"${{aws_lambda_function.{FILE_FUNCTION}.function_name}}",
+                "maximum_retry_attempts": ASYNC_RETRIES,
+                "maximum_event_age_in_seconds": ASYNC_MAX_AGE_SECONDS,
+                "destination_config": {"on_failure": {"destination": "${aws_sqs_queue.files_failed.arn}"}},
+            }
+        }
+        return
+    for notification in resources.get("aws_s3_bucket_notification", {}).values():
+        functions = notification.pop("lambda_function", [])
+        notification["queue"] = [
+            {"queue_arn": "${aws_sqs_queue.files.arn}", **{k: v for k, v in f.items() if k != "lambda_function_arn"}}
+            for f in functions
+        ]
+        # S3 checks, when the notification is written, that the queue's policy lets it send.
+        notification["depends_on"] = ["aws_sqs_queue_policy.files"]
+    permissions = resources.get("aws_lambda_permission", {})
+    for name in [n for n, p in permissions.items() if p["principal"] == "s3.amazonaws.com"]:
+        del permissions[name]  # nothing in S3 invokes the function on this stage
 
 
 # ---- the state machines ------------------------------------------------------------------------------
@@ -550,6 +599,8 @@ def terraform_variables(stage: str, document: dict) -> dict:
         "queue_account_manager": env.get("QUEUE_ACCOUNT_MANAGER", ""),
         "lambda_timeout_seconds": settings.get("lambda_timeout", config.get("lambda_timeout", 60)),
         "lambda_function_names": sorted(f["function_name"] for f in functions),
+        "files_queue": env.get("FILES_QUEUE") or DEFAULT_FILES_QUEUE,
+        "files_delivery": env.get("FILES_DELIVERY", "function"),
     }
 
 

@@ -27,6 +27,7 @@ from chalicelib.runs.ports import (
     WRITTEN,
     LeaseHolder,
     Listed,
+    Missed,
     ObjectGoneError,
     RiskWrite,
     S3Object,
@@ -46,7 +47,7 @@ class FakeBucket:
     def __init__(self, name: str = "bucket") -> None:
         self.bucket = name
         self.objects: dict[str, tuple[bytes, datetime]] = {}
-        self.ledger: dict[tuple[str, str], dict[str, Any]] = {}
+        self.list_calls = 0  # listing calls, as S3 would count them (1,000 keys a call)
         self.quarantined: dict[str, dict[str, Any]] = {}
         self.rejected: dict[str, bytes] = {}
         self.runs: dict[str, dict[str, Any]] = {}
@@ -64,7 +65,9 @@ class FakeBucket:
 
     def land(self, key: str, data: bytes, at: datetime | None = None) -> str:
         """Put an object; return its etag."""
-        self.objects[key] = (data, at or datetime(2026, 1, 1, tzinfo=UTC))
+        # By default a day before the run tests' clock (2026-06-01): old enough for the sweep's listing, and young
+        # enough for the ledger to remember it.
+        self.objects[key] = (data, at or datetime(2026, 5, 31, tzinfo=UTC))
         return _etag(data)
 
     def url(self, key: str) -> str:
@@ -78,16 +81,11 @@ class FakeBucket:
         data = self.objects[key][0]
         return S3Object(key, io.BytesIO(data), _etag(data), version_id, len(data))
 
-    def unprocessed(self, prefix: str) -> Iterator[Listed]:
-        for key, (data, at) in sorted(self.objects.items()):
-            if key.startswith(prefix) and (key, _etag(data)) not in self.ledger:
-                yield Listed(key, _etag(data), at)
-
-    def ledger_get(self, key: str, etag: str) -> dict[str, Any] | None:
-        return self.ledger.get((key, etag))
-
-    def ledger_put(self, key: str, etag: str, record: dict[str, Any]) -> None:
-        self.ledger[(key, etag)] = _copy(record)
+    def listing(self, prefix: str, after: str | None, max_keys: int) -> tuple[list[Listed], str | None]:
+        keys = [k for k in sorted(self.objects) if k.startswith(prefix) and (after is None or k > after)]
+        self.list_calls += max(1, -(-min(len(keys), max_keys) // 1000))
+        found = [Listed(k, _etag(self.objects[k][0]), self.objects[k][1]) for k in keys[:max_keys]]
+        return found, (found[-1].key if len(keys) > max_keys else None)
 
     def quarantine(self, key: str, version_id: str | None, reason: dict[str, Any]) -> str:
         self.objects.pop(key)
@@ -242,6 +240,59 @@ def scan_segment(user_id: str, total_segments: int) -> int:
     return int(hashlib.md5(user_id.encode(), usedforsecurity=False).hexdigest(), 16) % total_segments
 
 
+class FakeLedger(dict[tuple[str, str], dict[str, Any]]):
+    """The ledger: (key, content) -> record, the first record of a content standing; and the listing cursor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after: str | None = None
+        self.puts = 0
+
+    def find(self, key: str, content: str) -> dict[str, Any] | None:
+        return _copy(self.get((key, content)))
+
+    def put(self, key: str, content: str, record: dict[str, Any]) -> None:
+        self.puts += 1
+        self.setdefault((key, content), _copy(record))
+
+    def cursor(self) -> str | None:
+        return self.after
+
+    def set_cursor(self, after: str | None) -> None:
+        self.after = after
+
+
+class FakeMissed:
+    """The failed-delivery queues: bodies waiting by queue, each received hidden until deleted or `reappear()`."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, str] = {}  # receipt -> body
+        self.hidden: dict[str, str] = {}
+        self.deleted: list[str] = []
+        self._n = 0
+
+    def add(self, body: str | dict[str, Any], queue: str = "files-dlq") -> str:
+        self._n += 1
+        receipt = f"{queue}#{self._n}"
+        self.waiting[receipt] = body if isinstance(body, str) else json.dumps(body)
+        return receipt
+
+    def receive(self, limit: int, hide_seconds: int) -> list[Missed]:
+        taken = list(self.waiting.items())[:limit]
+        for receipt, _ in taken:
+            self.hidden[receipt] = self.waiting.pop(receipt)
+        return [Missed(receipt.split("#")[0], receipt, body) for receipt, body in taken]
+
+    def delete(self, message: Missed) -> None:
+        self.hidden.pop(message.receipt, None)
+        self.deleted.append(message.receipt)
+
+    def reappear(self) -> None:
+        """Make every received, undeleted message visible again (its visibility timeout ran out)."""
+        self.waiting.update(self.hidden)
+        self.hidden.clear()
+
+
 class FakeTables:
     """State and risk items with versions; users named in `fail_states` / `fail_risks` fail every write."""
 
@@ -251,6 +302,7 @@ class FakeTables:
         self.caps = FakeCaps()
         self.item_count: int | None = None  # what DescribeTable says (None: the true count)
         self.warm_write_units: int | None = None
+        self.ledger = FakeLedger()
         self.states: dict[str, dict[str, Any]] = {}
         self.risks: dict[str, dict[str, Any]] = {}
         self.fail_states: set[str] = set()

@@ -1,4 +1,4 @@
-"""S3 adapter: behaviour files in; rejected rows, quarantine, ledger, run records, checkpoints, dead letters,
+"""S3 adapter: behaviour files in; rejected rows, quarantine, run records, checkpoints, dead letters,
 closed exposures and reports out. It owns the bucket's key layout."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from chalicelib.runs.ports import Listed, ObjectGoneError, S3Object
 from chalicelib.settings import ConfigError
 
 # The bucket's layout: every prefix a run writes under is named here and nowhere else.
+# Where versions before the DynamoDB ledger (aws/ledger.py) kept it; nothing reads or writes it now, and the
+# bucket's lifecycle expires what is left (docs/operations.md).
 LEDGER_PREFIX = "ledger/"
 RUNS_PREFIX = "runs/"
 REJECTED_PREFIX = "rejected/"
@@ -60,11 +62,6 @@ def derived_key(prefix: str, key: str, suffix: str = "") -> str:
 # Full-object checksums S3 may return with ChecksumMode=ENABLED, strongest first; a multipart upload's
 # COMPOSITE checksum (a checksum of part checksums, shown with a -N suffix) depends on its part sizes.
 _CHECKSUMS = ("ChecksumSHA256", "ChecksumSHA1", "ChecksumCRC64NVME", "ChecksumCRC32C", "ChecksumCRC32")
-
-
-def ledger_key(key: str, etag: str) -> str:
-    """Return the ledger entry of one object content (its identity, see content_identity) under one key."""
-    return f"{LEDGER_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:32]}/{etag}.json"
 
 
 def content_identity(resp: dict[str, Any]) -> str:
@@ -175,8 +172,6 @@ class BehaviourBucket:
         self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
         self.delete(key)
 
-    # The ledger: one small object per processed object content, so a redelivered event,
-    # a Lambda retry or the schedule's sweep finds it and does nothing.
     def find_json(self, key: str) -> Any | None:
         """Read a JSON object, or return None when there is none."""
         data = self.find_bytes(key)
@@ -192,14 +187,6 @@ class BehaviourBucket:
     def delete(self, key: str) -> None:
         """Delete an object."""
         self.client.delete_object(Bucket=self.bucket, Key=key)
-
-    def ledger_get(self, key: str, etag: str) -> dict[str, Any] | None:
-        """Return the ledger record of an object content, or None if never processed."""
-        return self.find_json(ledger_key(key, etag))
-
-    def ledger_put(self, key: str, etag: str, record: dict[str, Any]) -> None:
-        """Record that an object content was processed."""
-        self.put_json(ledger_key(key, etag), record)
 
     # Checkpoints: where an unfinished run stands, so its next attempt continues instead of starting over.
     def checkpoint_get(self, run_id: str) -> dict[str, Any] | None:
@@ -227,17 +214,21 @@ class BehaviourBucket:
         """Forget the attempt count of a file run that finished (no-op when there is none)."""
         self.delete(f"{ATTEMPTS_PREFIX}{run_id}.json")
 
-    def ledger_keys(self) -> set[str]:
-        """Return every ledger entry key (for the sweep)."""
-        return {item.key for item in self.list(LEDGER_PREFIX)}
-
-    def unprocessed(self, prefix: str) -> Iterator[Listed]:
-        """Yield every object under `prefix` whose content has no ledger record (a listing carries only ETags)."""
+    def listing(self, prefix: str, after: str | None, max_keys: int) -> tuple[list[Listed], str | None]:
+        """Return up to `max_keys` objects under `prefix` after key `after` (1,000 a call), and the key to resume
+        after (None: the listing reached the end of the prefix); refuse a bucket without versioning."""
         self.require_versioning()
-        done = self.ledger_keys()
-        for item in self.list(prefix):
-            if ledger_key(item.key, item.etag) not in done:
-                yield item
+        found: list[Listed] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if after:
+            kwargs["StartAfter"] = after
+        while len(found) < max_keys:
+            resp = self.client.list_objects_v2(**kwargs, MaxKeys=min(1000, max_keys - len(found)))
+            found += [Listed(i["Key"], i["ETag"].strip('"'), i["LastModified"]) for i in resp.get("Contents", [])]
+            if not resp.get("IsTruncated"):
+                return found, None
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+        return found, (found[-1].key if found else after)
 
     def url(self, key: str) -> str:
         """Return the s3:// address of a key."""

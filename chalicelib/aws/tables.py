@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from chalicelib.aws.boto import BOTO_CONFIG, error_code, retry_attempts
 from chalicelib.aws.caps import RunCapTable
 from chalicelib.aws.leases import RunLeaseTable
+from chalicelib.aws.ledger import LedgerTable
 from chalicelib.errors import ChurnGuardError
 from chalicelib.retry import Backoff
 from chalicelib.runs.applied_runs import AppliedRuns
@@ -44,6 +46,7 @@ from chalicelib.runs.ports import (
     TableStats,
 )
 from chalicelib.scoring.state import LAYOUT_ID, StateBatch
+from chalicelib.settings import DEFAULTS
 
 GET_BATCH = 100
 # The attribute the tables' TTL is enabled on (bootstrap and the deployment's Terraform).
@@ -78,6 +81,7 @@ class BehaviourTables:
         concurrency: int,
         retention_seconds: int,
         backoff: Backoff | None = None,
+        ledger_retention_seconds: int = DEFAULTS["ledger_retention_seconds"],
     ) -> None:
         self.resource = resource
         # Clients are thread-safe, resources are not; the resource's client speaks Python types.
@@ -90,6 +94,8 @@ class BehaviourTables:
         # Run leases live in the state table, under keys no user id can be (see leases.py).
         self.leases = RunLeaseTable(self.client, state_table)
         self.caps = RunCapTable(self.client, state_table, self.backoff)
+        # So does the ledger of processed object contents (see ledger.py).
+        self.ledger = LedgerTable(self.client, state_table, ledger_retention_seconds, time.time)
         self.calls: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -97,11 +103,17 @@ class BehaviourTables:
 
     @classmethod
     def create(
-        cls, state_table: str, risk_table: str, concurrency: int, retention_seconds: int, backoff: Backoff
+        cls,
+        state_table: str,
+        risk_table: str,
+        concurrency: int,
+        retention_seconds: int,
+        backoff: Backoff,
+        ledger_retention_seconds: int = DEFAULTS["ledger_retention_seconds"],
     ) -> BehaviourTables:
         """Return an adapter with a default resource (honours AWS_ENDPOINT_URL)."""
         resource = boto3.resource("dynamodb", config=BOTO_CONFIG)
-        return cls(resource, state_table, risk_table, concurrency, retention_seconds, backoff)
+        return cls(resource, state_table, risk_table, concurrency, retention_seconds, backoff, ledger_retention_seconds)
 
     @property
     def shared(self) -> bool:

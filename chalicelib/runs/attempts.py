@@ -10,6 +10,7 @@ next one moves the file to quarantine/ with the last error, and records it in th
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -90,8 +91,9 @@ class Attempt:
 class FileAttempts:
     """Counts the attempts at each file run in the bucket, and quarantines a file that fails too many."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, record_done: Callable[[S3Object, dict[str, Any]], None]) -> None:
         self.ctx = ctx
+        self.record_done = record_done  # writes the ledger record of a file (FileRun owns the ledger)
 
     def start(self, obj: S3Object, summary: dict[str, Any]) -> Attempt | None:
         """Count a new attempt at the run and return it; or, when the run failed too often, quarantine the file,
@@ -132,6 +134,6 @@ class FileAttempts:
             # Those chunks' users stay merged: their state already holds this run, which a redo would skip.
             summary["chunks_done"] = done
         self.ctx.logger.warning("file quarantined", extra=kept)
-        bucket.ledger_put(obj.key, obj.etag, {"run_id": run_id, "status": "quarantined", "reason": reason})
+        self.record_done(obj, {"run_id": run_id, "status": "quarantined", "reason": reason})
         bucket.checkpoint_delete(run_id)
         bucket.attempts_delete(run_id)

@@ -10,7 +10,7 @@ from typing import Any
 from chalicelib.observability import logger as default_logger
 from chalicelib.observability import metrics as default_metrics
 from chalicelib.retry import Backoff
-from chalicelib.runs.ports import Bucket, Queues, Tables, Workflows
+from chalicelib.runs.ports import Bucket, MissedFiles, Queues, Tables, Workflows
 from chalicelib.scoring.scorer import Scorer
 from chalicelib.settings import Settings
 
@@ -29,3 +29,4 @@ class RunContext:
     logger: Any = default_logger
     metrics: Any = default_metrics  # Powertools Metrics: add_metric(name=, unit=, value=)
     workflows: Workflows | None = None  # None: no state machine is deployed, every run stays in one invocation
+    missed: MissedFiles | None = None  # the queues of failed deliveries the schedule's sweep drains; None: none

@@ -72,7 +72,7 @@ class FileRun:
         self.ctx = ctx
         self.worker = worker
         self.records = records
-        self.attempts = FileAttempts(ctx)
+        self.attempts = FileAttempts(ctx, self._ledger_put)
         self.leases = Leases(ctx)
 
     def process(
@@ -125,7 +125,7 @@ class FileRun:
         previous = self._finished(obj, summary)
         if previous is not None:
             if obj.identity != obj.etag:  # a re-upload under a new ETag: the sweep's listing knows only that
-                self.ctx.bucket.ledger_put(obj.key, obj.etag, previous)
+                self.ctx.tables.ledger.put(obj.key, obj.etag, previous)
             summary.update(status="duplicate", first_run=previous)
         return previous is not None
 
@@ -178,15 +178,16 @@ class FileRun:
 
     def _ledger_get(self, obj: S3Object) -> dict[str, Any] | None:
         """Return the ledger record of the object's content: under its identity, else under its ETag."""
-        found = self.ctx.bucket.ledger_get(obj.key, obj.identity)
+        ledger = self.ctx.tables.ledger
+        found = ledger.find(obj.key, obj.identity)
         if found is None and obj.identity != obj.etag:
-            found = self.ctx.bucket.ledger_get(obj.key, obj.etag)  # recorded before identities, or this very upload
+            found = ledger.find(obj.key, obj.etag)  # recorded before identities, or this very upload
         return found
 
     def _ledger_put(self, obj: S3Object, record: dict[str, Any]) -> None:
         """Record the object's content as processed, under its ETag too when that differs (listings carry only it)."""
         for name in dict.fromkeys((obj.etag, obj.identity)):
-            self.ctx.bucket.ledger_put(obj.key, name, record)
+            self.ctx.tables.ledger.put(obj.key, name, record)
 
     def _refusal(self, key: str, source: str) -> dict[str, Any] | None:
         """Return the summary of a key that is not processed at all, or None when it may be."""

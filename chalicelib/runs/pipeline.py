@@ -19,11 +19,12 @@ from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline
 from chalicelib.runs.file_run import FileRun
-from chalicelib.runs.ports import Bucket, Queues, Tables, Workflows
+from chalicelib.runs.ports import Bucket, MissedFiles, Queues, Tables, Workflows
 from chalicelib.runs.records import RunRecords
 from chalicelib.runs.replay import Replay
 from chalicelib.runs.schedule_map import ScheduleMap
 from chalicelib.runs.schedule_run import ScheduleRun
+from chalicelib.runs.stream import FileStream
 from chalicelib.scoring.scorer import Scorer
 from chalicelib.settings import Settings
 
@@ -43,9 +44,10 @@ class ScoringPipeline:
         logger: Any = default_logger,
         metrics: Any = default_metrics,
         workflows: Workflows | None = None,
+        missed: MissedFiles | None = None,
     ) -> None:
         self.ctx = RunContext(
-            settings, bucket, tables, queues, scorer, clock, backoff or Backoff(), logger, metrics, workflows
+            settings, bucket, tables, queues, scorer, clock, backoff or Backoff(), logger, metrics, workflows, missed
         )
         worker = ChunkWorker(self.ctx)
         records = RunRecords(self.ctx)
@@ -54,6 +56,7 @@ class ScoringPipeline:
         self.replays = Replay(self.ctx, worker, records)
         self.backfill = Backfill(self.ctx, worker, records, self.files)
         self.schedule_map = ScheduleMap(self.ctx, self.schedule, records)
+        self.stream = FileStream(self.ctx, self.files)
 
     @property
     def settings(self) -> Settings:
@@ -84,6 +87,10 @@ class ScoringPipeline:
     ) -> dict[str, Any]:
         """Merge one landed behaviour file into its users' state and re-score them; return the run summary."""
         return self.files.process(key, version_id, landed_at, deadline)
+
+    def process_queue_batch(self, event: dict[str, Any], deadline: Deadline) -> dict[str, Any]:
+        """Process one batch of the files queue (S3 notifications); return the partial batch response."""
+        return self.stream.handle(event, deadline)
 
     def run_schedule(self, at: float | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
         """Process missed files, then re-score every known user as of `at` (default now); return the summary."""

@@ -167,14 +167,9 @@ class Bucket(Protocol):
     def open(self, key: str, version_id: str | None = None) -> S3Object:
         """Open one object (one exact version when given); raise ObjectGoneError when it is gone."""
 
-    def unprocessed(self, prefix: str) -> Iterator[Listed]:
-        """Yield every object under `prefix` whose content has no ledger record."""
-
-    def ledger_get(self, key: str, etag: str) -> dict[str, Any] | None:
-        """Return the ledger record of an object content, or None if never processed."""
-
-    def ledger_put(self, key: str, etag: str, record: dict[str, Any]) -> None:
-        """Record that an object content was processed."""
+    def listing(self, prefix: str, after: str | None, max_keys: int) -> tuple[list[Listed], str | None]:
+        """Return up to `max_keys` objects under `prefix` after key `after`, and the key to resume after (None: the
+        listing reached the end)."""
 
     def quarantine(self, key: str, version_id: str | None, reason: dict[str, Any]) -> str:
         """Move an unreadable file aside with its reason beside it; return where it went."""
@@ -252,12 +247,29 @@ class Bucket(Protocol):
         """Write the segment list of a schedule run as a JSON array (the map's item list); return its key."""
 
 
+class LedgerStore(Protocol):
+    """One record per processed object content, written once and forgotten after the ledger's retention."""
+
+    def find(self, key: str, content: str) -> dict[str, Any] | None:
+        """Return the ledger record of an object content, or None if never processed."""
+
+    def put(self, key: str, content: str, record: dict[str, Any]) -> None:
+        """Record that an object content was processed, unless it is recorded already (the first record stands)."""
+
+    def cursor(self) -> str | None:
+        """Return the key the schedule's reconciliation listing resumes after, or None to start from the first."""
+
+    def set_cursor(self, after: str | None) -> None:
+        """Keep where the reconciliation listing stopped (None: it reached the end)."""
+
+
 class Tables(Protocol):
     """Per-user behaviour state and current risk, each written under its own condition."""
 
     retries: Counter[str]
     leases: LeaseStore  # kept in the state table, under keys no user id can be
     caps: CapStore  # the shared message counters of runs spread over many workers, in the state table too
+    ledger: LedgerStore  # likewise
 
     def expiry(self, last_event: float) -> int:
         """Return the epoch second after which a user last seen at `last_event` is forgotten."""
@@ -293,6 +305,25 @@ class Tables(Protocol):
 
     def confirm_sent(self, claims: list[tuple[str, str]]) -> int:
         """Mark (user, message id) claims as sent; return how many were still this message's claim."""
+
+
+@dataclass(frozen=True)
+class Missed:
+    """A message about a file whose delivery failed, received from one of the queues the sweep drains."""
+
+    queue: str
+    receipt: str
+    body: str
+
+
+class MissedFiles(Protocol):
+    """The queues of failed deliveries: the files queue's dead-letter queue, failed asynchronous invocations."""
+
+    def receive(self, limit: int, hide_seconds: int) -> list[Missed]:
+        """Return up to `limit` messages, each hidden from other readers for `hide_seconds` (none: nothing waits)."""
+
+    def delete(self, message: Missed) -> None:
+        """Delete a message whose files all reached a final status."""
 
 
 class Started(NamedTuple):

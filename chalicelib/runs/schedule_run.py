@@ -11,9 +11,10 @@ from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.file_run import FileRun
-from chalicelib.runs.lease import LeasedDeadline, LeaseLost, Leases
-from chalicelib.runs.ports import SCHEDULE, Listed
+from chalicelib.runs.lease import LeasedDeadline, Leases
+from chalicelib.runs.ports import SCHEDULE
 from chalicelib.runs.records import FINAL, Run, RunRecords
+from chalicelib.runs.sweep import Sweep
 from chalicelib.scoring.scorer import iso_time
 from chalicelib.settings import Settings
 
@@ -47,6 +48,7 @@ class ScheduleRun:
         self.records = records
         self.files = files
         self.leases = Leases(ctx)
+        self.sweeper = Sweep(ctx, files)
 
     def run(self, at: float | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
         """Process missed files, then re-score every known user as of `at` (default now); return the summary.
@@ -185,26 +187,8 @@ class ScheduleRun:
             self.records.checkpoint(run, pages_done, {"scan_key": resume, "scanned": resume is None})
 
     def sweep(self, now: float, deadline: Deadline) -> list[dict[str, Any]]:
-        """Process every incoming file that has no ledger entry and is older than the minimum age."""
-        swept = []
-        for item in self.ctx.bucket.unprocessed(self.ctx.settings.incoming_prefix):
-            if now - item.last_modified.timestamp() < self.ctx.settings.sweep_min_age_seconds:
-                continue  # its own S3 trigger is probably still running
-            swept.append(self._sweep_one(item, deadline))
-        return swept
-
-    def _sweep_one(self, item: Listed, deadline: Deadline) -> dict[str, Any]:
-        """Process one missed file; a failure of that file is logged and reported, never raised into the schedule."""
-        try:
-            result = self.files.process(item.key, None, item.last_modified.timestamp(), deadline)
-        except (RunInterrupted, LeaseLost):
-            raise  # out of time or overtaken: the whole invocation hands over, the file's checkpoint included
-        except Exception as exc:  # the isolation boundary: one bad file must never stop the re-score of everyone
-            source = self.ctx.bucket.url(item.key)
-            # Named by type only: an error's text may quote the file.
-            self.ctx.logger.warning("swept file failed", extra={"source": source, "error": type(exc).__name__})
-            return {"key": item.key, "run_id": None, "status": "failed", "error": type(exc).__name__}
-        return {"key": item.key, "run_id": result.get("run_id"), "status": result["status"]}
+        """Process the files whose delivery failed or never came, a bounded number a run (see sweep.py)."""
+        return self.sweeper.run(now, deadline)
 
     def lift_report(
         self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None

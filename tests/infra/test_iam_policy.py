@@ -12,7 +12,6 @@ from chalicelib.aws.bucket import (
     CHECKPOINT_PREFIX,
     CLOSED_PREFIX,
     DEAD_LETTER_PREFIX,
-    LEDGER_PREFIX,
     RUNS_PREFIX,
 )
 from chalicelib.settings import Settings
@@ -31,22 +30,28 @@ NEEDED = {
     "list_objects_v2": {"s3:ListBucket"},
     "get_bucket_versioning": {"s3:GetBucketVersioning"},
     "batch_get_item": {"dynamodb:BatchGetItem"},
+    "get_item": {"dynamodb:GetItem"},
     "put_item": {"dynamodb:PutItem"},
     "update_item": {"dynamodb:UpdateItem"},
     "delete_item": {"dynamodb:DeleteItem"},
     "scan": {"dynamodb:Scan"},
-    "get_item": {"dynamodb:GetItem"},
     "describe_table": {"dynamodb:DescribeTable"},
     # A transaction is authorised item by item, as the writes it holds (the message counter's are UpdateItem).
     "transact_write_items": {"dynamodb:UpdateItem"},
     "get_queue_url": {"sqs:GetQueueUrl"},
     "send_message_batch": {"sqs:SendMessage"},
     "start_execution": {"states:StartExecution"},
+    "receive_message": {"sqs:ReceiveMessage"},
+    "delete_message": {"sqs:DeleteMessage"},
 }
 # Granted by the build's Terraform, not by the stage's policy file: only the functions that start a state machine
 # may, and only that machine (scripts/package.py STATE_MACHINES; tests/infra/test_state_machines.py). Without the
 # Terraform there is no machine, no ARN in the environment, and no start.
 GRANTED_BY_TERRAFORM = {"states:StartExecution"}
+# Granted for what AWS does on the functions' behalf, not for a call of the code: the SQS event source mapping
+# of on_behaviour_queue reads the files queue (receive, delete, queue attributes), and Lambda sends the record of a
+# failed asynchronous invocation of on_behaviour_file to its on-failure destination with the function's role.
+FOR_AWS = {"sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:SendMessage"}
 
 
 def stages() -> dict:
@@ -83,7 +88,7 @@ def test_every_resource_is_this_stages_own(stage):
     name, config, policy = stage
     env = config["environment_variables"]
     own = [env["BEHAVIOUR_BUCKET"], env["STATE_TABLE"], env["RISK_TABLE"], f"/aws/lambda/churnguard-{name}-"]
-    own += [v for k, v in env.items() if k.startswith("QUEUE_")]
+    own += [v for k, v in env.items() if k.startswith("QUEUE_") or k == "FILES_QUEUE"]
     for statement in _statements(policy):
         for resource in _listed(statement["Resource"]):
             assert any(part in resource for part in own), f"{resource} is not one of stage {name}'s resources"
@@ -110,6 +115,7 @@ def test_every_call_the_code_makes_is_allowed(stage):
             "logs:CreateLogStream",
             "logs:PutLogEvents",
         }
+        - FOR_AWS
     )
     assert not unused, f"granted but never used: {sorted(unused)}"
 
@@ -119,7 +125,6 @@ def test_every_call_the_code_makes_is_allowed(stage):
 # no s3:prefix, so a ListBucket grant conditioned on s3:prefix does not count (tests/strict_aws.py).
 PROBED = {
     "incoming/": "a landed file deleted before its event is handled ends 'gone', not in a retry loop",
-    "ledger/": "an object content's ledger record: absent until the content is processed",
     "checkpoints/": "an unfinished run's checkpoint: absent on every first attempt",
     "runs/": "a schedule's run record: absent until its first attempt finishes",
     "dead-letter/": "what a run left to replay: absent when nothing was left",
@@ -133,7 +138,7 @@ def test_every_prefix_the_code_probes_answers_404_for_a_missing_key(stage):
     _, config, document = stage
     env = config["environment_variables"]
     bucket = env["BEHAVIOUR_BUCKET"]
-    probed = {LEDGER_PREFIX, CHECKPOINT_PREFIX, RUNS_PREFIX, DEAD_LETTER_PREFIX, CLOSED_PREFIX, BACKFILL_PREFIX}
+    probed = {CHECKPOINT_PREFIX, RUNS_PREFIX, DEAD_LETTER_PREFIX, CLOSED_PREFIX, BACKFILL_PREFIX}
     probed |= {env.get("INCOMING_PREFIX", "incoming/"), Settings.from_env(env).opt_out_key.rsplit("/", 1)[0] + "/"}
     assert probed == set(PROBED), "a new probe needs its reason here"
     policy = IamPolicy(document)

@@ -55,6 +55,8 @@ TFVARS_KEYS = frozenset(
         "queue_account_manager",
         "lambda_timeout_seconds",
         "lambda_function_names",
+        "files_queue",
+        "files_delivery",
     }
 )
 # The variables behind the names the infrastructure creates: each is named after the Settings field the
@@ -72,9 +74,7 @@ QUEUE_VARIABLES = {"high": "queue_high", "medium": "queue_medium", "account_mana
 # Declared in chalice.tf.json and used by infra/: checked against the real file once the package exists.
 FROM_CHALICE = frozenset({"data.aws_caller_identity.chalice", "data.aws_partition.chalice", "data.aws_region.chalice"})
 # Prefixes whose objects the code reads back for as long as the deployment lives: never expired.
-# (ledger/ is what makes a redelivered S3 event or the schedule's sweep skip a file already processed.)
 NEVER_EXPIRED = (
-    LEDGER_PREFIX,
     DEFAULT_INCOMING_PREFIX,
     CHECKPOINT_PREFIX,
     ATTEMPTS_PREFIX,
@@ -83,8 +83,8 @@ NEVER_EXPIRED = (
     LIFT_REPORT_KEY,
     Settings.opt_out_key,
 )
-# Run records nobody reads back after a while: these expire.
-EXPIRED = (REJECTED_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX)
+# Run records nobody reads back after a while: these expire (ledger/: the ledger of earlier versions, now in DynamoDB).
+EXPIRED = (REJECTED_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX, LEDGER_PREFIX)
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
 # Built-in functions of Terraform 1.3 (versions.tf.json's floor); a later one would break older releases.
 # (One word per function: the quoted list ruff suggests would run to a hundred lines.)
@@ -567,7 +567,7 @@ def test_one_table_is_created_per_distinct_name_so_state_and_risk_may_share_one(
 
 # ---- SQS -------------------------------------------------------------------------------------------
 def retention_and_dead_letter_queues(infra: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    queues = infra.of_type("aws_sqs_queue")
+    queues = {n: q for n, q in infra.of_type("aws_sqs_queue").items() if not n.startswith("files")}
     (retention,) = [q for q in queues.values() if "redrive_policy" in q]
     (dead_letter,) = [q for q in queues.values() if "redrive_policy" not in q]
     return retention, dead_letter

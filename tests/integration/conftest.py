@@ -24,6 +24,7 @@ from moto import mock_aws
 
 from chalicelib import runtime
 from chalicelib.aws.bucket import BehaviourBucket
+from chalicelib.aws.ledger import LEDGER_KEY_PREFIX
 from chalicelib.aws.queues import RetentionQueues
 from chalicelib.aws.tables import BehaviourTables
 from chalicelib.observability import logger
@@ -40,6 +41,8 @@ from churnguard_offline.lambda_events import s3_object_created, stage_timeout
 from tests.conftest import ROOT
 from tests.strict_aws import IamPolicy, StrictAws, strict_aws
 
+# Keys of the runs' own items in the state table (leases, the ledger): no user id holds a control character.
+RUNS_OWN_KEY_MARK = "\x1f"
 STAGE = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]["dev"]
 STAGE_ENV = STAGE["environment_variables"]
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -81,14 +84,27 @@ class Aws:
             version_id=resp.get("VersionId"),
         )
 
-    def items(self, table: str) -> list[dict[str, Any]]:
+    def items(self, table: str, runs_own: bool = False) -> list[dict[str, Any]]:
+        """Return a table's user items; with `runs_own`, the runs' own items too (leases, the ledger)."""
         t = self.ddb.Table(table)
         resp = t.scan()
         items = resp["Items"]
         while "LastEvaluatedKey" in resp:
             resp = t.scan(ExclusiveStartKey=resp["LastEvaluatedKey"])
             items += resp["Items"]
-        return items
+        return items if runs_own else [i for i in items if not i["user_id"].startswith(RUNS_OWN_KEY_MARK)]
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Return the ledger's records (items of the state table), in their items' key order."""
+        items = sorted(self.items(self.settings.state_table, runs_own=True), key=lambda i: i["user_id"])
+        return [json.loads(i["ledger_record"]) for i in items if i["user_id"].startswith(LEDGER_KEY_PREFIX)]
+
+    def forget_ledger(self) -> None:
+        """Delete every ledger record, as TTL would once they expired."""
+        table = self.ddb.Table(self.settings.state_table)
+        for item in self.items(self.settings.state_table, runs_own=True):
+            if item["user_id"].startswith(LEDGER_KEY_PREFIX):
+                table.delete_item(Key={"user_id": item["user_id"]})
 
     def drain(self, tier: str) -> list[dict[str, Any]]:
         """Receive every message of a tier's queue (body parsed, attributes flattened)."""

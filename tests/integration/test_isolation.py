@@ -41,7 +41,7 @@ def test_a_file_failing_every_attempt_is_quarantined_by_the_trigger_after_the_li
             client.lambda_.invoke("on_behaviour_file", event)
         [counted] = aws.keys("attempts/")
         assert json.loads(aws.get(counted))["attempts"] == attempt
-    assert aws.keys("ledger/") == [] and aws.keys("quarantine/") == []
+    assert aws.ledger() == [] and aws.keys("quarantine/") == []
 
     # THEN the next delivery quarantines the file, with its reason and a ledger record, and does not raise
     [summary] = client.lambda_.invoke("on_behaviour_file", event).payload
@@ -49,8 +49,8 @@ def test_a_file_failing_every_attempt_is_quarantined_by_the_trigger_after_the_li
     assert aws.keys("quarantine/") == [f"quarantine/{KEY}", f"quarantine/{KEY}.reason.json"]
     reason = json.loads(aws.get(f"quarantine/{KEY}.reason.json"))
     assert reason["last_error"]["type"] == "MemoryError" and reason["attempts"] == limit
-    [ledger] = aws.keys("ledger/")
-    assert json.loads(aws.get(ledger))["status"] == "quarantined"
+    [ledger] = aws.ledger()
+    assert ledger["status"] == "quarantined"
     assert aws.keys("incoming/") == [] and aws.keys("attempts/") == []
 
     # AND the invocations published each failed attempt and the quarantine as CloudWatch metrics

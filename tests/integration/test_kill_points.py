@@ -48,7 +48,11 @@ def kind(params: dict[str, Any], service: str) -> str:
     if service == "s3":
         return params.get("Key", params.get("Prefix", "")).split("/")[0]
     if "TableName" in params:
-        return params["TableName"]
+        # A run's own items in the state table (its lease, the ledger) are stores of their own.
+        user = (params.get("Item") or params.get("Key") or {}).get("user_id", "")
+        user = user.get("S", "") if isinstance(user, dict) else user
+        special = user.split("\x1f")[1] if user.startswith("\x1f") else ""
+        return f"{params['TableName']}:{special}" if special else params["TableName"]
     if "RequestItems" in params:
         return ",".join(sorted(params["RequestItems"]))
     return params.get("QueueUrl", "").rsplit("/", 1)[-1]
@@ -108,7 +112,7 @@ def outcome(aws, run_id: str, redone_chunk: bool = False) -> dict[str, Any]:
     risks = sorted(aws.items(aws.settings.risk_table), key=lambda i: i["user_id"])
     return {
         "record": record,
-        "ledger": sorted(json.loads(aws.get(key)) for key in aws.keys("ledger/")),
+        "ledger": sorted(aws.ledger(), key=lambda record: json.dumps(record, sort_keys=True)),
         "closed": sorted((e["user_id"], e["exposed_at"], e["group"], str(e.get("returned_at"))) for e in closed),
         "lift": json.loads(aws.get("reports/lift.json")) if aws.keys("reports/") else None,
         "risks": [{k: v for k, v in item.items() if k not in RISK_TIMES} for item in risks],
@@ -174,7 +178,7 @@ def schedule_run(aws, batch, tmp_path, switch: KillSwitch) -> str:
 def lease_runs_out(aws) -> None:
     """Let the killed attempt's lease run out, as it has (its invocation's end plus a margin) by the redelivery."""
     table = boto3.resource("dynamodb").Table(aws.settings.state_table)
-    for item in aws.items(aws.settings.state_table):
+    for item in aws.items(aws.settings.state_table, runs_own=True):
         if item["user_id"].startswith(LEASE_KEY_PREFIX):
             table.delete_item(Key={"user_id": item["user_id"]})
 

@@ -36,7 +36,8 @@ class Clocked:
 
     def forget_the_run_finished(self) -> None:
         """Leave a run's state merged but its ledger and run records unwritten, as a crash just before them."""
-        for key in self.aws.keys("ledger/") + self.aws.keys("runs/"):
+        self.aws.forget_ledger()
+        for key in self.aws.keys("runs/"):
             self.aws.s3.delete_object(Bucket=self.aws.settings.behaviour_bucket, Key=key)
 
     def state_item(self, uid: str) -> dict:

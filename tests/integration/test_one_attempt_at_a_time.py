@@ -150,7 +150,7 @@ def test_lease_items_are_never_read_as_users_even_where_state_and_risk_share_a_t
     now = AS_OF.timestamp()
     for tables in (separate, shared):
         assert tables.leases.take("obj-1", "holder", now + 60, now) is None
-    assert len(aws.items(s.state_table)) == len(aws.items(s.risk_table)) == 1
+    assert len(aws.items(s.state_table, runs_own=True)) == len(aws.items(s.risk_table, runs_own=True)) == 1
     # WHEN the schedule's scan and the exposure scan (the lift report's) read the tables
     # THEN neither sees a user in them
     for tables in (separate, shared):
@@ -160,4 +160,4 @@ def test_lease_items_are_never_read_as_users_even_where_state_and_risk_share_a_t
     # AND a release by its holder removes each
     for tables in (separate, shared):
         tables.leases.release("obj-1", "holder")
-    assert aws.items(s.state_table) == aws.items(s.risk_table) == []
+    assert aws.items(s.state_table, runs_own=True) == aws.items(s.risk_table, runs_own=True) == []

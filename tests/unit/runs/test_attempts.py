@@ -53,7 +53,7 @@ def test_a_file_that_fails_every_attempt_is_quarantined_by_the_attempt_after_the
             world.process(KEY)
         [record] = world.bucket.attempts.values()
         assert record["attempts"] == attempt and record["last_error"]["type"] == "ValueError"
-    assert world.bucket.ledger == {} and KEY not in world.bucket.quarantined
+    assert world.tables.ledger == {} and KEY not in world.bucket.quarantined
 
     # THEN the fourth attempt quarantines it instead of processing it, with the last error and a ledger record
     summary = world.process(KEY)
@@ -61,7 +61,7 @@ def test_a_file_that_fails_every_attempt_is_quarantined_by_the_attempt_after_the
     assert "ValueError" in summary["reason"] and "u-secret" not in summary["reason"]  # logs never quote the file
     reason = world.bucket.quarantined[KEY]
     assert reason["last_error"]["type"] == "ValueError" and "u-secret" in reason["last_error"]["detail"]
-    assert world.bucket.ledger[(KEY, etag)]["status"] == "quarantined"
+    assert world.tables.ledger[(KEY, etag)]["status"] == "quarantined"
     assert world.bucket.runs[summary["run_id"]]["status"] == "quarantined"
     assert world.bucket.attempts == {} and KEY not in world.bucket.objects
     added = [kwargs["name"] for _, _, kwargs in metrics.calls]
@@ -109,7 +109,7 @@ def test_an_attempt_killed_before_any_except_clause_runs_still_counts(monkeypatc
     # THEN the next attempt quarantines it, saying no error could be recorded
     summary = world.process(KEY)
     assert summary["status"] == "quarantined" and KILLED in summary["reason"]
-    assert world.bucket.ledger[(KEY, etag)]["status"] == "quarantined"
+    assert world.tables.ledger[(KEY, etag)]["status"] == "quarantined"
 
 
 def test_a_long_file_handed_over_or_killed_after_progress_on_every_attempt_is_never_quarantined(

@@ -109,7 +109,7 @@ def test_a_file_in_8_ranges_and_16_shards_run_shuffled_with_a_killed_child_equal
     # (the killed child's users were merged before it died: its rerun finds them merged, as a redo of one run does)
     assert summary["users_new"] + summary["delivery"]["duplicates_suppressed"]["state"] == expected["users_new"]
     assert world.bucket.runs[summary["run_id"]]["status"] == "succeeded"
-    assert world.bucket.ledger[(KEY, world.bucket.open(KEY).etag)]["status"] == "succeeded"
+    assert world.tables.ledger[(KEY, world.bucket.open(KEY).etag)]["status"] == "succeeded"
     # ... and the working objects are gone
     assert not world.bucket.backfill
 
@@ -177,7 +177,7 @@ def test_a_hostile_range_fails_alone_and_is_named(tmp_path):
     assert summary["status"] == "incomplete" and [f["range"] for f in failed] == [1], failed
     assert "binary" in failed[0]["why"] or "UTF-8" in failed[0]["why"]
     assert set(world.tables.states) >= {f"u{i}" for i in range(40)}
-    assert world.bucket.ledger[(KEY, world.bucket.open(KEY).etag)]["status"] == "incomplete"
+    assert world.tables.ledger[(KEY, world.bucket.open(KEY).etag)]["status"] == "incomplete"
     assert world.bucket.backfill, "an incomplete run keeps its working objects for a redrive"
 
 
@@ -322,7 +322,7 @@ def test_an_unusable_header_is_quarantined_by_the_finish_step_as_one_invocation_
     assert split["ranges"] == 0
     summary = world.pipeline.backfill.finish({**workflows.executions[(BACKFILL, split["run_id"])], "split": split})
     assert summary["status"] == "unreadable" and KEY in world.bucket.quarantined
-    assert world.bucket.ledger[(KEY, _etag(data))]["status"] == "unreadable"
+    assert world.tables.ledger[(KEY, _etag(data))]["status"] == "unreadable"
 
 
 def test_a_failed_split_is_recorded_and_left_for_a_redrive(few, tmp_path):
@@ -334,7 +334,7 @@ def test_a_failed_split_is_recorded_and_left_for_a_redrive(few, tmp_path):
     # WHEN finish runs THEN the run record says so, and no ledger record stops a redrive from finishing the file
     summary = world.pipeline.backfill.finish(state)
     assert summary["status"] == "split_failed" and summary["error"]["error"] == "Lambda.Unknown"
-    assert world.bucket.runs[run_id]["status"] == "split_failed" and not world.bucket.ledger
+    assert world.bucket.runs[run_id]["status"] == "split_failed" and not world.tables.ledger
 
 
 def test_finish_run_again_after_the_run_finished_changes_nothing(tmp_path):

@@ -85,7 +85,7 @@ def test_a_holder_that_lost_its_lease_stops_before_its_next_chunk(world, populat
     assert summary["status"] == "lease_lost" and summary["held_by"]["holder"] == "taker"
     first_chunk = set(world.bucket.checkpoints) == {run_id} and world.bucket.checkpoints[run_id]["done"] == 1
     assert first_chunk and len(world.queues.bodies()) == sum(sends)
-    assert not world.bucket.ledger and not world.bucket.runs
+    assert not world.tables.ledger and not world.bucket.runs
     assert world.tables.leases.held[run_id].holder == "taker"
 
 

@@ -22,8 +22,8 @@ def _one_purchase(uid: str, at: float) -> bytes:
 
 def _forget_the_run_finished(world: World, key: str) -> None:
     """Leave the state of a file's run merged but its ledger record unwritten, as a crash just before it does."""
-    for ledger_key in [k for k in world.bucket.ledger if k[0] == key]:
-        del world.bucket.ledger[ledger_key]
+    for ledger_key in [k for k in world.tables.ledger if k[0] == key]:
+        del world.tables.ledger[ledger_key]
     world.bucket.runs.clear()
 
 
@@ -102,7 +102,7 @@ def test_the_run_says_its_latest_as_of_and_how_many_users_were_scored_past_the_l
     summary = world.process("incoming/skewed.csv")
     assert summary["as_of"] == iso_time(landed + 23 * HOUR)
     assert summary["landed_at"] == iso_time(landed) and summary["users_as_of_past_landing"] == 1
-    ledger = next(iter(world.bucket.ledger.values()))
+    ledger = next(iter(world.tables.ledger.values()))
     assert ledger["as_of"] == summary["as_of"]
 
 

@@ -20,8 +20,10 @@ class Crash(Exception):
 
 
 def die_once_at(world: World, monkeypatch, method: str) -> None:
-    """Make the bucket's `method` kill the process the first time it is called."""
-    real = getattr(world.bucket, method)
+    """Make the bucket's `method` (or the ledger's, `ledger.put`) kill the process the first time it is called."""
+    store = world.tables.ledger if method.startswith("ledger.") else world.bucket
+    method = method.removeprefix("ledger.")
+    real = getattr(store, method)
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -30,7 +32,7 @@ def die_once_at(world: World, monkeypatch, method: str) -> None:
             raise Crash(f"killed in {method}")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(world.bucket, method, dying)
+    monkeypatch.setattr(store, method, dying)
 
 
 def without_times(record: dict) -> dict:
@@ -71,7 +73,7 @@ def test_a_schedule_killed_after_re_exposing_users_keeps_every_exposure_it_close
     assert world.bucket.lift == clean.bucket.lift
 
 
-@pytest.mark.parametrize("method", ["run_record_put", "checkpoint_delete", "ledger_put"])
+@pytest.mark.parametrize("method", ["run_record_put", "checkpoint_delete", "ledger.put"])
 def test_a_file_run_killed_in_its_bookkeeping_is_finished_by_its_redo(
     chunked, population, tmp_path, monkeypatch, method
 ):
@@ -92,7 +94,7 @@ def test_a_file_run_killed_in_its_bookkeeping_is_finished_by_its_redo(
     stored = without_times(chunked.bucket.runs[run_id])
     stored.pop("resumed_after_chunks", None)
     assert stored == without_times(clean.bucket.runs[run_id])
-    assert chunked.bucket.ledger == clean.bucket.ledger
+    assert chunked.tables.ledger == clean.tables.ledger
     assert chunked.bucket.checkpoints == {}
     # AND a third delivery finds the run done
     assert chunked.process("incoming/day.csv")["status"] == "duplicate"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from chalicelib.observability import COUNT, METRICS
@@ -10,6 +12,7 @@ from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.ports import Sent
 from chalicelib.runs.schedule_run import schedule_run_id
 from churnguard_offline.generate import generate_events
+from churnguard_offline.lambda_events import sqs_batch
 from tests.unit.runs.test_runs_on_fakes import AS_OF, Recorder, World
 
 KEY = "incoming/day.csv"
@@ -108,6 +111,12 @@ def schedule_users_not_covered(world, population, tmp_path, monkeypatch):
     return world.bucket.runs[schedule_run_id(at)]["cut_short"]["users_not_covered"]
 
 
+def files_messages_dropped(world, population, tmp_path, monkeypatch):
+    event = sqs_batch(["{not json", json.dumps({"Records": [{"eventSource": "aws:sns"}]})], ids=["m0", "m1"])
+    assert world.pipeline.process_queue_batch(event, Deadline())["batchItemFailures"] == []
+    return 1  # per message: two messages, one each
+
+
 # What makes each metric happen, and the value it then has in one invocation's metrics.
 SCENARIOS = {
     "RowsRejected": rows_rejected,
@@ -120,6 +129,7 @@ SCENARIOS = {
     "WriteConflicts": write_conflicts,
     "Retries": retries,
     "ScheduleUsersNotCovered": schedule_users_not_covered,
+    "FilesMessagesDropped": files_messages_dropped,
 }
 
 

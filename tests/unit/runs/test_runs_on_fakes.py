@@ -380,4 +380,4 @@ def test_a_file_whose_every_row_is_rejected_says_so_with_a_warning_and_a_metric(
         ("add_metric", (), {"name": "FilesAllRowsRejected", "unit": COUNT, "value": 1}),
         ("add_metric", (), {"name": "RowsRejected", "unit": COUNT, "value": 50}),
     ]
-    assert world.bucket.ledger_get("incoming/bad.csv", next(iter(world.bucket.ledger))[1])["status"] == "rejected"
+    assert world.tables.ledger.find("incoming/bad.csv", next(iter(world.tables.ledger))[1])["status"] == "rejected"
