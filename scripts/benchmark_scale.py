@@ -41,7 +41,7 @@ from chalicelib.scoring.events import EventBatch  # noqa: E402
 from chalicelib.scoring.scorer import Scorer  # noqa: E402
 from chalicelib.settings import Settings  # noqa: E402
 from churnguard_offline.generate import generate_events, write_event_log  # noqa: E402
-from tests.fakes import FakeBucket, FakeLeases, FakeQueues, FakeTables  # noqa: E402
+from tests.fakes import FakeBucket, FakeLeases, FakeLedger, FakeQueues, FakeTables  # noqa: E402
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -67,7 +67,8 @@ LAMBDA_GB = 2.0  # the functions' 2,048 MB
 # Bucket calls by the S3 request they make.
 S3_GETS = (
     "open",
-    "ledger_get",
+    "read_range",
+    "backfill_get",
     "opt_out_list",
     "run_record_get",
     "checkpoint_get",
@@ -76,7 +77,8 @@ S3_GETS = (
     "rescored_through",
 )
 S3_PUTS = (
-    "ledger_put",
+    "backfill_put",
+    "segments_put",
     "put_rejected",
     "run_record_put",
     "checkpoint_put",
@@ -87,7 +89,7 @@ S3_PUTS = (
     "quarantine",
     "mark_rescored",
 )
-S3_FREE = ("checkpoint_delete", "attempts_delete", "dead_letters_delete")  # DELETE is not charged
+S3_FREE = ("checkpoint_delete", "attempts_delete", "dead_letters_delete", "backfill_delete")  # DELETE is not charged
 
 
 class Meter:
@@ -198,6 +200,22 @@ class MeteredLeases(FakeLeases):
         super().release(run_id, holder)
 
 
+class MeteredLedger(FakeLedger):
+    """The ledger: one GetItem to look a file up, one conditional PutItem to record it (aws/ledger.py)."""
+
+    def __init__(self, meter: Meter) -> None:
+        super().__init__()
+        self.meter = meter
+
+    def find(self, key: str, content: str):
+        self.meter.ddb("ledger.GetItem", 1, rru=1)
+        return super().find(key, content)
+
+    def put(self, key: str, content: str, record: dict[str, Any]) -> None:
+        self.meter.ddb("ledger.PutItem", 1, wru=1)
+        super().put(key, content, record)
+
+
 class MeteredTables(FakeTables):
     """FakeTables that cost what BehaviourTables' calls cost: latency, calls and capacity units."""
 
@@ -205,6 +223,7 @@ class MeteredTables(FakeTables):
         super().__init__(retention_seconds)
         self.meter = meter
         self.leases = MeteredLeases(meter)
+        self.ledger = MeteredLedger(meter)
 
     def get_states(self, user_ids):
         found = [u for u in user_ids if u in self.states]
@@ -218,17 +237,20 @@ class MeteredTables(FakeTables):
         self.meter.ddb("BatchGetItem", math.ceil(len(user_ids) / GET_BATCH), rru=rru)
         return super().get_risks(user_ids)
 
-    def scan_states(self, start_key, page_items, *, as_of):
-        for stored, resume in super().scan_states(start_key, page_items, as_of=as_of):
+    def scan_states(self, start_key, page_items, *, as_of, segment=None, total_segments=None):
+        pages = super().scan_states(start_key, page_items, as_of=as_of, segment=segment, total_segments=total_segments)
+        for stored, resume in pages:
             size = sum(state_item_bytes(self.states[u], u) for u in stored.batch.user_ids)
             # Eventually consistent: half a unit per 4 KB of the items read, summed over the page.
             self.meter.ddb("Scan", max(1, math.ceil(size / SCAN_PAGE_BYTES)), rru=math.ceil(size / 4096) / 2)
             yield stored, resume
 
-    def scan_exposures(self):
+    def scan_exposures(self, segment=None, total_segments=None):
         size = sum(item_bytes(i) for i in self.risks.values())  # a Scan reads whole items, then projects
+        if total_segments:
+            size //= total_segments
         self.meter.ddb("Scan", max(1, math.ceil(size / SCAN_PAGE_BYTES)), rru=math.ceil(size / 4096) / 2)
-        return super().scan_exposures()
+        return super().scan_exposures(segment, total_segments)
 
     def put_states(self, writes):
         out = super().put_states(writes)
@@ -279,8 +301,8 @@ for _name in S3_GETS:
     setattr(MeteredBucket, _name, _metered(_name, "GET"))
 for _name in S3_PUTS:
     setattr(MeteredBucket, _name, _metered(_name, "PUT"))
-for _name in (*S3_FREE, "unprocessed", "closed_all"):
-    setattr(MeteredBucket, _name, _metered(_name, "LIST" if _name in ("unprocessed", "closed_all") else "DELETE"))
+for _name in (*S3_FREE, "closed_all"):
+    setattr(MeteredBucket, _name, _metered(_name, "LIST" if _name == "closed_all" else "DELETE"))
 
 
 # ---- one worker ------------------------------------------------------------------------------------------------
@@ -454,62 +476,68 @@ def daily_active_share(population: EventBatch) -> float:
 
 
 # ---- peak RSS ----------------------------------------------------------------------------------------------------
-def _peak_rss(code: str) -> float:
-    """Run Python code in a fresh process; return its peak RSS in MiB."""
-    wrapper = code + "\nimport resource, json; print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
-    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True, cwd=ROOT)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+# The backfill's workers on the metered fakes in a fresh process: the file is landed and handed over, the split
+# and every range child run, then the child measured runs alone under tracemalloc (numpy's buffers included).
+_BACKFILL_CHILD = """
+import dataclasses, json, resource, sys, tracemalloc
+sys.path.insert(0, '.')
+from scripts.benchmark_scale import SETTINGS, Worker
+from tests.fakes import FakeWorkflows
+from tests.unit.runs.backfill_driver import items
+settings = dataclasses.replace(SETTINGS, backfill_threshold_bytes=1, backfill_range_bytes={range_bytes},
+                               backfill_shards={shards})
+w = Worker({{'ddb': 0.0, 'sqs': 0.0, 's3': 0.0}}, settings)
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+workflows = FakeWorkflows()
+w.pipeline.ctx.workflows = workflows
+w.land('incoming/backfill.csv', open({path!r}, 'rb').read())
+run_id = w.file_run('incoming/backfill.csv')['run_id']
+backfill = w.pipeline.backfill
+job = dict(workflows.executions[('backfill', run_id)])
+split = backfill.split(job)
+ranges = items(w.bucket, split['ranges_key'])
+for item in ranges[1:] if {kind!r} == 'range' else ranges:
+    backfill.range(item)
+child = ranges[0] if {kind!r} == 'range' else items(w.bucket, split['shards_key'])[0]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+tracemalloc.start()
+getattr(backfill, {kind!r})(child)
+peak = tracemalloc.get_traced_memory()[1] / 2**20
+figures = {{'loaded_mib': round(loaded, 1), 'child_peak_mib': round(peak, 1), 'ranges': len(ranges)}}
+print(json.dumps({{**figures, 'rss_before_child_mib': round(before, 1)}}))
+"""
+
+
+def _backfill_child(kind: str, path: Path, range_bytes: int, shards: int) -> dict[str, Any]:
+    """Run one backfill child (`range` or `shard`) of the file at `path`; return its memory figures."""
+    code = _BACKFILL_CHILD.format(range_bytes=range_bytes, shards=shards, path=str(path), kind=kind)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    # A container's own peak: the code and the model loaded, then what the child holds at its peak.
+    figures["peak_rss_mib"] = round(figures["loaded_mib"] + figures["child_peak_mib"], 1)
+    return figures
 
 
 def range_child_peak_rss(range_bytes: int, data_dir: Path) -> dict[str, Any]:
-    """Peak RSS of a range child for a range of `range_bytes`.
-
-    Today: the reader on a CSV of that size (validate, parse, the per-user delta), in a fresh process. The lead
-    fills this in at merge with the backfill's range worker (chalicelib/runs, `backfill_range`) on the same file.
-    """
+    """Peak memory of the backfill's range child (`backfill_range`) on one range of `range_bytes`."""
     from scripts.benchmark import _synthetic_csv
 
     path = data_dir / f"range-{range_bytes >> 20}mib.csv"
     if not path.exists():
         _synthetic_csv(path, 200_000, range_bytes // 44)
-    code = (
-        "import sys; sys.path.insert(0, '.')\n"
-        "from chalicelib.ingest import read_event_file\n"
-        "from chalicelib.scoring.state import build_state\n"
-        f"r = read_event_file({str(path)!r}); d = build_state(r.events); r.rejects.close()\n"
-    )
-    return {
-        "what": "reader + per-user delta (proxy for the range child)",
-        "bytes": path.stat().st_size,
-        "peak_rss_mib": round(_peak_rss(code), 1),
-    }
+    figures = _backfill_child("range", path, range_bytes + 1, shards=64)
+    return {"what": "backfill_range on one range (64 shards)", "bytes": path.stat().st_size, **figures}
 
 
 def shard_child_peak_rss(users: int, events: int, data_dir: Path) -> dict[str, Any]:
-    """Peak RSS of a shard child holding `users` users and `events` events.
-
-    Today: a whole file run of a shard-sized file (read, merge -> score -> deliver) on the in-memory fakes, in a
-    fresh process (the fakes hold the users' items too, so this is an upper bound). The lead fills this in at
-    merge with the backfill's shard worker (`backfill_shard`).
-    """
+    """Peak memory of the backfill's shard child (`backfill_shard`) holding `users` users and `events` events."""
     from scripts.benchmark import _synthetic_csv
 
     path = data_dir / f"shard-{users}-{events}.csv"
     if not path.exists():
         _synthetic_csv(path, users, events)
-    code = (
-        "import sys; sys.path.insert(0, '.')\n"
-        "from scripts.benchmark_scale import Worker\n"
-        "w = Worker({'ddb': 0.0, 'sqs': 0.0, 's3': 0.0})\n"
-        f"w.land('incoming/shard.csv', open({str(path)!r}, 'rb').read())\n"
-        "w.file_run('incoming/shard.csv')\n"
-    )
-    return {
-        "what": "file run of a shard-sized file on fakes (proxy for the shard child)",
-        "users": users,
-        "events": events,
-        "peak_rss_mib": round(_peak_rss(code), 1),
-    }
+    figures = _backfill_child("shard", path, 8 << 20, shards=1)
+    return {"what": "backfill_shard on one shard (merge, score, deliver)", "users": users, "events": events, **figures}
 
 
 # ---- projections -------------------------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ class MissedFileQueues:
         found: list[Missed] = []
         for name in self.queue_names:
             url = self._url(name)
-            while url is not None and len(found) < limit:
+            if url is None or not self._holds_messages(url):
+                continue
+            while len(found) < limit:
                 resp = self.client.receive_message(
                     QueueUrl=url,
                     MaxNumberOfMessages=min(BATCH, limit - len(found)),
@@ -53,6 +55,17 @@ class MissedFileQueues:
                     break
                 found += [Missed(name, m["ReceiptHandle"], m["Body"]) for m in messages]
         return found
+
+    def _holds_messages(self, url: str) -> bool:
+        """Return True unless SQS counts the queue empty: an empty queue (the usual day) is not long-polled.
+
+        The count is approximate and may lag a message sent moments ago by a minute: that one waits for the next
+        sweep, which is what a message sent just after this sweep does anyway.
+        """
+        attributes = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"
+        ]
+        return int(attributes.get("ApproximateNumberOfMessages", "1")) > 0
 
     def delete(self, message: Missed) -> None:
         """Delete a message whose files all reached a final status."""

@@ -42,6 +42,7 @@ NEEDED = {
     "send_message_batch": {"sqs:SendMessage"},
     "start_execution": {"states:StartExecution"},
     "receive_message": {"sqs:ReceiveMessage"},
+    "get_queue_attributes": {"sqs:GetQueueAttributes"},
     "delete_message": {"sqs:DeleteMessage"},
 }
 # Granted by the build's Terraform, not by the stage's policy file: only the functions that start a state machine

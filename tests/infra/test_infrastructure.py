@@ -646,7 +646,10 @@ def test_the_tfvars_hold_the_names_the_functions_read_from_their_environment(pac
 def test_the_s3_trigger_is_on_the_bucket_created_here_and_its_incoming_prefix(package):
     (notification,) = package.directory.of_type("aws_s3_bucket_notification").values()
     assert notification["bucket"] == "${aws_s3_bucket.behaviour.id}"
-    assert [t["filter_prefix"] for t in notification["lambda_function"]] == [package.tfvars["incoming_prefix"]]
+    # The dev stage's files come through the files queue (FILES_DELIVERY=queue), not straight to the function.
+    assert "lambda_function" not in notification
+    assert [t["filter_prefix"] for t in notification["queue"]] == [package.tfvars["incoming_prefix"]]
+    assert [t["queue_arn"] for t in notification["queue"]] == ["${aws_sqs_queue.files.arn}"]
     for permission in package.directory.of_type("aws_lambda_permission").values():
         if permission["principal"] == "s3.amazonaws.com":
             assert permission["source_arn"].endswith(f":s3:::{package.tfvars['behaviour_bucket']}")

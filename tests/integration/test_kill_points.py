@@ -28,7 +28,8 @@ FILE_KEY = "incoming/a.csv"
 # The schedule comes when every cooldown of the file run's exposures is over: it re-exposes users, closing exposures.
 SCHEDULE_AT = T0 + 40 * SECONDS_PER_DAY
 # What differs between any two attempts of the same run: when it ran and where the redo resumed.
-ATTEMPT_FIELDS = ("duration_s", "finished_at", "resumed_after_chunks")
+# (risk_writes_skipped too: a redo finds the risk items a killed attempt wrote, unchanged, and skips them)
+ATTEMPT_FIELDS = ("duration_s", "finished_at", "resumed_after_chunks", "risk_writes_skipped")
 # And after a death in the middle of a chunk, what the redo of that chunk counts differently: users it finds merged
 # already are not new, messages it finds sent already are suppressed as duplicates, not sent (or retried) again.
 REDONE_CHUNK_FIELDS = (

@@ -6,17 +6,21 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 
 import boto3
 import pytest
 
+from chalicelib import runtime
 from chalicelib.aws.caps import RunCapTable, counter_key
 from chalicelib.retention.playbook import load_playbook
 from chalicelib.runs.deadline import RunInterrupted
 from chalicelib.runs.schedule_run import schedule_run_id
 from chalicelib.scoring.events import SECONDS_PER_DAY
 from churnguard_offline.lambda_events import scheduled
+from tests.conftest import ROOT
 from tests.integration.conftest import AS_OF, csv_bytes
+from tests.stepfunctions import ChaliceLambdas, Kill, StateMachineRunner, load_definition
 
 PASS = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
 LATER = AS_OF.timestamp() + 60 * SECONDS_PER_DAY
@@ -73,7 +77,8 @@ def test_a_schedule_past_one_invocation_runs_as_8_shuffled_segments_and_claims_e
     # WHEN the state machine's steps run: the plan, the children of the list it wrote in shuffled order, the finish
     planned = _invoke(client, "schedule_plan", {"run_id": run_id, "at": LATER})
     items = json.loads(aws.get(planned["segments_key"]))
-    assert planned["total_segments"] == len(items) == 8
+    # (the table's item count holds the ledger's item for the file too: 201 items, 25 a segment)
+    assert planned["total_segments"] == len(items) == 9
     random.Random(5).shuffle(items)
     children = [_until_done(client, item) for item in items]
     lifted = [_invoke(client, "schedule_segment", {"phase": "lift", "item": item}) for item in items]
@@ -83,7 +88,9 @@ def test_a_schedule_past_one_invocation_runs_as_8_shuffled_segments_and_claims_e
     assert summary["status"] == "succeeded"
     assert summary["users_scored"] == len(users)
     risk = {i["user_id"]: i for i in aws.items(aws.settings.risk_table)}
-    assert {uid for uid, i in risk.items() if i["run_id"] == run_id and i["as_of"] == "2026-07-31T00:00:00Z"} == users
+    rescored = {uid for uid, i in risk.items() if i["run_id"] == run_id and i["as_of"] == "2026-07-31T00:00:00Z"}
+    # (a re-score that changes nothing a consumer reads leaves the stored item as it was, counted as skipped)
+    assert rescored <= users and len(users - rescored) == summary["risk_writes_skipped"]
     sent = aws.drain_all()
     assert len(sent) == len({m["message_id"] for m in sent}) == summary["messages_claimed"] == CAP
     counter = aws.ddb.Table(aws.settings.state_table).get_item(Key={"user_id": counter_key(run_id)})["Item"]
@@ -121,3 +128,45 @@ def test_threads_racing_for_a_run_counter_on_dynamodb_take_exactly_the_cap(aws):
     w = taken[0].removeprefix("u").split("-")[0]
     assert caps.grant("sched-race", f"seg-{w}/0", taken[0], 13) is True
     assert caps.claimed("sched-race") == 13
+
+
+def test_the_schedule_state_machine_runs_the_real_handlers_with_a_segment_killed_mid_call_and_claims_the_cap(
+    aws, client, schedule_machine, small, tmp_path
+):
+    # GIVEN two hundred scored users and a schedule event handed to the schedule state machine
+    _invoke(client, "on_behaviour_file", aws.land("incoming/a.csv", csv_bytes(small, tmp_path)))
+    users = {i["user_id"] for i in aws.items(aws.settings.state_table) if "state" in i}
+    aws.drain_all()
+    run_id = schedule_run_id(LATER)
+    assert _invoke(client, "scheduled_scoring", scheduled(LATER))["status"] == "handed_over"
+    sfn = boto3.client("stepfunctions")
+    (execution,) = sfn.list_executions(stateMachineArn=schedule_machine)["executions"]
+    job = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+    # WHEN the repository's definition runs over the real handlers, children shuffled, the third segment child
+    # killed at its sixth AWS call (its lease left held) and retried by the definition, the functions' clock
+    # moving on by each interval the retries wait
+    waited = [0.0]
+    runtime.get_pipeline().ctx.clock = lambda: time.time() + waited[0]
+    definition = load_definition(ROOT / "infra" / "statemachines" / "schedule.asl.json", aws.settings.behaviour_bucket)
+    kill = Kill("schedule_segment", invocation=3, at_call=6)
+    runner = StateMachineRunner(
+        definition,
+        ChaliceLambdas(client),
+        s3=boto3.client("s3"),
+        seed=7,
+        kill=kill,
+        sleep=lambda seconds: waited.__setitem__(0, waited[0] + seconds),
+    )
+    ran = runner.run(job, name=run_id)
+    # THEN the execution succeeds, every user is scored once as of the schedule, and exactly the cap went out
+    assert ran.status == "SUCCEEDED", (ran.error, ran.cause)
+    assert kill.fired
+    record = json.loads(aws.get(f"runs/{run_id}.json"))
+    assert record["status"] == "succeeded" and record["users_scored"] == len(users)
+    risk = {i["user_id"]: i for i in aws.items(aws.settings.risk_table)}
+    rescored = {uid for uid, i in risk.items() if i["as_of"] == "2026-07-31T00:00:00Z"}
+    assert rescored <= users and len(users - rescored) == record["risk_writes_skipped"]
+    sent = aws.drain_all()
+    assert len(sent) == len({m["message_id"] for m in sent}) == CAP
+    assert not aws.keys("checkpoints/")
+    assert not aws.strict.refused

@@ -202,11 +202,13 @@ def test_moto_runs_each_repository_definition_with_its_tasks_as_passes(moto_sfn,
     keys = {f"{kind}_key": f"workflows/{name}/r/{kind}.json" for kind in ("ranges", "shards", "segments")}
     for key in keys.values():
         s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps([{"i": i} for i in range(4)]).encode())
-    handlers = {h: keys for h in ("backfill_split", "schedule_plan")}
+    # What the definitions read of their workers' answers: the item lists, the map's width, the run's status.
+    planned = {**keys, "total_segments": 4, "max_concurrency": 2}
+    handlers = {h: planned for h in ("backfill_split", "schedule_plan")}
     handlers |= {h: {"done": True} for h in ("backfill_range", "backfill_shard", "backfill_finish")}
-    handlers |= {h: {"done": True} for h in ("schedule_segment", "schedule_finish")}
+    handlers |= {"schedule_segment": {"segment": 0, "status": "succeeded"}, "schedule_finish": {"status": "succeeded"}}
     # WHEN moto executes it
-    execution = run_on_moto(sfn, definition, handlers, {"run_id": "r"}, name="r")
+    execution = run_on_moto(sfn, definition, handlers, {"run_id": "r", "at": 0.0}, name="r")
     # THEN it succeeds through every map, each reading its list
     assert execution.status == "SUCCEEDED", execution.events[-1]
     maps = sum(1 for s in json.dumps(definition).split('"Type": "Map"')[1:])
