@@ -40,6 +40,7 @@ from typing import Any
 
 import botocore.client
 import botocore.exceptions
+import botocore.session
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 S3_GET_OBJECT = "arn:aws:states:::s3:getObject"
@@ -377,6 +378,8 @@ class _Invocation:
     dead: bool = False
 
 
+# The repository's state machine definitions.
+DEFINITIONS = Path(__file__).resolve().parent.parent / "infra" / "statemachines"
 _CURRENT: list[_Invocation] = []
 _PATCH_LOCK = threading.Lock()
 
@@ -830,6 +833,25 @@ class ChaliceLambdas(Mapping[str, Callable[[Any], Any]]):
             return json.loads(json.dumps(response.payload))
         except (TypeError, ValueError) as exc:
             raise StatesError("Runtime.MarshalError", f"Unable to marshal response: {exc}") from exc
+
+
+def run_repository_definition(client: Any, machine: str, bucket: str, job: Any, name: str, **runner: Any) -> Execution:
+    """Run infra/statemachines/<machine>.asl.json over the app's handlers (the integration `client`), in S3 on moto.
+
+    The functions' clock moves on by every interval the retries and waits would take, so a killed invocation's
+    lease runs out while its retries wait, as it does on AWS. `runner` goes to StateMachineRunner (seed, kill...).
+    """
+    from chalicelib import runtime
+
+    waited = [0.0]
+    runtime.get_pipeline().ctx.clock = lambda: time.time() + waited[0]
+    definition = load_definition(DEFINITIONS / f"{machine}.asl.json", bucket)
+
+    def sleep(seconds: float) -> None:
+        waited[0] += seconds
+
+    s3 = botocore.session.get_session().create_client("s3")
+    return StateMachineRunner(definition, ChaliceLambdas(client), s3=s3, sleep=sleep, **runner).run(job, name=name)
 
 
 # ---- moto's Step Functions ----------------------------------------------------------------------------------

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import boto3
 import pytest
 
-from chalicelib import runtime
-from tests.conftest import ROOT
 from tests.integration.conftest import AS_OF, assert_every_user_once_and_every_message_once, csv_bytes
-from tests.stepfunctions import ChaliceLambdas, Kill, StateMachineRunner, load_definition
+from tests.stepfunctions import Kill, run_repository_definition
 
 KEY = "incoming/backfill/2026-06-01.csv"
 PASS = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
@@ -98,19 +95,10 @@ def test_the_backfill_state_machine_runs_the_real_handlers_with_a_shard_killed_m
     # WHEN the repository's definition runs over the real handlers, children shuffled, the second shard child
     # killed at its fifth AWS call (a crash mid-chunk, its lease left held) and retried by the definition's own
     # Retry, the functions' clock moving on by each interval the retries wait
-    waited = [0.0]
-    runtime.get_pipeline().ctx.clock = lambda: time.time() + waited[0]
-    definition = load_definition(ROOT / "infra" / "statemachines" / "backfill.asl.json", aws.settings.behaviour_bucket)
     kill = Kill("backfill_shard", invocation=2, at_call=5)
-    runner = StateMachineRunner(
-        definition,
-        ChaliceLambdas(client),
-        s3=boto3.client("s3"),
-        seed=11,
-        kill=kill,
-        sleep=lambda seconds: waited.__setitem__(0, waited[0] + seconds),
+    ran = run_repository_definition(
+        client, "backfill", aws.settings.behaviour_bucket, job, handed["run_id"], seed=11, kill=kill
     )
-    ran = runner.run(job, name=handed["run_id"])
     # THEN the execution succeeds, the kill happened, and every user is merged once and every message sent once
     assert ran.status == "SUCCEEDED", (ran.error, ran.cause)
     assert kill.fired

@@ -6,21 +6,18 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 
 import boto3
 import pytest
 
-from chalicelib import runtime
 from chalicelib.aws.caps import RunCapTable, counter_key
 from chalicelib.retention.playbook import load_playbook
 from chalicelib.runs.deadline import RunInterrupted
 from chalicelib.runs.schedule_run import schedule_run_id
 from chalicelib.scoring.events import SECONDS_PER_DAY
 from churnguard_offline.lambda_events import scheduled
-from tests.conftest import ROOT
 from tests.integration.conftest import AS_OF, csv_bytes
-from tests.stepfunctions import ChaliceLambdas, Kill, StateMachineRunner, load_definition
+from tests.stepfunctions import Kill, run_repository_definition
 
 PASS = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
 LATER = AS_OF.timestamp() + 60 * SECONDS_PER_DAY
@@ -59,14 +56,20 @@ def _until_done(client, item):
             continue
 
 
+def scored(aws, client, small, tmp_path) -> tuple[set[str], str]:
+    """Land and score a file of the `small` population, its messages drained; return its users and the run id of
+    the schedule at LATER."""
+    _invoke(client, "on_behaviour_file", aws.land("incoming/a.csv", csv_bytes(small, tmp_path)))
+    users = {i["user_id"] for i in aws.items(aws.settings.state_table) if "state" in i}
+    aws.drain_all()
+    return users, schedule_run_id(LATER)
+
+
 def test_a_schedule_past_one_invocation_runs_as_8_shuffled_segments_and_claims_exactly_the_cap(
     aws, client, schedule_machine, small, tmp_path
 ):
     # GIVEN two hundred users scored when their file landed, and a table past one invocation's reach
-    _invoke(client, "on_behaviour_file", aws.land("incoming/a.csv", csv_bytes(small, tmp_path)))
-    users = {i["user_id"] for i in aws.items(aws.settings.state_table) if "state" in i}
-    aws.drain_all()
-    run_id = schedule_run_id(LATER)
+    users, run_id = scored(aws, client, small, tmp_path)
     # WHEN the schedule fires, twice (a duplicate delivery)
     handed = _invoke(client, "scheduled_scoring", scheduled(LATER))
     again = _invoke(client, "scheduled_scoring", scheduled(LATER))
@@ -134,10 +137,7 @@ def test_the_schedule_state_machine_runs_the_real_handlers_with_a_segment_killed
     aws, client, schedule_machine, small, tmp_path
 ):
     # GIVEN two hundred scored users and a schedule event handed to the schedule state machine
-    _invoke(client, "on_behaviour_file", aws.land("incoming/a.csv", csv_bytes(small, tmp_path)))
-    users = {i["user_id"] for i in aws.items(aws.settings.state_table) if "state" in i}
-    aws.drain_all()
-    run_id = schedule_run_id(LATER)
+    users, run_id = scored(aws, client, small, tmp_path)
     assert _invoke(client, "scheduled_scoring", scheduled(LATER))["status"] == "handed_over"
     sfn = boto3.client("stepfunctions")
     (execution,) = sfn.list_executions(stateMachineArn=schedule_machine)["executions"]
@@ -145,19 +145,8 @@ def test_the_schedule_state_machine_runs_the_real_handlers_with_a_segment_killed
     # WHEN the repository's definition runs over the real handlers, children shuffled, the third segment child
     # killed at its sixth AWS call (its lease left held) and retried by the definition, the functions' clock
     # moving on by each interval the retries wait
-    waited = [0.0]
-    runtime.get_pipeline().ctx.clock = lambda: time.time() + waited[0]
-    definition = load_definition(ROOT / "infra" / "statemachines" / "schedule.asl.json", aws.settings.behaviour_bucket)
     kill = Kill("schedule_segment", invocation=3, at_call=6)
-    runner = StateMachineRunner(
-        definition,
-        ChaliceLambdas(client),
-        s3=boto3.client("s3"),
-        seed=7,
-        kill=kill,
-        sleep=lambda seconds: waited.__setitem__(0, waited[0] + seconds),
-    )
-    ran = runner.run(job, name=run_id)
+    ran = run_repository_definition(client, "schedule", aws.settings.behaviour_bucket, job, run_id, seed=7, kill=kill)
     # THEN the execution succeeds, every user is scored once as of the schedule, and exactly the cap went out
     assert ran.status == "SUCCEEDED", (ran.error, ran.cause)
     assert kill.fired
