@@ -44,7 +44,7 @@ test: lint asl-check package iac-check $(LAMBDA_ENV)/.installed
 
 # The pure and fake-backed tests (tests/unit, without the slow offline training tests): seconds, no AWS, no build.
 unit: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/unit -m "not slow" -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/unit -m "not slow" -q -n auto
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py
