@@ -7,7 +7,7 @@ import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from chalicelib.errors import UnreadableFileError
 from chalicelib.ingest.csv_rows import CsvReader, header_layout
@@ -35,6 +35,15 @@ class ReadResult:
     rows_accepted: int
     rows_rejected: int
     rejects: RejectWriter
+
+    def row_counts(self) -> dict[str, Any]:
+        """Return the rows read, scored and rejected (and why), as a run summary reports them."""
+        return {
+            "read": self.rows_read,
+            "scored": self.rows_accepted,
+            "rejected": self.rows_rejected,
+            "rejected_by_reason": dict(self.rejects.by_reason),
+        }
 
 
 @contextlib.contextmanager

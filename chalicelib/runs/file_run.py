@@ -216,12 +216,7 @@ class FileRun:
             return None
         finally:
             obj.body.close()
-        summary["rows"] = {
-            "read": result.rows_read,
-            "scored": result.rows_accepted,
-            "rejected": result.rows_rejected,
-            "rejected_by_reason": dict(result.rejects.by_reason),
-        }
+        summary["rows"] = result.row_counts()
         if result.rows_rejected:
             summary["rejected_file"] = self.ctx.bucket.put_rejected(obj.key, result.rejects.to_bytes())
             self.ctx.logger.warning(

@@ -137,16 +137,7 @@ class BackfillWorkers:
                 work.put(store.range_rejected(r), rejects.to_bytes())
         finally:
             rejects.close()
-        summary = {
-            "range": r,
-            "status": "read",
-            "rows": {
-                "read": result.rows_read,
-                "scored": result.rows_accepted,
-                "rejected": result.rows_rejected,
-                "rejected_by_reason": dict(result.rejects.by_reason),
-            },
-        }
+        summary = {"range": r, "status": "read", "rows": result.row_counts()}
         work.put_json(store.range_summary(r), summary)
         return summary
 
