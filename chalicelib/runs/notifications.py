@@ -60,6 +60,15 @@ def within_ledger(landed_at: float | None, now: float, ledger_retention_seconds:
     return landed_at is None or now - landed_at < ledger_retention_seconds - LEDGER_MARGIN_SECONDS
 
 
+def unusable(item: Landed, bucket: str, now: float, ledger_retention_seconds: float) -> tuple[str, str] | None:
+    """Return (status, why) when a landed object is not to be processed here and no retry can help; else None."""
+    if item.bucket != bucket:
+        return "dropped", "the notification is about another bucket"
+    if not within_ledger(item.landed_at, now, ledger_retention_seconds):
+        return "past_ledger_retention", "the file landed longer ago than the ledger remembers (LEDGER_RETENTION_DAYS)"
+    return None
+
+
 def _landed(record: Any) -> Landed:
     """Return the object one S3 record names; raise MalformedNotificationError when it is no ObjectCreated record."""
     if not isinstance(record, dict) or record.get("eventSource") != "aws:s3":

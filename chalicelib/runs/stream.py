@@ -27,7 +27,7 @@ from chalicelib.observability import COUNT, FILES_MESSAGES_DROPPED
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline
 from chalicelib.runs.file_run import FileRun
-from chalicelib.runs.notifications import Landed, MalformedNotificationError, landed_objects, within_ledger
+from chalicelib.runs.notifications import Landed, MalformedNotificationError, landed_objects, unusable
 
 # A file run that ended so is not finished: its message must come again.
 NOT_DONE = frozenset({"in_progress", "lease_lost"})
@@ -104,12 +104,10 @@ class FileStream:
 
     def _file(self, message_id: str, item: Landed, deadline: Deadline) -> dict[str, Any]:
         """Process one object a message names; raise FileNotDoneError when its run did not finish here."""
-        if item.bucket != self.ctx.bucket.bucket:
-            self._dropped(message_id, "the notification is about another bucket")
-            return {"status": "dropped", "key": item.key}
-        if not within_ledger(item.landed_at, self.ctx.clock(), self.ctx.settings.ledger_retention_seconds):
-            self._dropped(message_id, "the file landed longer ago than the ledger remembers (LEDGER_RETENTION_DAYS)")
-            return {"status": "past_ledger_retention", "key": item.key}
+        refused = unusable(item, self.ctx.bucket.bucket, self.ctx.clock(), self.ctx.settings.ledger_retention_seconds)
+        if refused is not None:
+            self._dropped(message_id, refused[1])
+            return {"status": refused[0], "key": item.key}
         summary = self.files.process(item.key, item.version_id, item.landed_at, deadline)
         if summary.get("status") in NOT_DONE:
             raise FileNotDoneError(f"run {summary.get('run_id')} ended {summary['status']}")

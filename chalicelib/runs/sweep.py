@@ -21,7 +21,7 @@ from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.file_run import FileRun
 from chalicelib.runs.lease import LeaseLost
-from chalicelib.runs.notifications import MalformedNotificationError, landed_objects, within_ledger
+from chalicelib.runs.notifications import MalformedNotificationError, landed_objects, unusable, within_ledger
 from chalicelib.runs.ports import Listed, Missed
 from chalicelib.runs.records import FINAL
 
@@ -66,14 +66,12 @@ class Sweep:
             return [{"key": None, "run_id": None, "status": "dropped", "queue": message.queue}]
         results = []
         for item in landed:
-            if item.bucket != self.ctx.bucket.bucket:
-                self._dropped(message.queue, "the notification is about another bucket")
-                results.append({"key": item.key, "run_id": None, "status": "dropped", "queue": message.queue})
-            elif not within_ledger(item.landed_at, now, self.ctx.settings.ledger_retention_seconds):
-                self._dropped(message.queue, "the file landed longer ago than the ledger remembers")
-                results.append({"key": item.key, "run_id": None, "status": "past_ledger_retention"})
-            else:
+            refused = unusable(item, self.ctx.bucket.bucket, now, self.ctx.settings.ledger_retention_seconds)
+            if refused is None:
                 results.append(self._one(item.key, item.version_id, item.landed_at, deadline))
+            else:
+                self._dropped(message.queue, refused[1])
+                results.append({"key": item.key, "run_id": None, "status": refused[0], "queue": message.queue})
         return results
 
     def _dropped(self, queue: str, why: str) -> None:
