@@ -177,8 +177,13 @@ def merge_record(previous: dict[str, Any] | None, summary: dict[str, Any]) -> di
     if previous is None:
         return {**summary, "attempts": [attempt]}
     merged = keep_larger_counts(previous, summary)
-    merged["attempts"] = [*previous.get("attempts", []), attempt][-MAX_ATTEMPTS_KEPT:]
+    merged["attempts"] = attempts_with(previous, attempt)
     return merged
+
+
+def attempts_with(previous: dict[str, Any] | None, attempt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the attempts a run record lists once `attempt` is added, the latest MAX_ATTEMPTS_KEPT of them."""
+    return [*(previous or {}).get("attempts", []), attempt][-MAX_ATTEMPTS_KEPT:]
 
 
 def keep_larger_counts(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

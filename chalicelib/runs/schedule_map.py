@@ -30,7 +30,7 @@ from chalicelib.runs.deadline import Deadline
 from chalicelib.runs.lease import UNBOUNDED_LEASE_SECONDS, LeasedDeadline, Leases
 from chalicelib.runs.message_cap import SharedMessageCap
 from chalicelib.runs.ports import TableStats
-from chalicelib.runs.records import FINAL, DeadLetters, Run, RunRecords, add_counts
+from chalicelib.runs.records import FINAL, DeadLetters, Run, RunRecords, add_counts, attempts_with
 from chalicelib.runs.schedule_run import REACH_MARGIN, ScheduleRun, invocation_reach
 from chalicelib.scoring.scorer import iso_time
 from chalicelib.settings import Settings
@@ -324,5 +324,4 @@ class ScheduleMap:
 
 def _attempts(previous: dict[str, Any] | None, summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Return the finish attempts a run record lists, this one added."""
-    attempt = {k: summary[k] for k in ("status", "finished_at") if k in summary}
-    return [*(previous or {}).get("attempts", []), attempt][-20:]
+    return attempts_with(previous, {k: summary[k] for k in ("status", "finished_at") if k in summary})
