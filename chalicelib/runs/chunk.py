@@ -211,7 +211,7 @@ class ChunkWorker:
         body = self._message(run, scores, i, segment)
         if body is not None:
             # A run spread over many workers takes each message from its shared counter instead (message_cap.py).
-            so_far = run.messages_claimed + claimed_here if run.budget is None else 0
+            so_far = run.claimed_before + run.messages_claimed + claimed_here if run.budget is None else 0
             decision.held = why_not(self.ctx.scorer.playbook, run.run_id, run.opt_outs, old, claimed_now, body, so_far)
             if decision.held is None and run.budget is not None and not run.budget.allows(old, body):
                 decision.held = "run_cap"

@@ -70,6 +70,8 @@ class Run:
     part: str | None = None
     # The message cap shared by every worker of the run (message_cap.py); None: counted in memory, in this run.
     budget: SharedMessageCap | None = None
+    # Messages the run claimed in invocations whose totals this Run does not carry (what a replay continues).
+    claimed_before: int = 0
 
     @property
     def record_id(self) -> str:

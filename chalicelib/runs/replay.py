@@ -10,6 +10,7 @@ import numpy as np
 from chalicelib.errors import InputError
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
+from chalicelib.runs.message_cap import SharedMessageCap
 from chalicelib.runs.records import DeadLetters, Run, RunRecords
 
 
@@ -32,7 +33,11 @@ class Replay:
         run = Run(
             run_id, "replay", opt_outs=self.records.opt_outs(), rescored_through=self.ctx.bucket.rescored_through()
         )
-        for (mode, as_of), entries in _group_users(left.users).items():
+        stored_run = self.ctx.bucket.run_record_get(run_id) or {"run_id": run_id}
+        self._share_cap(run, stored_run)
+        for index, ((mode, as_of), entries) in enumerate(_group_users(left.users).items()):
+            if run.budget is not None:
+                run.budget.start_chunk(index)  # a replay redone after a crash is the same chunks, with their grants
             self._redo(run, mode, as_of, entries)
         self.worker.resend(run, left.messages)
         summary: dict[str, Any] = {"run_id": run_id, "trigger": "replay", **run.totals}
@@ -41,13 +46,27 @@ class Replay:
         else:
             self.ctx.bucket.dead_letters_delete(run_id)
             summary["status"] = "replayed"
-        stored_run = self.ctx.bucket.run_record_get(run_id) or {"run_id": run_id}
         stored_run["status"] = summary["status"]
         stored_run.setdefault("replays", []).append({k: v for k, v in summary.items() if k != "run_id"})
         self.ctx.bucket.run_record_put(run_id, stored_run)
         summary["duration_s"] = round(self.ctx.clock() - started, 3)
         self.ctx.logger.info("replay summary", extra={"summary": summary})
         return summary
+
+    def _share_cap(self, run: Run, stored_run: dict[str, Any]) -> None:
+        """Let the replay claim only what is left of the run's message cap, never the cap anew.
+
+        A run spread over many workers took its messages from its shared counter: the replay takes from the same
+        one. A run in one invocation counted them in its record: the replay counts on from there, and from the
+        replays before it.
+        """
+        caps = self.ctx.tables.caps
+        if caps.claimed(run.run_id):
+            cap = self.ctx.scorer.playbook.contact_policy.max_messages_per_run
+            run.budget = SharedMessageCap(caps, run.run_id, cap, "replay")
+            return
+        earlier = [stored_run, *stored_run.get("replays", [])]
+        run.claimed_before = sum(int(r.get("messages_claimed", 0)) for r in earlier)
 
     def _redo(self, run: Run, mode: str, as_of: float, entries: list[dict[str, Any]]) -> None:
         """Re-score, or merge again and score, the users of one kind of work at one as_of."""

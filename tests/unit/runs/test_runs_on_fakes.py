@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chalicelib.observability import COUNT
+from chalicelib.retention.playbook import Playbook, load_playbook
 from chalicelib.retry import Backoff
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.pipeline import ScoringPipeline
@@ -180,6 +181,33 @@ def test_users_whose_writes_keep_failing_are_dead_lettered_and_replay_finishes_t
     assert replayed["status"] == "replayed" and summary["run_id"] not in world.bucket.dead_letters
     assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
     assert world.bucket.runs[summary["run_id"]]["status"] == "replayed"
+
+
+def test_a_replay_claims_only_what_the_run_left_of_its_message_cap(population, tmp_path):
+    # GIVEN a run capped at CAP messages that reached its cap while users it would message were dead-lettered
+    probe = World()
+    probe.land("incoming/day.csv", population, tmp_path)
+    probe.process("incoming/day.csv")
+    messaged = [b["user_id"] for b in probe.queues.bodies()]
+    failing, cap = set(messaged[:10]), 5
+    assert len(messaged) - len(failing) >= cap
+    world = World()
+    spec = load_playbook(None).spec
+    policy = {**spec["contact_policy"], "max_messages_per_run": cap}
+    capped = Playbook.from_spec({**spec, "contact_policy": policy}, "c")
+    world.pipeline.ctx.scorer = Scorer(MODEL_CACHE.get(), capped)
+    world.tables.fail_states = set(failing)
+    world.land("incoming/day.csv", population, tmp_path)
+    summary = world.process("incoming/day.csv")
+    assert summary["status"] == "incomplete" and summary["messages_claimed"] == cap
+    # WHEN the fault clears and the run is replayed, twice over (the second finds nothing left)
+    world.tables.fail_states.clear()
+    replayed = world.pipeline.replay(summary["run_id"])
+    # THEN the users are merged, but the replay sends nothing past the run's cap
+    assert replayed["status"] == "replayed"
+    assert replayed.get("messages_claimed", 0) == 0 and replayed["suppressed"]["run_cap"] >= 1
+    assert len(world.queues.bodies()) == cap
+    assert sum(world.tables.events_of(u) for u in population.user_ids) == len(population)
 
 
 def test_messages_the_queue_keeps_refusing_are_dead_lettered_and_resent_by_replay(world, population, tmp_path):

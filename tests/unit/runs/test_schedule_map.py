@@ -422,3 +422,34 @@ def test_a_run_begun_in_one_invocation_is_finished_there_even_once_the_table_loo
     assert summary["status"] == "succeeded"
     assert summary["users_scored"] == len(world.tables.states)
     assert world.pipeline.ctx.workflows.executions == {}
+
+
+def test_a_replay_of_a_capped_map_run_takes_from_the_runs_counter_and_never_passes_the_cap(population, tmp_path):
+    # GIVEN a capped map run that reached its cap while one segment's users could never be read
+    uncapped = seeded(World(), population, tmp_path)
+    uncapped.pipeline.run_schedule(at=LATER)
+    messaged = {b["user_id"] for b in uncapped.queues.bodies()}
+    world = map_world()
+    seeded(world, population, tmp_path)
+    # (the doomed segment is the one with the most users the uncapped schedule messages: the replay wants to send)
+    segment = max(range(SEGMENTS), key=lambda s: sum(scan_segment(u, SEGMENTS) == s for u in messaged))
+    cap = len(messaged) - sum(scan_segment(u, SEGMENTS) == segment for u in messaged)
+    assert cap >= 2
+    capped(world, cap)
+    items = plan(world)
+    doomed, real = doom_segment(world, segment)
+    assert doomed & messaged
+    assert drive(world, items) == [segment]
+    summary = finish(world)
+    run_id = schedule_run_id(LATER)
+    assert summary["messages_claimed"] == cap == world.tables.caps.claimed(run_id)
+    # WHEN the segment can be read again and the run is replayed
+    world.tables.get_risks = real
+    replayed = world.pipeline.replay(run_id)
+    # THEN the replay finishes the users but claims nothing past the cap: every message is still the run's first cap
+    assert replayed["status"] == "replayed"
+    assert replayed.get("messages_claimed", 0) == 0
+    assert replayed["suppressed"]["run_cap"] >= 1
+    sent = message_ids(world)
+    assert len(sent) == len(set(sent)) == cap
+    assert world.tables.caps.claimed(run_id) == cap
