@@ -78,6 +78,7 @@ S3_GETS = (
     "attempts_get",
     "dead_letters_get",
     "rescored_through",
+    "schedule_writes_get",
 )
 S3_PUTS = (
     "backfill_put",
@@ -91,6 +92,7 @@ S3_PUTS = (
     "lift_report_put",
     "quarantine",
     "mark_rescored",
+    "schedule_writes_put",
 )
 S3_FREE = ("checkpoint_delete", "attempts_delete", "dead_letters_delete", "backfill_delete")  # DELETE is not charged
 
@@ -652,16 +654,32 @@ def warm_for(wru: float, rru: float, seconds: float) -> dict[str, Any]:
     }
 
 
+def planned_segments(users: float, wru_per_user: float, table: dict[str, Any]) -> int:
+    """The segments the schedule's plan gives a table of `users` users, with the functions' defaults (900 s)."""
+    from chalicelib.runs.ports import TableStats
+    from chalicelib.runs.schedule_map import segment_count, write_units_per_user
+    from chalicelib.runs.schedule_run import REACH_MARGIN
+
+    reach = SETTINGS.schedule_users_per_second * (900 - SETTINGS.checkpoint_reserve_seconds) * REACH_MARGIN
+    units = write_units_per_user({"write_units_per_user": wru_per_user, "model_version": "m"}, "m")
+    return segment_count(TableStats(int(users), int(table["wru_s"])), int(reach), SETTINGS, units)
+
+
 def schedule_projection(
-    m: dict[str, Any], users: float, concurrency: int, saved: float, table: dict[str, Any] = NEW_TABLE
+    m: dict[str, Any], users: float, saved: float, table: dict[str, Any] = NEW_TABLE
 ) -> dict[str, Any]:
-    """The daily schedule over `users` users on a Distributed Map of `concurrency` children, on `table`."""
+    """The daily schedule over `users` users on a Distributed Map of as many children as its plan gives, on `table`.
+
+    The plan sizes the map by what the schedule before wrote per user (the week's risk writes and message marks),
+    so the projection takes the same number of children the deployed plan would.
+    """
     rate = m["schedule_users_per_s"]
     worker_s = users / rate
     u = m["schedule_units_per_user"]
     # The measured schedule already skipped some writes; scale the risk writes to the week's saved share.
     wru = users * (u["wru_risk"] * (1 - saved) / max(1e-9, 1 - m["schedule_skip_share"]) + u["wru_other"])
     rru = users * u["rru"]
+    concurrency = planned_segments(users, wru / users, table)
     wall, bound = bounded(worker_s / concurrency, wru, rru, table)
     cost = {
         "lambda": worker_s * LAMBDA_GB * PRICES["lambda_gb_s"] + concurrency * 2 * PRICES["lambda_request"],
@@ -674,6 +692,7 @@ def schedule_projection(
         "table": table["name"],
         "wall_min": wall / 60,
         "bound_by": bound,
+        "segments": concurrency,
         "children_busy": min(concurrency, worker_s / wall),
         "wru": wru,
         "rru": rru,
@@ -926,8 +945,8 @@ def main() -> None:
     report["measured_for_projection"] = measured
     saved = trickle["schedule_risk_writes_saved"]
     users, conc = args.target_users, args.map_concurrency
-    sched = schedule_projection(measured, users, conc, saved)
-    sched_warm = schedule_projection(measured, users, conc, saved, warm_for(sched["wru"], sched["rru"], 20 * 60))
+    sched = schedule_projection(measured, users, saved)
+    sched_warm = schedule_projection(measured, users, saved, warm_for(sched["wru"], sched["rru"], 20 * 60))
     backfill = backfill_projection(measured, users, 10 * users, conc, 64, 256)
     backfill_warm = backfill_projection(
         measured, users, 10 * users, conc, 64, 256, warm_for(backfill["wru"], backfill["rru"], 45 * 60)
@@ -944,7 +963,14 @@ def main() -> None:
         f"at most {conc} children at once; prices us-east-1 checked {PRICES_DATE}"
     )
     rows = [
-        [f"daily schedule, {p['table']}", p["wall_min"], p["bound_by"], p["writes_per_s"], p["total"], "30 min, $10"]
+        [
+            f"daily schedule, {p['table']}",
+            p["wall_min"],
+            f"{p['bound_by']} ({p['segments']} segments)",
+            p["writes_per_s"],
+            p["total"],
+            "30 min, $10",
+        ]
         for p in (sched, sched_warm)
     ]
     rows += [

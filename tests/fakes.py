@@ -62,6 +62,7 @@ class FakeBucket:
         self.unreadable: set[str] = set()  # keys whose every read fails, as a poison file's would
         self.backfill: dict[str, bytes] = {}  # a backfill's working objects, by "<run_id>/<name>"
         self.rescore_mark: float | None = None
+        self.schedule_writes: dict[str, Any] | None = None  # runs/_schedule-writes.json
 
     def land(self, key: str, data: bytes, at: datetime | None = None) -> str:
         """Put an object; return its etag."""
@@ -170,6 +171,12 @@ class FakeBucket:
 
     def mark_rescored(self, at: float) -> None:
         self.rescore_mark = max(at, self.rescore_mark or at)
+
+    def schedule_writes_get(self) -> dict[str, Any] | None:
+        return _copy(self.schedule_writes)
+
+    def schedule_writes_put(self, measured: dict[str, Any]) -> None:
+        self.schedule_writes = _copy(measured)
 
     def segments_put(self, run_id: str, segments: list[dict[str, Any]]) -> str:
         key = f"map-items/{run_id}/segments.json"

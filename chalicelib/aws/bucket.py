@@ -34,6 +34,7 @@ BACKFILL_PREFIX = "backfill/"
 LIFT_REPORT_KEY = "reports/lift.json"
 # When the latest re-score of every user began (see runs/chunk.py): beside the run records, named as no run is.
 RESCORE_MARK_KEY = f"{RUNS_PREFIX}_rescored-through.json"
+SCHEDULE_WRITES_KEY = f"{RUNS_PREFIX}_schedule-writes.json"
 # The item lists the state machines' Distributed Maps read (ItemReader), one folder per run.
 MAP_ITEMS_PREFIX = "map-items/"
 REASON_SUFFIX = ".reason.json"
@@ -342,6 +343,14 @@ class BehaviourBucket:
         if current is None or current < at:
             as_of = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             self.put_json(RESCORE_MARK_KEY, {"rescored_through": at, "as_of": as_of})
+
+    def schedule_writes_get(self) -> dict[str, Any] | None:
+        """Return what the latest finished schedule wrote per user, from runs/_schedule-writes.json, or None."""
+        return self.find_json(SCHEDULE_WRITES_KEY)
+
+    def schedule_writes_put(self, measured: dict[str, Any]) -> None:
+        """Keep what a finished schedule wrote per user in runs/_schedule-writes.json (the latest one wins)."""
+        self.put_json(SCHEDULE_WRITES_KEY, measured)
 
     def segments_put(self, run_id: str, segments: list[dict[str, Any]]) -> str:
         """Write the segment list of a schedule run to map-items/<run>/segments.json; return its key."""

@@ -243,6 +243,12 @@ class Bucket(Protocol):
     def mark_rescored(self, at: float) -> None:
         """Record that a re-score of every user as of `at` has begun; the mark never moves back."""
 
+    def schedule_writes_get(self) -> dict[str, Any] | None:
+        """Return what the latest finished schedule wrote per user (schedule_run.measured_writes), or None."""
+
+    def schedule_writes_put(self, measured: dict[str, Any]) -> None:
+        """Keep what a finished schedule wrote per user, for the next plan to size its segments by."""
+
     def segments_put(self, run_id: str, segments: list[dict[str, Any]]) -> str:
         """Write the segment list of a schedule run as a JSON array (the map's item list); return its key."""
 

@@ -31,14 +31,18 @@ from chalicelib.runs.lease import UNBOUNDED_LEASE_SECONDS, LeasedDeadline, Lease
 from chalicelib.runs.message_cap import SharedMessageCap
 from chalicelib.runs.ports import TableStats
 from chalicelib.runs.records import FINAL, DeadLetters, Run, RunRecords, add_counts, attempts_with
-from chalicelib.runs.schedule_run import REACH_MARGIN, ScheduleRun, invocation_reach
+from chalicelib.runs.schedule_run import REACH_MARGIN, ScheduleRun, invocation_reach, measured_writes
 from chalicelib.scoring.scorer import iso_time
 from chalicelib.settings import Settings
 
 # A new on-demand table takes about this many writes a second at once (more once warm throughput is set).
 ON_DEMAND_START_WRITE_UNITS = 4000
-# Write units one re-scored user costs: its risk item (1-2 KB), and the claim of its message now and then.
-WRITE_UNITS_PER_USER = 2
+# Write units one re-scored user costs the schedule before a schedule has measured it (write_units_per_user): its
+# risk item (under 1 KB, one unit; make benchmark measures them) and the mark of a message for about one in five.
+DEFAULT_WRITE_UNITS_PER_USER = 1.2
+# A measured rate is taken within these bounds: a quiet day that rewrote almost nothing must not plan a map that
+# throttles the table on a busier one (at the floor, a day rewriting every item takes at most 2.4 times the plan).
+MIN_WRITE_UNITS_PER_USER, MAX_WRITE_UNITS_PER_USER = 0.5, 2.0
 # DynamoDB's bound on TotalSegments.
 MAX_TOTAL_SEGMENTS = 1_000_000
 # The second map over the same segments: the lift report's partial sums, once every segment is scored.
@@ -73,16 +77,30 @@ def plan_id(run_id: str) -> str:
     return f"{run_id}.plan"
 
 
-def segment_count(stats: TableStats, reach: int, settings: Settings) -> int:
+def segment_count(
+    stats: TableStats, reach: int, settings: Settings, units_per_user: float = DEFAULT_WRITE_UNITS_PER_USER
+) -> int:
     """Return TotalSegments: enough for each segment to fit one invocation's reach, no more than are useful.
 
     More than the map's MaxConcurrency would only wait, and more than the table's write throughput can take at
-    once would only be throttled; past those a segment is simply longer and takes more invocations.
+    once would only be throttled; past those a segment is simply longer and takes more invocations. A segment
+    writes `units_per_user` write units for each of the SCHEDULE_USERS_PER_SECOND users it re-scores a second.
     """
     wanted = math.ceil(stats.items / max(1, reach))
     write_units = stats.write_units_per_second or ON_DEMAND_START_WRITE_UNITS
-    useful = write_units // math.ceil(settings.schedule_users_per_second * WRITE_UNITS_PER_USER)
+    useful = int(write_units // max(1.0, settings.schedule_users_per_second * units_per_user))
     return max(1, min(wanted, settings.schedule_max_concurrency, useful, MAX_TOTAL_SEGMENTS))
+
+
+def write_units_per_user(measured: dict[str, Any] | None, model_version: str) -> float:
+    """Return the write units a user will cost this schedule: the last schedule's, within bounds, else the default.
+
+    A new model (or a first run) may change every user's score, and so rewrite every item: the default then.
+    """
+    if not measured or measured.get("model_version") != model_version:
+        return DEFAULT_WRITE_UNITS_PER_USER
+    value = float(measured.get("write_units_per_user", DEFAULT_WRITE_UNITS_PER_USER))
+    return min(MAX_WRITE_UNITS_PER_USER, max(MIN_WRITE_UNITS_PER_USER, value))
 
 
 class ScheduleMap:
@@ -111,7 +129,8 @@ class ScheduleMap:
         unbounded = settings.schedule_users_per_second * UNBOUNDED_LEASE_SECONDS * REACH_MARGIN
         reach = invocation_reach(settings, deadline) or unbounded
         stats = self.ctx.tables.state_table_stats()
-        total = segment_count(stats, int(reach), self.ctx.settings)
+        units = write_units_per_user(self.ctx.bucket.schedule_writes_get(), self.ctx.scorer.model.model_version)
+        total = segment_count(stats, int(reach), self.ctx.settings, units)
         summary: dict[str, Any] = {"run_id": plan_id(run_id)}
         # The sweep runs under the run's own lease, as in one invocation: a copy of the plan waits for it.
         swept = self.leases.exclusive(summary, deadline, lambda held: {"files": self._sweep(held)})
@@ -128,6 +147,7 @@ class ScheduleMap:
             "max_concurrency": min(total, self.ctx.settings.schedule_max_concurrency),
             "users_estimate": stats.items,
             "invocation_reach": int(reach),
+            "write_units_per_user": units,
             "swept_files": swept["files"],
         }
         self.ctx.bucket.run_record_put(plan_id(run_id), planned)
@@ -227,6 +247,8 @@ class ScheduleMap:
         self._lift_report(summary, planned, at)
         self.records.finish(summary, started, write=False)
         self.ctx.bucket.run_record_put(run_id, {**summary, "attempts": _attempts(previous, summary)})
+        if (measured := measured_writes(summary)) is not None:
+            self.ctx.bucket.schedule_writes_put(measured)
         # What the state machine gets back stays small (its payloads are at most 256 KB): the files swept are
         # in the record.
         return {**summary, "swept_files": len(summary["swept_files"])}

@@ -39,6 +39,26 @@ def invocation_reach(settings: Settings, deadline: Deadline | None) -> int | Non
     return max(1, int(settings.schedule_users_per_second * room * REACH_MARGIN))
 
 
+def measured_writes(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Return what a finished schedule wrote per user (its risk writes and message marks), or None if it scored none.
+
+    The next plan sizes its segments by it: a schedule skips most unchanged risk items, so it writes far less than
+    a write per user, and a plan that assumed the worst would leave most of the table's throughput unused.
+    """
+    users = int(summary.get("users_scored", 0))
+    if summary.get("status") != "succeeded" or users <= 0:
+        return None
+    written = users - int(summary.get("risk_writes_skipped", 0)) + sum(summary.get("messages_sent", {}).values())
+    return {
+        "run_id": summary["run_id"],
+        "as_of": summary.get("as_of"),
+        "users_scored": users,
+        "writes": written,
+        "write_units_per_user": round(written / users, 4),
+        "model_version": summary.get("model_version"),
+    }
+
+
 class ScheduleRun:
     """Sweeps missed files, re-scores every user page by page, and writes the lift report."""
 
@@ -131,6 +151,8 @@ class ScheduleRun:
         summary["lift_report"] = self.ctx.bucket.lift_report_put(self.lift_report(as_of=at))
         # The checkpoint goes only once the record is there: a redo without either would start the scan over.
         self.records.finish(summary, started)
+        if (measured := measured_writes(summary)) is not None:
+            self.ctx.bucket.schedule_writes_put(measured)  # what the next plan sizes a map by, should it need one
         self.ctx.bucket.checkpoint_delete(run_id)
         return summary
 

@@ -352,14 +352,60 @@ def test_a_repeated_plan_writes_the_same_segments_and_sweeps_once(population, tm
 
 
 @pytest.mark.parametrize(
-    ("items", "warm", "expected"),
-    [(0, None, 1), (100, None, 1), (1_000_000, None, 2), (1_000_000, 40_000, 20), (10**8, 10**7, 40)],
+    ("items", "warm", "units", "expected"),
+    [
+        (0, None, 1.2, 1),
+        (100, None, 1.2, 1),
+        # 450 users a second at 1.2 write units each: 540 units a segment, 7 on a new table's 4,000
+        (1_000_000, None, 1.2, 7),
+        # a schedule measured at 0.5 units a user (it skips unchanged items): 17 segments on the same table
+        (1_000_000, None, 0.5, 17),
+        (1_000_000, 40_000, 1.2, 20),
+        (10**8, 10**7, 1.2, 40),
+    ],
 )
-def test_segments_fit_one_invocation_and_no_more_than_the_map_and_table_can_use(items, warm, expected):
+def test_segments_fit_one_invocation_and_no_more_than_the_map_and_table_can_use(items, warm, units, expected):
     from chalicelib.runs.ports import TableStats
 
-    settings = replace(SETTINGS, schedule_max_concurrency=40)
-    assert segment_count(TableStats(items, warm), 50_000, settings) == expected
+    settings = replace(SETTINGS, schedule_max_concurrency=40, schedule_users_per_second=450.0)
+    assert segment_count(TableStats(items, warm), 50_000, settings, units) == expected
+
+
+def test_a_plan_sizes_its_segments_by_what_the_last_schedule_of_the_same_model_wrote_per_user(population, tmp_path):
+    # GIVEN a table wanting 30 segments of 4 users, a map taking 30 at once, on a table of 1,000 writes a second
+    settings = replace(
+        MAP_SETTINGS, schedule_invocation_users=4, schedule_max_concurrency=30, schedule_users_per_second=100.0
+    )
+    world = seeded(World(settings, workflows=FakeWorkflows()), population, tmp_path)
+    world.tables.warm_write_units = 1_000
+    # WHEN no schedule has measured its writes yet, THEN the plan assumes 1.2 a user: 1,000 // 120 = 8 segments
+    assert len(plan(world)) == 8
+    # WHEN a schedule of this model wrote 0.25 a user, THEN it is taken at the floor, 0.5: 1,000 // 50 = 20
+    model = world.pipeline.ctx.scorer.model.model_version
+    world.bucket.schedule_writes = {"write_units_per_user": 0.25, "model_version": model}
+    assert len(plan(world, LATER + 86400)) == 20
+    # WHEN the measure is another model's (a new model may rewrite every item), THEN the default again
+    world.bucket.schedule_writes = {"write_units_per_user": 0.25, "model_version": "another"}
+    assert len(plan(world, LATER + 2 * 86400)) == 8
+
+
+def test_a_finished_schedule_keeps_what_it_wrote_per_user_for_the_next_plan(population, tmp_path):
+    # GIVEN a schedule run to its end in one invocation
+    world = seeded(World(), population, tmp_path)
+    summary = world.pipeline.run_schedule(at=LATER)
+    # THEN its risk writes and message marks per user are kept, under its model's version
+    measured = world.bucket.schedule_writes
+    written = summary["users_scored"] - summary["risk_writes_skipped"] + sum(summary["messages_sent"].values())
+    assert measured["writes"] == written and measured["users_scored"] == summary["users_scored"]
+    assert measured["write_units_per_user"] == round(written / summary["users_scored"], 4)
+    assert measured["model_version"] == world.pipeline.ctx.scorer.model.model_version
+    # AND a map run's finish keeps its own
+    mapped = seeded(map_world(), population, tmp_path)
+    items = plan(mapped)
+    assert drive(mapped, items) == []
+    done = finish(mapped)
+    assert mapped.bucket.schedule_writes["run_id"] == done["run_id"]
+    assert mapped.bucket.schedule_writes["users_scored"] == done["users_scored"]
 
 
 def test_part_ids_name_the_run_and_the_segment():
