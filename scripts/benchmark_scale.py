@@ -661,7 +661,8 @@ def planned_segments(users: float, wru_per_user: float, table: dict[str, Any]) -
     from chalicelib.runs.schedule_run import REACH_MARGIN
 
     reach = SETTINGS.schedule_users_per_second * (900 - SETTINGS.checkpoint_reserve_seconds) * REACH_MARGIN
-    units = write_units_per_user({"write_units_per_user": wru_per_user, "model_version": "m"}, "m")
+    same = {"model_version": "m", "playbook_version": "p"}
+    units = write_units_per_user({"write_units_per_user": wru_per_user, **same}, "m", "p")
     return segment_count(TableStats(int(users), int(table["wru_s"])), int(reach), SETTINGS, units)
 
 

@@ -92,12 +92,16 @@ def segment_count(
     return max(1, min(wanted, settings.schedule_max_concurrency, useful, MAX_TOTAL_SEGMENTS))
 
 
-def write_units_per_user(measured: dict[str, Any] | None, model_version: str) -> float:
+def write_units_per_user(measured: dict[str, Any] | None, model_version: str, playbook_version: str) -> float:
     """Return the write units a user will cost this schedule: the last schedule's, within bounds, else the default.
 
-    A new model (or a first run) may change every user's score, and so rewrite every item: the default then.
+    A new model or playbook (or a first run) may change every user's score or action, and so rewrite every item:
+    the default then.
     """
-    if not measured or measured.get("model_version") != model_version:
+    if not measured or (measured.get("model_version"), measured.get("playbook_version")) != (
+        model_version,
+        playbook_version,
+    ):
         return DEFAULT_WRITE_UNITS_PER_USER
     value = float(measured.get("write_units_per_user", DEFAULT_WRITE_UNITS_PER_USER))
     return min(MAX_WRITE_UNITS_PER_USER, max(MIN_WRITE_UNITS_PER_USER, value))
@@ -129,7 +133,10 @@ class ScheduleMap:
         unbounded = settings.schedule_users_per_second * UNBOUNDED_LEASE_SECONDS * REACH_MARGIN
         reach = invocation_reach(settings, deadline) or unbounded
         stats = self.ctx.tables.state_table_stats()
-        units = write_units_per_user(self.ctx.bucket.schedule_writes_get(), self.ctx.scorer.model.model_version)
+        scorer = self.ctx.scorer
+        units = write_units_per_user(
+            self.ctx.bucket.schedule_writes_get(), scorer.model.model_version, scorer.playbook.version
+        )
         total = segment_count(stats, int(reach), self.ctx.settings, units)
         summary: dict[str, Any] = {"run_id": plan_id(run_id)}
         # The sweep runs under the run's own lease, as in one invocation: a copy of the plan waits for it.
@@ -247,7 +254,7 @@ class ScheduleMap:
         self._lift_report(summary, planned, at)
         self.records.finish(summary, started, write=False)
         self.ctx.bucket.run_record_put(run_id, {**summary, "attempts": _attempts(previous, summary)})
-        if (measured := measured_writes(summary)) is not None:
+        if (measured := measured_writes(summary, self.ctx.scorer.playbook.version)) is not None:
             self.ctx.bucket.schedule_writes_put(measured)
         # What the state machine gets back stays small (its payloads are at most 256 KB): the files swept are
         # in the record.

@@ -39,7 +39,7 @@ def invocation_reach(settings: Settings, deadline: Deadline | None) -> int | Non
     return max(1, int(settings.schedule_users_per_second * room * REACH_MARGIN))
 
 
-def measured_writes(summary: dict[str, Any]) -> dict[str, Any] | None:
+def measured_writes(summary: dict[str, Any], playbook_version: str) -> dict[str, Any] | None:
     """Return what a finished schedule wrote per user (its risk writes and message marks), or None if it scored none.
 
     The next plan sizes its segments by it: a schedule skips most unchanged risk items, so it writes far less than
@@ -56,6 +56,7 @@ def measured_writes(summary: dict[str, Any]) -> dict[str, Any] | None:
         "writes": written,
         "write_units_per_user": round(written / users, 4),
         "model_version": summary.get("model_version"),
+        "playbook_version": playbook_version,
     }
 
 
@@ -151,7 +152,7 @@ class ScheduleRun:
         summary["lift_report"] = self.ctx.bucket.lift_report_put(self.lift_report(as_of=at))
         # The checkpoint goes only once the record is there: a redo without either would start the scan over.
         self.records.finish(summary, started)
-        if (measured := measured_writes(summary)) is not None:
+        if (measured := measured_writes(summary, self.ctx.scorer.playbook.version)) is not None:
             self.ctx.bucket.schedule_writes_put(measured)  # what the next plan sizes a map by, should it need one
         self.ctx.bucket.checkpoint_delete(run_id)
         return summary

@@ -381,12 +381,15 @@ def test_a_plan_sizes_its_segments_by_what_the_last_schedule_of_the_same_model_w
     # WHEN no schedule has measured its writes yet, THEN the plan assumes 1.2 a user: 1,000 // 120 = 8 segments
     assert len(plan(world)) == 8
     # WHEN a schedule of this model wrote 0.25 a user, THEN it is taken at the floor, 0.5: 1,000 // 50 = 20
-    model = world.pipeline.ctx.scorer.model.model_version
-    world.bucket.schedule_writes = {"write_units_per_user": 0.25, "model_version": model}
+    scorer = world.pipeline.ctx.scorer
+    same = {"model_version": scorer.model.model_version, "playbook_version": scorer.playbook.version}
+    world.bucket.schedule_writes = {"write_units_per_user": 0.25, **same}
     assert len(plan(world, LATER + 86400)) == 20
-    # WHEN the measure is another model's (a new model may rewrite every item), THEN the default again
-    world.bucket.schedule_writes = {"write_units_per_user": 0.25, "model_version": "another"}
+    # WHEN the measure is another model's or playbook's (either may rewrite every item), THEN the default again
+    world.bucket.schedule_writes = {"write_units_per_user": 0.25, **same, "model_version": "another"}
     assert len(plan(world, LATER + 2 * 86400)) == 8
+    world.bucket.schedule_writes = {"write_units_per_user": 0.25, **same, "playbook_version": "another"}
+    assert len(plan(world, LATER + 3 * 86400)) == 8
 
 
 def test_a_finished_schedule_keeps_what_it_wrote_per_user_for_the_next_plan(population, tmp_path):
@@ -399,6 +402,7 @@ def test_a_finished_schedule_keeps_what_it_wrote_per_user_for_the_next_plan(popu
     assert measured["writes"] == written and measured["users_scored"] == summary["users_scored"]
     assert measured["write_units_per_user"] == round(written / summary["users_scored"], 4)
     assert measured["model_version"] == world.pipeline.ctx.scorer.model.model_version
+    assert measured["playbook_version"] == world.pipeline.ctx.scorer.playbook.version
     # AND a map run's finish keeps its own
     mapped = seeded(map_world(), population, tmp_path)
     items = plan(mapped)
