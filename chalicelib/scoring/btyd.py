@@ -63,12 +63,7 @@ class BgNbd:
 
     def fit(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BgNbd:
         """Fit (r, α, a, b) by maximum likelihood and return self; sets `params_` and `log_likelihood_`."""
-        x, t_x, T = _checked(x, t_x, T)
-        if x.size == 0:
-            raise InputError("BG/NBD needs at least one customer to fit on")
-        # Fit in a time unit where the oldest customer is 10 old: α then starts near 1 and the
-        # optimiser sees a well-scaled problem whatever unit the caller uses. Only α depends on it.
-        scale = 10.0 / T.max() if T.max() > 0 else 1.0
+        x, t_x, T, scale = fit_inputs(x, t_x, T, "BG/NBD")
         result = minimize(
             _negative_log_likelihood,
             x0=np.zeros(4),
@@ -87,7 +82,7 @@ class BgNbd:
 
     def p_alive(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
         """Return each customer's probability of still being alive at T (1 when x = 0)."""
-        x, t_x, T = _checked(x, t_x, T)
+        x, t_x, T = checked_inputs(x, t_x, T)
         r, alpha, a, b = self._params()
         repeat = x > 0
         log_odds_dead = (
@@ -97,7 +92,7 @@ class BgNbd:
 
     def p_no_event(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, horizon_days: float) -> np.ndarray:
         """Return each customer's probability of no transaction in (T, T + horizon_days], in the inputs' unit."""
-        x, t_x, T = _checked(x, t_x, T)
+        x, t_x, T = checked_inputs(x, t_x, T)
         r, alpha, _, _ = self._params()
         # 1 - ((α+T)/(α+T+h))^(r+x) via expm1/log1p: exact even when it is tiny (short h, slow users).
         p_event_if_alive = -np.expm1(-(r + x) * np.log1p(horizon_days / (alpha + T)))
@@ -110,12 +105,24 @@ class BgNbd:
         return p["r"], p["alpha"], p["a"], p["b"]
 
 
-def _checked(x: Any, t_x: Any, T: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_inputs(x: Any, t_x: Any, T: Any, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Return checked (x, t_x, T) to fit on, and the scale of time that makes the oldest customer 10 old.
+
+    Fitted in that unit, the rates start near 1 and the optimiser sees a well-scaled problem whatever unit the
+    caller uses; only the rate parameters depend on it (divide them by the scale).
+    """
+    x, t_x, T = checked_inputs(x, t_x, T)
+    if x.size == 0:
+        raise InputError(f"{model} needs at least one customer to fit on")
+    return x, t_x, T, 10.0 / T.max() if T.max() > 0 else 1.0
+
+
+def checked_inputs(x: Any, t_x: Any, T: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x, t_x, T = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T))
     if not x.shape == t_x.shape == T.shape:
         raise InputError(f"x, t_x and T differ in shape: {x.shape}, {t_x.shape}, {T.shape}")
     if not (np.all(np.isfinite(T)) and np.all(x >= 0) and np.all(t_x >= 0) and np.all(t_x <= T)):
-        raise InputError("BG/NBD inputs need x >= 0 and 0 <= t_x <= T, all finite")
+        raise InputError("buy-till-you-die inputs need x >= 0 and 0 <= t_x <= T, all finite")
     return x, t_x, T
 
 

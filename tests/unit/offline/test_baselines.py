@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from datetime import UTC, datetime
 
 import numpy as np
@@ -15,13 +14,9 @@ from chalicelib.scoring.state import build_state
 from churnguard_offline.baselines import BASELINE_NAMES, Baselines, BgNbd, btyd_inputs, evaluate_baselines
 from churnguard_offline.generate import generate_events
 from churnguard_offline.training import labelled_set
+from tests.cdnow import cdnow_summary, lifetimes
 
-with warnings.catch_warnings():
-    # lifetimes (the reference implementation, a dev-only dependency) sets a pandas option at import that
-    # pandas 3 deprecates; it has no effect on the results compared here.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from lifetimes import BetaGeoFitter
-    from lifetimes.datasets import load_cdnow_summary
+BetaGeoFitter = lifetimes.BetaGeoFitter
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -33,8 +28,7 @@ PUBLISHED_LOG_LIKELIHOOD = -9582.4
 
 @pytest.fixture(scope="module")
 def cdnow() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    data = load_cdnow_summary(index_col=[0])
-    return data["frequency"].to_numpy(float), data["recency"].to_numpy(float), data["T"].to_numpy(float)
+    return cdnow_summary()
 
 
 @pytest.fixture(scope="module", params=["multi", "purchases"])

@@ -1,0 +1,138 @@
+"""Buy-till-you-die: the Pareto/NBD model, BG/NBD's elder, whose customers may drop out at any moment.
+
+BG/NBD (btyd.py) lets a customer drop out only right after a transaction; Pareto/NBD lets them drop out at any
+time, which fits logs where users fall silent between purchases. Both read the same summary of a customer: x
+(repeat transactions), t_x (time of the last since the first) and T (time from the first to now).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import gammaln, hyp2f1
+
+from chalicelib.errors import InputError
+from chalicelib.scoring.btyd import checked_inputs, fit_inputs
+
+# Log-parameters are kept within e**±20, as for BG/NBD: finite likelihoods whatever a degenerate log does.
+_LOG_BOUND = 20.0
+
+
+class ParetoNbd:
+    """The Pareto/NBD model of Schmittlein, Morrison & Colombo (1987), as Fader & Hardie (2005) derive it.
+
+    While alive, a customer transacts as a Poisson process of rate λ ~ Gamma(r, α); their lifetime is
+    exponential with rate μ ~ Gamma(s, β), independent of λ (α and β are rates in the time unit of the inputs).
+    With a = r + s + x, the likelihood of one customer is (Fader & Hardie 2005, "A Note on Deriving the
+    Pareto/NBD Model and Related Expressions", eq. 18-20)
+
+        L(x, t_x, T) = Γ(r+x) α^r β^s / Γ(r) · [ (α+T)^-(r+x) (β+T)^-s + s/a · A0 ],
+
+        A0 = F(t_x) - F(T),  F(t) = 2F1(a, b; a+1; |α-β| / (m+t)) / (m+t)^a,
+
+    where m = max(α, β) and b = s+1 when α ≥ β, else b = r+x. The first term is "alive at T", the second
+    "died in (t_x, T]". So P(alive at T) is the first term's share of the bracket, and, as no transaction in
+    (T, T+h] is the same history observed for longer, P(none in (T, T+h]) = L(x, t_x, T+h) / L(x, t_x, T).
+    """
+
+    def __init__(self) -> None:
+        self.params_: dict[str, float] = {}
+        self.log_likelihood_: float = float("nan")
+
+    def fit(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> ParetoNbd:
+        """Fit (r, α, s, β) by maximum likelihood and return self; sets `params_` and `log_likelihood_`."""
+        x, t_x, T, scale = fit_inputs(x, t_x, T, "Pareto/NBD")
+        xs, ts, Ts = x, t_x * scale, T * scale
+
+        def objective(theta: np.ndarray) -> float:
+            value = -float(np.mean(_log_likelihood(*np.exp(theta), xs, ts, Ts)))
+            return value if np.isfinite(value) else 1e300
+
+        result = minimize(
+            objective,
+            x0=np.zeros(4),
+            method="L-BFGS-B",
+            bounds=[(-_LOG_BOUND, _LOG_BOUND)] * 4,
+            options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000},
+        )
+        r, alpha, s, beta = np.exp(result.x)
+        self.params_ = {"r": float(r), "alpha": float(alpha / scale), "s": float(s), "beta": float(beta / scale)}
+        self.log_likelihood_ = float(np.sum(self.log_likelihood(x, t_x, T)))
+        return self
+
+    def log_likelihood(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """Return each customer's log-likelihood under the fitted parameters."""
+        x, t_x, T = checked_inputs(x, t_x, T)
+        return _log_likelihood(*self._params(), x, t_x, T)
+
+    def p_alive(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """Return each customer's probability of still being alive at T."""
+        x, t_x, T = checked_inputs(x, t_x, T)
+        r, alpha, s, beta = self._params()
+        alive = _log_alive_term(r, alpha, s, beta, x, T)
+        return np.exp(alive - _log_bracket(r, alpha, s, beta, x, t_x, T))
+
+    def p_no_event(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, horizon: float) -> np.ndarray:
+        """Return each customer's probability of no transaction in (T, T + horizon], in the inputs' unit."""
+        x, t_x, T = checked_inputs(x, t_x, T)
+        params = self._params()
+        later = _log_bracket(*params, x, t_x, T + horizon)
+        return np.clip(np.exp(later - _log_bracket(*params, x, t_x, T)), 0.0, 1.0)
+
+    def expected_events(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, horizon: float) -> np.ndarray:
+        """Return each customer's expected number of transactions in (T, T + horizon] (Fader & Hardie eq. 41).
+
+        E = P(alive) · (r+x)(β+T) / (α+T) · [1 - ((β+T)/(β+T+h))^(s-1)] / (s-1), whose last factor tends to
+        log((β+T+h)/(β+T)) as s tends to 1.
+        """
+        x, t_x, T = checked_inputs(x, t_x, T)
+        r, alpha, s, beta = self._params()
+        span = np.log1p(horizon / (beta + T))
+        k = s - 1.0
+        remaining = span if abs(k) < 1e-9 else -np.expm1(-k * span) / k
+        return self.p_alive(x, t_x, T) * (r + x) * (beta + T) / (alpha + T) * remaining
+
+    def _params(self) -> tuple[float, float, float, float]:
+        if not self.params_:
+            raise InputError("Pareto/NBD model is not fitted")
+        p = self.params_
+        return p["r"], p["alpha"], p["s"], p["beta"]
+
+
+def _log_alive_term(r: float, alpha: float, s: float, beta: float, x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Return log of (α+T)^-(r+x) (β+T)^-s: the bracket's "alive at T" term."""
+    return -(r + x) * np.log(alpha + T) - s * np.log(beta + T)
+
+
+def _log_a0(r: float, alpha: float, s: float, beta: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Return log A0 = log(F(t_x) - F(T)); -inf where t_x = T (no time in which to have died)."""
+    a = r + s + x
+    if alpha >= beta:
+        top, b = alpha, s + 1.0
+    else:
+        top, b = beta, r + x
+    gap = abs(alpha - beta)
+
+    def log_f(t: np.ndarray) -> np.ndarray:
+        return np.log(hyp2f1(a, b, a + 1.0, gap / (top + t))) - a * np.log(top + t)
+
+    first, second = log_f(t_x), log_f(T)
+    # F falls as t grows, so F(t_x) >= F(T); log(e^first - e^second) without the cancellation of a difference.
+    with np.errstate(divide="ignore"):
+        return first + np.log(-np.expm1(np.minimum(second - first, 0.0)))
+
+
+def _log_bracket(
+    r: float, alpha: float, s: float, beta: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Return log of the likelihood's bracket: the alive term plus s/(r+s+x) · A0."""
+    died = np.log(s) - np.log(r + s + x) + _log_a0(r, alpha, s, beta, x, t_x, T)
+    return np.logaddexp(_log_alive_term(r, alpha, s, beta, x, T), died)
+
+
+def _log_likelihood(
+    r: float, alpha: float, s: float, beta: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Return each customer's log-likelihood (eq. 18)."""
+    head = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+    return head + _log_bracket(r, alpha, s, beta, x, t_x, T)

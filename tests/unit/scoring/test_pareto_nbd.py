@@ -1,0 +1,124 @@
+"""Pareto/NBD against the published CDNOW fit and against lifetimes, the reference implementation (dev only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chalicelib.errors import InputError
+from chalicelib.scoring.pareto_nbd import ParetoNbd
+from tests.cdnow import cdnow_summary, lifetimes
+
+ParetoNBDFitter = lifetimes.ParetoNBDFitter
+
+# Fader & Hardie (2005), "A Note on Deriving the Pareto/NBD Model and Related Expressions", on the 2,357 CDNOW
+# customers, time in weeks (the values Schmittlein, Morrison & Colombo's model gives that data set).
+PUBLISHED = {"r": 0.5534, "alpha": 10.5776, "s": 0.6061, "beta": 11.6650}
+PUBLISHED_LOG_LIKELIHOOD = -9594.98
+
+
+@pytest.fixture(scope="module")
+def cdnow() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return cdnow_summary()
+
+
+@pytest.fixture(scope="module")
+def fitted(cdnow) -> ParetoNbd:
+    return ParetoNbd().fit(*cdnow)
+
+
+def reference_with(params: dict[str, float]) -> ParetoNBDFitter:
+    """Return lifetimes' Pareto/NBD holding `params`, to compare expressions at the very same parameters."""
+    import pandas as pd
+
+    reference = ParetoNBDFitter()
+    reference.params_ = pd.Series(params)
+    return reference
+
+
+def test_the_fit_matches_the_published_cdnow_parameters_and_log_likelihood(fitted):
+    # Given the CDNOW summary, when our Pareto/NBD fits it, then it finds the paper's parameters and likelihood
+    for name, value in PUBLISHED.items():
+        assert fitted.params_[name] == pytest.approx(value, rel=2e-3), name
+    assert fitted.log_likelihood_ == pytest.approx(PUBLISHED_LOG_LIKELIHOOD, abs=0.05)
+
+
+@pytest.mark.slow  # lifetimes' own fit takes about 10 s
+def test_the_fit_matches_lifetimes_own_fit(cdnow, fitted):
+    reference = ParetoNBDFitter().fit(*cdnow).params_.to_dict()
+    for name in PUBLISHED:
+        assert fitted.params_[name] == pytest.approx(reference[name], rel=1e-3), name
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"r": 0.5534, "alpha": 10.5776, "s": 0.6061, "beta": 11.6650},  # α < β: the 2F1(a, r+x; …) branch
+        {"r": 1.3, "alpha": 20.0, "s": 0.4, "beta": 3.0},  # α > β: the 2F1(a, s+1; …) branch
+        {"r": 0.8, "alpha": 5.0, "s": 1.0, "beta": 5.0},  # α = β (z = 0) and s = 1 (the expectation's limit)
+    ],
+)
+def test_each_expression_equals_lifetimes_at_the_same_parameters(cdnow, params):
+    # Given a varied sample of CDNOW customers and one set of parameters for both implementations
+    x, t_x, T = (v[::25] for v in cdnow)
+    ours = ParetoNbd()
+    ours.params_ = dict(params)
+    reference = reference_with(params)
+    # Then the likelihood, P(alive), the expected events and P(no event) agree to rounding
+    theirs = reference._conditional_log_likelihood(tuple(params.values()), x, t_x, T)
+    np.testing.assert_allclose(ours.log_likelihood(x, t_x, T), theirs, rtol=1e-9)
+    np.testing.assert_allclose(ours.p_alive(x, t_x, T), reference.conditional_probability_alive(x, t_x, T), rtol=1e-9)
+    if params["s"] != 1.0:  # lifetimes divides by s - 1
+        expected = reference.conditional_expected_number_of_purchases_up_to_time(39.0, x, t_x, T)
+        np.testing.assert_allclose(ours.expected_events(x, t_x, T, 39.0), expected, rtol=1e-8)
+    none = [reference.conditional_probability_of_n_purchases_up_to_time(0, 39.0, *c) for c in zip(x, t_x, T)]
+    np.testing.assert_allclose(ours.p_no_event(x, t_x, T, 39.0), none, rtol=1e-8, atol=1e-12)
+
+
+def test_the_expectation_at_s_equal_to_1_is_the_limit_of_its_neighbours():
+    x, t_x, T = np.array([3.0]), np.array([10.0]), np.array([20.0])
+    at = {}
+    for s in (1.0 - 1e-6, 1.0, 1.0 + 1e-6):
+        model = ParetoNbd()
+        model.params_ = {"r": 0.8, "alpha": 5.0, "s": s, "beta": 5.0}
+        at[s] = float(model.expected_events(x, t_x, T, 26.0)[0])
+    assert at[1.0] == pytest.approx(at[1.0 - 1e-6], rel=1e-5) == pytest.approx(at[1.0 + 1e-6], rel=1e-5)
+
+
+def test_a_customer_who_just_transacted_is_alive_and_silence_lowers_it(fitted):
+    # x repeat purchases, the last one now (t_x = T): no time in which to have died
+    x = np.array([4.0, 4.0, 4.0])
+    t_x = np.array([30.0, 30.0, 30.0])
+    T = np.array([30.0, 40.0, 60.0])
+    alive = fitted.p_alive(x, t_x, T)
+    assert alive[0] == pytest.approx(1.0)
+    assert alive[0] > alive[1] > alive[2] > 0
+    # and the longer the horizon, the likelier a purchase in it
+    quiet = [float(fitted.p_no_event(x[1:2], t_x[1:2], T[1:2], h)[0]) for h in (1.0, 10.0, 100.0)]
+    assert 1 > quiet[0] > quiet[1] > quiet[2] > 0
+
+
+def test_recovers_the_parameters_of_logs_it_generated():
+    # Given 10,000 customers drawn from a Pareto/NBD of known parameters, each watched for a year
+    rng = np.random.default_rng(5)
+    true = {"r": 0.9, "alpha": 8.0, "s": 0.7, "beta": 12.0}
+    n, T = 10_000, 52.0
+    lam = rng.gamma(true["r"], 1 / true["alpha"], n)
+    mu = rng.gamma(true["s"], 1 / true["beta"], n)
+    life = np.minimum(rng.exponential(1 / mu), T)
+    x = rng.poisson(lam * life).astype(float)
+    # the last of x uniform arrivals in (0, life): the largest of x uniforms
+    t_x = np.where(x > 0, life * rng.random(n) ** (1 / np.maximum(x, 1)), 0.0)
+    # When our Pareto/NBD fits them, then it finds the parameters back within sampling error
+    fitted = ParetoNbd().fit(x, t_x, np.full(n, T)).params_
+    for name, value in true.items():
+        assert fitted[name] == pytest.approx(value, rel=0.2), name
+
+
+def test_refuses_bad_input_and_an_unfitted_model():
+    with pytest.raises(InputError):
+        ParetoNbd().fit(np.array([]), np.array([]), np.array([]))
+    with pytest.raises(InputError):
+        ParetoNbd().fit(np.array([1.0]), np.array([5.0]), np.array([3.0]))  # last purchase after now
+    with pytest.raises(InputError):
+        ParetoNbd().p_alive(np.array([1.0]), np.array([1.0]), np.array([2.0]))
