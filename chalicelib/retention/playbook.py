@@ -8,7 +8,10 @@ with a message naming the file and the place, not a user's message half-way thro
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import string
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,9 +20,14 @@ from typing import Any
 from chalicelib.errors import InputError
 from chalicelib.ingest import parse_timestamp
 from chalicelib.retention.json_schemas import validator
+from chalicelib.retention.sentences import problems
 
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "default.json"
 SCHEMA_FILE = "playbook.schema.json"
+# The languages every text is written in (the schema's `localized`); a locale tag speaks one by its language.
+LANGUAGES = ("en", "zh")
+# The channel whose messages are briefs for the team, written in the playbook's staff_locale.
+STAFF_CHANNEL = "account_manager"
 # What a message template may say about the user; a template naming anything else is refused at load.
 _SAMPLE = {
     "user_id": "u1",
@@ -48,10 +56,9 @@ class Action:
     reason: str  # the reason code the action answers
 
     def to_message(self) -> dict[str, object]:
-        """Return the action object of a retention message."""
+        """Return the action object of a retention message (`reason`: the code `reason_label` names)."""
         out = asdict(self)
         out.pop("code")
-        out.pop("reason")
         return out
 
 
@@ -96,6 +103,7 @@ class Playbook:
         self.holdout_share: dict[str, float] = dict(spec["holdout"]["share"])
         self.holdout_salt: str = spec["holdout"]["salt"]
         self.default_locale: str = spec["default_locale"]
+        self.staff_locale: str = spec.get("staff_locale", self.default_locale)
         self.texts: dict[str, dict[str, dict[str, str]]] = spec["texts"]
         self.promotions = [
             Promotion(
@@ -133,6 +141,7 @@ class Playbook:
         if spec["rules"][-1]["when"]:
             raise PlaybookError(f"{source}: rules: the last rule must match everyone (an empty 'when')")
         _check_texts(spec, source)
+        _check_sentences(spec, source)
         for i, promo in enumerate(spec.get("promotions", [])):
             try:
                 start, end = parse_timestamp(promo["start"]), parse_timestamp(promo["end"])
@@ -178,6 +187,20 @@ class Playbook:
         }
         return texts["templates"][action.template][locale].format_map(context)
 
+    def language_for(self, locale: str | None, channel: str) -> str:
+        """Return the language a message is written in: the staff's for a brief, else the user's when it has texts."""
+        if channel == STAFF_CHANNEL:
+            return self.staff_locale
+        language = (locale or "").split("-", 1)[0]
+        return language if language in LANGUAGES else self.default_locale
+
+    def labels(self, action: Action, language: str) -> dict[str, str]:
+        """Return the labels of the reason an action answers and of its offer, in `language`."""
+        return {
+            "reason_label": self.texts["reasons"][action.reason][language],
+            "offer_label": self.texts["offers"][action.offer][language],
+        }
+
     def promotion_at(self, as_of: float) -> Promotion | None:
         """Return the promotion on at epoch time `as_of` (the first listed, if several overlap), or None."""
         return next((p for p in self.promotions if p.start <= as_of < p.end), None)
@@ -216,6 +239,48 @@ def _check_texts(spec: dict[str, Any], source: str) -> None:
                 raise PlaybookError(f"{where}: unknown placeholder {{{exc.args[0]}}}; use {allowed}") from exc
             except (IndexError, ValueError) as exc:
                 raise PlaybookError(f"{source}: texts/templates/{template}/{locale}: {exc}") from exc
+
+
+def _check_sentences(spec: dict[str, Any], source: str) -> None:
+    """Raise PlaybookError unless every template reads as correct sentences with every offer, reason and label.
+
+    Rules may pair any template with any offer, so nothing is left out: every two values of any two of the
+    labels a template names are rendered together (a repetition takes two; the rest take turns).
+    """
+    texts = spec["texts"]
+    labels = {
+        "offer": texts["offers"],
+        "reason": texts["reasons"],
+        "segment": texts.get("segments") or {"unknown": dict.fromkeys(LANGUAGES, "unknown")},
+        "risk_tier": texts["tiers"],
+        "value_tier": texts["tiers"],
+    }
+    checked: set[str] = set()  # the same text comes out of many fillings
+    for template, by_locale in texts["templates"].items():
+        for language, text in by_locale.items():
+            named = [field for _, field, _, _ in string.Formatter().parse(text) if field in labels]
+            for filling in _pairwise({name: list(labels[name]) for name in dict.fromkeys(named)}):
+                said = {name: labels[name][code][language] for name, code in filling.items()}
+                rendered = text.format_map({**_SAMPLE, **said})
+                found = [] if rendered in checked else problems(rendered)
+                checked.add(rendered)
+                if found:
+                    where = f"{source}: texts/templates/{template}/{language}"
+                    with_ = ", ".join(f"{name} {code}" for name, code in filling.items())
+                    raise PlaybookError(f"{where}: with {with_}, {found[0]}: {rendered!r}")
+
+
+def _pairwise(values: dict[str, list[str]]) -> Iterator[dict[str, str]]:
+    """Yield fillings of the named slots in which any two values of any two slots meet at least once."""
+    names = list(values)
+    if not names:
+        yield {}
+    elif len(names) == 1:
+        yield from ({names[0]: code} for code in values[names[0]])
+    for a, b in itertools.combinations(names, 2):
+        for n, (x, y) in enumerate(itertools.product(values[a], values[b])):
+            met = {a: x, b: y}
+            yield {name: met.get(name, values[name][n % len(values[name])]) for name in names}
 
 
 def _matches(when: dict[str, list[str]], risk_tier: str, value_tier: str, reason: str) -> bool:

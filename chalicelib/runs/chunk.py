@@ -16,7 +16,7 @@ import numpy as np
 
 from chalicelib.ingest import parse_timestamp
 from chalicelib.retention.contact_policy import PENDING, why_not
-from chalicelib.retention.messages import build_message, validate_message
+from chalicelib.retention.messages import build_message, compose, validate_message
 from chalicelib.retention.outcomes import HOLDOUT, TREATED, exposure_from_item
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.merge import MAX_WRITE_ROUNDS, StateMerger
@@ -223,8 +223,10 @@ class ChunkWorker:
         item["contact_ids"] = claimed_now
         # A redo of the same exposure finds it in its cooldown: it is still the holdout it was.
         same_exposure = old.get("exposed_at") == scores.as_of
-        item["holdout"] = decision.held == "holdout" or (same_exposure and old.get("exposure_group") == HOLDOUT)
-        decision.replaced = _expose(item, old, scores, i, decision)
+        held_out = decision.held == "holdout" or (same_exposure and old.get("exposure_group") == HOLDOUT)
+        decision.replaced = _expose(item, old, scores, i, decision, held_out)
+        # Membership of the control group of the user's current exposure, whatever holds their message now.
+        item["holdout"] = item.get("exposure_group") == HOLDOUT
         _tag(item, scores, i, segment)
         return decision
 
@@ -235,9 +237,15 @@ class ChunkWorker:
             return None
         playbook = self.ctx.scorer.playbook
         uid = scores.user_ids[i]
-        locale = run.locales.get(uid, playbook.default_locale)
-        text = playbook.render(
-            action, locale, uid, scores.risk_tier[i], scores.value_tier[i], segment and segment["rfm"]
+        written = compose(
+            playbook,
+            action,
+            user_id=uid,
+            locale=run.locales.get(uid),
+            risk_tier=scores.risk_tier[i],
+            value_tier=scores.value_tier[i],
+            segment=segment and segment["rfm"],
+            as_of=scores.as_of,
         )
         body = build_message(
             user_id=uid,
@@ -251,8 +259,8 @@ class ChunkWorker:
             run_id=run.run_id,
             source=run.source,
             playbook_version=playbook.version,
-            content={"locale": locale, "text": text},
             segment=segment,
+            **written,
         )
         validate_message(body)
         return body
@@ -421,10 +429,10 @@ def _claim(item: dict[str, Any], message_id: str, run_id: str, as_of: str, claim
 
 
 def _expose(
-    item: dict[str, Any], old: dict[str, Any], scores: Scores, i: int, decision: Decision
+    item: dict[str, Any], old: dict[str, Any], scores: Scores, i: int, decision: Decision, held_out: bool
 ) -> dict[str, Any] | None:
     """Start a new exposure when the user is messaged or withheld as holdout; return the one it replaces."""
-    group = HOLDOUT if item["holdout"] else (TREATED if decision.body is not None else None)
+    group = HOLDOUT if held_out else (TREATED if decision.body is not None else None)
     if group is None or old.get("exposed_at") == scores.as_of:
         return None
     replaced = exposure_from_item(item) if "exposed_at" in item else None

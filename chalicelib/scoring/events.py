@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,13 +31,32 @@ MAX_USER_ID_LENGTH = 128
 SECONDS_PER_DAY = 86400.0
 
 
-LOCALES = ("en", "zh")
+# A locale tag as BCP 47 spells it (language, then optional script, region and variants); at most 35 characters,
+# the length BCP 47 asks every implementation to keep. POSIX forms (`zh_CN.UTF-8@euro`) are read as their tag.
+LOCALE_TAG = re.compile(r"[a-z]{2,3}(-[a-z0-9]{1,8})*")
+MAX_LOCALE_LENGTH = 35
 
 
 def locale_code(raw: str) -> str | None:
-    """Return `en` or `zh` for a locale tag such as `en-US`, `zh_CN` or `zh-Hans`; None for any other."""
-    language = raw.strip().lower().replace("_", "-").split("-", 1)[0]
-    return language if language in LOCALES else None
+    """Return the BCP 47 tag of a locale such as `en_us`, `zh-hans` or `pt_BR.UTF-8` (`en-US`, `zh-Hans`, `pt-BR`).
+
+    None for anything that is not a locale tag; the language a message is written in is chosen from the tag
+    later, by the playbook, so a user's locale is kept as they gave it even when no text speaks it.
+    """
+    tag = raw.strip().split(".", 1)[0].split("@", 1)[0].replace("_", "-").lower()
+    if len(tag) > MAX_LOCALE_LENGTH or not LOCALE_TAG.fullmatch(tag):
+        return None
+    return "-".join(_subtag_case(i, part) for i, part in enumerate(tag.split("-")))
+
+
+def _subtag_case(position: int, subtag: str) -> str:
+    """Return a subtag in BCP 47's conventional case: script in title case, region in upper case, the rest lower."""
+    if position and len(subtag) == 4 and subtag.isalpha():
+        return subtag.title()
+    region = (len(subtag) == 2 and subtag.isalpha()) or (len(subtag) == 3 and subtag.isdigit())
+    if position and region:
+        return subtag.upper()
+    return subtag
 
 
 def type_code(name: str) -> int:
@@ -53,7 +73,7 @@ class EventBatch:
     time: np.ndarray  # float64, seconds since the Unix epoch, UTC
     type_code: np.ndarray  # int8, index into EVENT_TYPES
     value: np.ndarray  # float64, NaN where the row had no value
-    # user id -> (time, locale) of the user's latest row with a known `locale` (`en` or `zh`)
+    # user id -> (time, locale) of the user's latest row with a `locale` tag (BCP 47, as `locale_code` spells it)
     locales: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -137,13 +137,16 @@ def test_messages_speak_the_locale_of_the_users_latest_row_whatever_the_file_ord
     aws.land("incoming/early.csv", early.encode())
     pipeline.process_object("incoming/early.csv", None, T0)
 
-    # THEN the stored locale is the latest row's, and the messages are rendered in it
+    # THEN the stored locale is the latest row's whole tag, and the messages are rendered in its language
     states = {i["user_id"]: i for i in aws.items(aws.settings.state_table)}
     latest = {
-        r.split(",")[0]: "zh" if r.split(",")[1] > "2026-05-01" else "en"
+        r.split(",")[0]: "zh-CN" if r.split(",")[1] > "2026-05-01" else "en-GB"
         for r in sorted(rows, key=lambda r: r.split(",")[1])
     }
     assert {u: s["locale"] for u, s in states.items()} == latest
     messages = _messages(aws)
-    assert messages and all(m["content"]["locale"] == latest[m["user_id"]] for m in messages)
+    assert messages and all(m["user_locale"] == latest[m["user_id"]] for m in messages)
+    briefs = [m for m in messages if m["action"]["channel"] == "account_manager"]
+    assert all(m["content"]["locale"] == "en" for m in briefs)  # the staff's language, not the customer's
+    assert all(m["content"]["locale"] == latest[m["user_id"]][:2] for m in messages if m not in briefs)
     assert any(m["content"]["locale"] == "zh" and "您" in m["content"]["text"] for m in messages)

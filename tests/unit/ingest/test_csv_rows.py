@@ -158,19 +158,22 @@ def test_a_duplicated_required_column_raises() -> None:
         read("user_id,event_time,event_type,user_id\n")
 
 
-def test_a_locale_column_gives_each_user_the_locale_of_their_latest_row():
-    # rows out of time order; unknown locales and empty cells are ignored, not rejected
+def test_a_locale_column_gives_each_user_the_locale_tag_of_their_latest_row():
+    # rows out of time order; tags are kept whole in BCP 47's spelling; non-tags and empty cells are ignored,
+    # not rejected
     text = (
         "user_id,event_time,event_type,value,locale\n"
-        "u1,2026-01-02,login,,zh_CN\n"
+        "u1,2026-01-02,login,,zh_cn\n"
         "u1,2026-01-01,login,,en-US\n"
-        "u2,2026-01-01,login,,fr\n"
+        "u2,2026-01-01,login,,pt_BR.UTF-8\n"
         "u3,2026-01-01,login,,\n"
         "u4,2026-01-03,login,,EN\n"
+        "u5,2026-01-03,login,,<b>zh</b>\n"
+        "u6,2026-01-03,login,,C\n"
     )
     result = read_events(io.BytesIO(text.encode()), "events.csv")
-    assert result.rows_accepted == 5
-    assert {u: loc for u, (_, loc) in result.events.locales.items()} == {"u1": "zh", "u4": "en"}
+    assert result.rows_accepted == 7
+    assert {u: loc for u, (_, loc) in result.events.locales.items()} == {"u1": "zh-CN", "u2": "pt-BR", "u4": "en"}
 
 
 def test_a_repeated_locale_column_is_ignored_like_any_other_column():

@@ -89,6 +89,9 @@ def _message(**over):
         source="s3://b/k",
         playbook_version="p1",
         content={"locale": "en", "text": "zq secret text for zq-secret-user-4411"},
+        expires_at="2026-06-08T00:00:00Z",
+        reason_label="zq secret reason",
+        offer_label="zq secret offer",
     )
     args.update(over)
     return build_message(**args)

@@ -86,7 +86,7 @@ def test_json_lines_carry_a_locale_too():
     )
     result = read_events(io.BytesIO(lines.encode()), "events.jsonl")
     assert result.rows_accepted == 2
-    assert {u: loc for u, (_, loc) in result.events.locales.items()} == {"u1": "zh"}
+    assert {u: loc for u, (_, loc) in result.events.locales.items()} == {"u1": "zh-Hans"}
 
 
 def test_loose_keys_and_fields_of_the_wrong_type_in_one_block_are_each_handled() -> None:

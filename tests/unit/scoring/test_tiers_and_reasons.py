@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chalicelib.errors import InvalidMessageError
-from chalicelib.retention.messages import build_message, message_id, validate_message
+from chalicelib.retention.messages import build_message, compose, message_id, validate_message
 from chalicelib.retention.playbook import load_playbook
 from chalicelib.scoring.features import FEATURE_NAMES, REASON_CODES
 from chalicelib.scoring.reasons import reason_effects, top_reasons
@@ -95,7 +95,17 @@ def _message(**over):
         playbook_version="p1",
     )
     args.update(over)
-    return build_message(**args)
+    written = compose(
+        load_playbook(),
+        args["action"],
+        user_id=args["user_id"],
+        locale=None,
+        risk_tier=args["risk_tier"],
+        value_tier=args["value_tier"],
+        segment=None,
+        as_of=args["as_of"],
+    )
+    return build_message(**args, **written)
 
 
 def test_message_validates_against_the_schema_and_id_is_stable():
