@@ -21,7 +21,11 @@ from chalicelib.settings import Settings
 @lru_cache(maxsize=1)
 def get_pipeline() -> ScoringPipeline:
     """Return the container's pipeline, built from the environment on first use."""
-    settings = Settings.from_env()
+    return build_pipeline(Settings.from_env())
+
+
+def build_pipeline(settings: Settings) -> ScoringPipeline:
+    """Return a pipeline over the AWS adapters that `settings` name (the offline commands build their own)."""
     backoff = Backoff(settings.retry_base_delay_seconds, settings.retry_max_delay_seconds)
     return ScoringPipeline(
         settings=settings,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
@@ -313,15 +313,24 @@ class Settings:
         return {machine: arn for machine, arn in arns.items() if arn}
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from environment variables; raise ConfigError naming what is missing or malformed."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, unused: Collection[str] = ()) -> Settings:
+        """Build settings from environment variables; raise ConfigError naming what is missing or malformed.
+
+        A required variable named in `unused` (by a command that never reaches what it names: `report` and the
+        queues) may be unset, and is then the empty string; the functions pass none.
+        """
         env = os.environ if env is None else env
-        missing = [variable.name for variable in VARIABLES.values() if variable.required and not env.get(variable.name)]
+        missing = [
+            variable.name
+            for variable in VARIABLES.values()
+            if variable.required and not env.get(variable.name) and variable.name not in unused
+        ]
         if missing:
             raise ConfigError(f"missing environment variable(s): {', '.join(missing)}")
         values: dict[str, Any] = {}
         for name, variable in VARIABLES.items():  # in field order, so a fallback's field is read first
-            values[name] = variable.read(env, values)
+            skipped = variable.required and variable.name in unused and not env.get(variable.name)
+            values[name] = "" if skipped else variable.read(env, values)
         return cls(**values)
 
 

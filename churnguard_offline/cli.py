@@ -7,22 +7,52 @@ import contextlib
 import json
 import math
 import multiprocessing
+import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from chalicelib import __version__
 from chalicelib.errors import InputError, ModelArtifactError
 from chalicelib.settings import ConfigError
+from churnguard_offline.arguments import DefaultsFormatter, unknown_option
+from churnguard_offline.progress import Steps
+from churnguard_offline.stage import add_stage_option, aws_usage_errors, stage_environment
 
 EXIT_USAGE = 2
+# The name the commands go by in their help and errors: the module's, or the console script's (console()).
+DEFAULT_PROG = "python -m chalicelib"
+# Users scored at a time by `score`: one step of its progress, and a bound on the memory of one step's features.
+SCORE_CHUNK_USERS = 50_000
+# What `report` never reaches: it reads exposures and outcomes, and sends no message.
+REPORT_UNUSED = ("QUEUE_HIGH", "QUEUE_MEDIUM")
+# A run id as the runs write it (obj-…, sched-…, their parts): what may go into an S3 key.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as the contract says
+    """Every flag's help shows its default; flags are never abbreviated, and an unknown one is named."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        # An abbreviation that works today breaks the day a flag with the same start is added.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Parse as argparse does, after naming the first unknown flag (before a required one is found missing)."""
+        args = sys.argv[1:] if args is None else list(args)
+        unknown = unknown_option(self, args)
+        if unknown:
+            self.error(unknown)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, as the contract says
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -62,29 +92,46 @@ def _probability(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _run_id(text: str) -> str:
+    if not _RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a run id: {text[:80]!r}")
+    return text
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", action="store_true", help="say nothing of the steps, only the result lines (default: off)"
+    )
+
+
+def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     """Return the argument parser of every command."""
-    parser = _Parser(prog="python -m chalicelib", description="ChurnGuard: churn early warning and retention.")
+    parser = _Parser(prog=prog, description="ChurnGuard: churn early warning and retention.")
+    parser.add_argument("--version", action="version", version=f"churnguard {__version__}", help="print the version")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="run the whole event path on an embedded AWS (moto)")
-    demo.add_argument("--users", type=_positive_int, default=1500, help="users in the demo data (default 1500)")
-    demo.add_argument("--seed", type=int, default=11)
+    demo.add_argument("--users", type=_positive_int, default=1500, help="users in the demo data")
+    demo.add_argument("--seed", type=int, default=11, help="seed of the demo data")
 
     gen = sub.add_parser("generate", help="write a synthetic behaviour event log")
-    gen.add_argument("--users", type=_positive_int, required=True)
-    gen.add_argument("--days", type=_positive_int, required=True)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--users", type=_positive_int, required=True, help="users to simulate")
+    gen.add_argument("--days", type=_positive_int, required=True, help="days of history, ending at --as-of")
+    gen.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same file")
     gen.add_argument("--as-of", type=_timestamp, default=None, help="end of the window (default: today, UTC)")
     gen.add_argument("--kind", choices=("multi", "purchases"), default="multi", help="all signals or purchases only")
-    gen.add_argument("--out", type=Path, required=True, help=".csv, .jsonl, optionally .gz")
+    gen.add_argument("--out", type=Path, required=True, help="the event log to write: .csv or .jsonl, optionally .gz")
 
     train = sub.add_parser("train", help="fit a model from history and write an artifact directory")
-    train.add_argument("--events", type=Path, required=True)
-    train.add_argument("--cutoff", type=_timestamp, required=True)
-    train.add_argument("--horizon-days", type=_positive_float, required=True)
-    train.add_argument("--out", type=Path, required=True)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--events", type=Path, required=True, help="the behaviour event log to learn from")
+    train.add_argument(
+        "--cutoff", type=_timestamp, required=True, help="the latest training origin: features up to it, labels after"
+    )
+    train.add_argument(
+        "--horizon-days", type=_positive_float, required=True, help="churn = no event within this many days"
+    )
+    train.add_argument("--out", type=Path, required=True, help="the artifact directory to write")
+    train.add_argument("--seed", type=int, default=0, help="random seed of the candidates and the split")
     train.add_argument("--lookback-days", type=_positive_float, default=180.0, help="population: seen within this")
     train.add_argument("--max-origins", type=_positive_int, default=8, help="rolling origins, one horizon apart")
     train.add_argument(
@@ -92,48 +139,83 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="train on N users chosen by a hash of user_id, stratified by activity (the file is read twice)",
+        help="train on N users chosen by a hash of user_id, stratified by activity (the file is read twice) "
+        "(default: every user)",
     )
+    _add_quiet(train)
     tiers = train.add_argument_group("risk tiers (default: expected value)")
-    tiers.add_argument("--tier-mode", choices=("expected_value", "capacity", "fixed"), default="expected_value")
+    tiers.add_argument(
+        "--tier-mode",
+        choices=("expected_value", "capacity", "fixed"),
+        default="expected_value",
+        help="how the risk thresholds are set: by the value of acting, by team capacity, or as given",
+    )
     tiers.add_argument("--action-cost-high", type=_positive_float, default=20.0, help="cost of a high-tier action")
     tiers.add_argument("--action-cost-medium", type=_positive_float, default=8.0, help="cost of a medium-tier action")
     tiers.add_argument("--save-rate", type=_probability, default=0.2, help="share of churners an action wins back")
-    tiers.add_argument("--value-at-risk", type=_positive_float, default=None, help="default: median annual spend")
+    tiers.add_argument(
+        "--value-at-risk",
+        type=_positive_float,
+        default=None,
+        help="value of a saved churner (default: median annual spend)",
+    )
     tiers.add_argument("--capacity-high", type=_probability, default=0.05, help="share of users in high (capacity)")
     tiers.add_argument("--capacity-medium", type=_probability, default=0.15, help="share in medium (capacity)")
-    tiers.add_argument("--high-threshold", type=_probability, default=0.6, help="with --tier-mode fixed")
-    tiers.add_argument("--medium-threshold", type=_probability, default=0.3, help="with --tier-mode fixed")
-
-    score = sub.add_parser("score", help="score an event log offline; one CSV row per user")
-    score.add_argument("--model", type=Path, default=None, help="artifact directory (default model_artifacts/)")
-    score.add_argument("--input", type=Path, required=True)
-    score.add_argument("--as-of", type=_timestamp, default=None, help="default: the latest event in the file")
-    score.add_argument("--out", type=Path, required=True)
-    score.add_argument(
-        "--allow-missing-signals", action="store_true", help="score even if the file lacks event types the model uses"
+    tiers.add_argument("--high-threshold", type=_probability, default=0.6, help="high from here (--tier-mode fixed)")
+    tiers.add_argument(
+        "--medium-threshold", type=_probability, default=0.3, help="medium from here (--tier-mode fixed)"
     )
 
+    score = sub.add_parser("score", help="score an event log offline; one CSV row per user")
+    score.add_argument(
+        "--model", type=Path, default=None, help="artifact directory (default: the pinned model_artifacts/)"
+    )
+    score.add_argument("--input", type=Path, required=True, help="the behaviour event log to score")
+    score.add_argument(
+        "--as-of", type=_timestamp, default=None, help="score as of this time (default: the latest event in the file)"
+    )
+    score.add_argument("--out", type=Path, required=True, help="the score CSV to write, one row per user")
+    score.add_argument(
+        "--allow-missing-signals",
+        action="store_true",
+        help="score even if the file lacks event types the model uses (default: refuse)",
+    )
+    _add_quiet(score)
+
     rep = sub.add_parser("replay", help="retry what a run left in its dead-letter record (on the configured AWS)")
-    rep.add_argument("run_id", help="the run id from the run summary, e.g. obj-… or sched-…")
+    rep.add_argument("run_id", type=_run_id, help="the run id from the run summary, e.g. obj-… or sched-…")
+    add_stage_option(rep)
 
     lift = sub.add_parser(
         "report", help="print win-back rates of messaged users against the holdout, with the lift (configured AWS)"
     )
-    lift.add_argument("--since", type=_timestamp, default=None, help="only exposures from this date on")
-    lift.add_argument("--as-of", type=_timestamp, default=None, help="judge outcomes as of this time (default now)")
-    lift.add_argument("--horizon-days", type=_positive_float, default=None, help="default: the model's horizon")
+    lift.add_argument(
+        "--since", type=_timestamp, default=None, help="only exposures from this date on (default: every exposure)"
+    )
+    lift.add_argument("--as-of", type=_timestamp, default=None, help="judge outcomes as of this time (default: now)")
+    lift.add_argument(
+        "--horizon-days",
+        type=_positive_float,
+        default=None,
+        help="days a win-back is judged over (default: the model's horizon)",
+    )
+    add_stage_option(lift)
 
     ev = sub.add_parser("evaluate", help="print model metrics on a labelled history as JSON")
-    ev.add_argument("--model", type=Path, default=None)
-    ev.add_argument("--events", type=Path, required=True)
-    ev.add_argument("--cutoff", type=_timestamp, required=True)
-    ev.add_argument("--horizon-days", type=_positive_float, required=True)
+    ev.add_argument(
+        "--model", type=Path, default=None, help="artifact directory (default: the pinned model_artifacts/)"
+    )
+    ev.add_argument("--events", type=Path, required=True, help="a labelled history: events past the cutoff")
+    ev.add_argument("--cutoff", type=_timestamp, required=True, help="features up to this time, labels after")
+    ev.add_argument(
+        "--horizon-days", type=_positive_float, required=True, help="churn = no event within this many days"
+    )
     return parser
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # On a terminal the step that runs may be shown on the line (progress.Steps): the message takes its place.
+    print(f"\r\x1b[K{message}" if sys.stderr.isatty() else message, file=sys.stderr, flush=True)
 
 
 def _not_after(as_of: float | None) -> float:
@@ -144,11 +226,17 @@ def _not_after(as_of: float | None) -> float:
     return as_of if as_of is not None else time.time() + SECONDS_PER_DAY
 
 
-def _read(path: Path, not_after: float | None) -> Any:
-    from chalicelib.ingest import read_event_file
+def _read(path: Path, not_after: float | None, steps: Steps | None = None) -> Any:
+    """Return the read of a file (as read_event_file reads it), its bytes counted on the bar of `steps`, if given."""
+    from chalicelib.errors import UnreadableFileError
+    from chalicelib.ingest import read_events
 
     _check_exists(path)
-    return _reported(path, read_event_file(path, not_after=not_after))
+    try:
+        with open(path, "rb") as raw, steps.reading(raw) if steps else contextlib.nullcontext(raw) as stream:
+            return _reported(path, read_events(stream, str(path), not_after=not_after))
+    except OSError as exc:  # as read_event_file: a directory, no permission, or a disk that fails mid-file
+        raise UnreadableFileError(str(path), f"cannot read: {exc.strerror or exc}") from exc
 
 
 def _check_exists(path: Path) -> None:
@@ -222,36 +310,37 @@ def cmd_train(args: argparse.Namespace) -> None:
         capacity_medium=args.capacity_medium,
         fixed={"high": args.high_threshold, "medium": args.medium_threshold},
     )
-    events, sample = _training_events(args)
-    started = time.monotonic()
-    with _sample_too_small(args.events, sample):
-        manifest = train(
-            events,
-            sample=sample,
-            cutoff=args.cutoff,
-            horizon_days=args.horizon_days,
-            out_dir=args.out,
-            seed=args.seed,
-            policy=policy,
-            lookback_days=args.lookback_days,
-            max_origins=args.max_origins,
-            source=args.events.name,
-            progress=_say,
-        )
+    with Steps(quiet=args.quiet) as steps:
+        steps(f"reading {args.events}")
+        events, sample = _training_events(args, steps)
+        with _sample_too_small(args.events, sample):
+            manifest = train(
+                events,
+                sample=sample,
+                cutoff=args.cutoff,
+                horizon_days=args.horizon_days,
+                out_dir=args.out,
+                seed=args.seed,
+                policy=policy,
+                lookback_days=args.lookback_days,
+                max_origins=args.max_origins,
+                source=args.events.name,
+                progress=steps,
+            )
     m = manifest["metrics"]
     _say(
         f"{args.out}: {manifest['model_version']} ({manifest['estimator']}, calibration {manifest['calibration']}) "
-        f"in {time.monotonic() - started:.1f}s; {manifest['validation']['kind'].replace('_', '-')} AUC "
+        f"in {steps.elapsed:.1f}s; {manifest['validation']['kind'].replace('_', '-')} AUC "
         f"{m['auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, Brier {m['brier']:.4f}"
     )
     for name, b in manifest["baselines"].items():
         _say(f"  baseline {name}: AUC {b['auc']:.4f}, PR-AUC {b['pr_auc']:.4f}, Brier {b['brier']:.4f}")
 
 
-def _training_events(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+def _training_events(args: argparse.Namespace, steps: Steps) -> tuple[Any, dict[str, Any] | None]:
     """Return (events, sample record): the whole file, or with --sample-users only the sampled users' events."""
     if args.sample_users is None:
-        return _read(args.events, _not_after(None)).events, None
+        return _read(args.events, _not_after(None), steps).events, None
     from churnguard_offline.sampling import sampled_events
 
     _check_exists(args.events)
@@ -278,10 +367,42 @@ def _sample_too_small(path: Path, sample: dict[str, Any] | None) -> Iterator[Non
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from chalicelib.scoring.scorer import Scorer, missing_signals, write_scores_csv
-    from chalicelib.scoring.state import build_state
+    with Steps(quiet=args.quiet) as steps:
+        steps(f"reading {args.input} and loading the model")
+        result, model = _read_and_load(args.input, _not_after(args.as_of), args.model)
+        n, tiers, as_of = _score_read(args, result, model, steps)
+    _write_rejects(result, args.out)
+    _say(f"{args.out}: {n} users scored as of {as_of} ({', '.join(f'{k} {v}' for k, v in tiers.items())})")
 
-    result, model = _read_and_load(args.input, _not_after(args.as_of), args.model)
+
+def _score_read(args: argparse.Namespace, result: Any, model: Any, steps: Steps) -> tuple[int, dict[str, int], str]:
+    """Score the users of a read file into --out, a chunk of users at a time; return (users, per risk tier, as_of)."""
+    from chalicelib.scoring.scorer import Scorer, iso_time, write_scores_csv
+    from chalicelib.scoring.state import StateBatch, build_state
+
+    as_of = _score_as_of(args, result, model)
+    steps(f"building the state of {len(result.events.user_ids):,} users")
+    state = build_state(result.events)
+    steps(f"scoring {len(state):,} users")
+    scorer, n, tiers = Scorer(model), 0, Counter()
+    # Users are scored independently: chunks give the same rows as one call, with a count to show an ETA by.
+    starts = range(0, max(len(state), 1), SCORE_CHUNK_USERS)
+    if len(starts) > 1:
+        starts = steps.each(starts, len(state), "user", size=lambda start: min(SCORE_CHUNK_USERS, len(state) - start))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="", encoding="utf-8") as fh:
+        for start in starts:
+            end = start + SCORE_CHUNK_USERS
+            scores = scorer.score(StateBatch(state.user_ids[start:end], state.values[start:end]), as_of)
+            n += write_scores_csv(scores, fh, header=start == 0)
+            tiers.update(scores.counts()["risk_tier"])
+    return n, dict(tiers), iso_time(as_of)
+
+
+def _score_as_of(args: argparse.Namespace, result: Any, model: Any) -> float:
+    """Return the time to score as of; raise InputError when the file cannot be scored with this model."""
+    from chalicelib.scoring.scorer import missing_signals
+
     events = result.events
     missing = missing_signals(model.manifest, events) if len(events) else []
     if missing and not args.allow_missing_signals:
@@ -291,18 +412,10 @@ def cmd_score(args: argparse.Namespace) -> None:
             "model trained on this kind of log, or pass --allow-missing-signals"
         )
     if args.as_of is not None:
-        as_of = args.as_of
-    elif len(events):
-        as_of = float(events.time.max())
-    else:
-        raise InputError(f"{args.input}: no usable events, and no --as-of to score as of")
-    scores = Scorer(model).score(build_state(events), as_of)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="", encoding="utf-8") as fh:
-        n = write_scores_csv(scores, fh)
-    _write_rejects(result, args.out)
-    tiers = scores.counts()["risk_tier"]
-    _say(f"{args.out}: {n} users scored as of {scores.as_of} ({', '.join(f'{k} {v}' for k, v in tiers.items())})")
+        return args.as_of
+    if len(events):
+        return float(events.time.max())
+    raise InputError(f"{args.input}: no usable events, and no --as-of to score as of")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -312,22 +425,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(evaluate(model, result.events, args.cutoff, args.horizon_days), indent=2))
 
 
-def cmd_replay(args: argparse.Namespace) -> None:
+def _pipeline(unused: tuple[str, ...] = ()) -> Any:
+    """Return a pipeline over the AWS the environment (and --stage) names, not asking for the `unused` variables."""
     from chalicelib import runtime
+    from chalicelib.settings import Settings
 
-    print(json.dumps(runtime.get_pipeline().replay(args.run_id), indent=2, default=str))
+    return runtime.build_pipeline(Settings.from_env(unused=unused))
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    summary = _pipeline().replay(args.run_id)
+    if summary["status"] == "nothing_to_replay":
+        _say(f"run {args.run_id} is {summary['run_status']}: nothing left to replay")
+    print(json.dumps(summary, indent=2, default=str))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from chalicelib import runtime
-
-    report = runtime.get_pipeline().lift_report(args.since, args.as_of, args.horizon_days)
+    report = _pipeline(REPORT_UNUSED).lift_report(args.since, args.as_of, args.horizon_days)
     print(json.dumps(report, indent=2))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from churnguard_offline.demo import run_demo
+    from churnguard_offline.demo import ROOT, run_demo
 
+    if not (ROOT / "app.py").is_file():
+        raise InputError(f"{ROOT}: no app.py here; the demo runs the app of a checkout (make demo, in the repository)")
     run_demo(users=args.users, seed=args.seed)
 
 
@@ -347,16 +469,22 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = DEFAULT_PROG) -> int:
     """Run one command; return the exit status (0 ok, 2 usage or unusable input)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        with stage_environment(args), aws_usage_errors(args):
+            COMMANDS[args.command](args)
     except (InputError, ModelArtifactError, ConfigError) as exc:
-        print(f"python -m chalicelib {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         # A path that cannot be read or written (permissions, a directory, a full disk).
-        print(f"python -m chalicelib {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def console() -> None:
+    """Run the `churnguard` console script (pip install .): the same commands as `python -m chalicelib`."""
+    sys.exit(main(prog="churnguard"))

@@ -21,6 +21,7 @@ from chalicelib.scoring.segments import fit_segments
 from chalicelib.scoring.state import LAYOUT_ID, build_state, col
 from chalicelib.scoring.tiers import capacity_thresholds, expected_value_thresholds, fit_value_thresholds
 from churnguard_offline.metrics import classification_metrics, tier_performance
+from churnguard_offline.progress import each
 
 MIN_CLASS_ROWS = 50
 DEFAULT_LOOKBACK_DAYS = 180
@@ -318,7 +319,8 @@ def _origin_sets(
     progress(
         f"building features and labels at {len(origins)} origin(s): {', '.join(iso_time(o)[:10] for o in origins)}"
     )
-    sets = [labelled_set(events, origin, horizon_days, lookback_days) for origin in origins]
+    counted = each(progress, origins, len(origins), "origin")
+    sets = [labelled_set(events, origin, horizon_days, lookback_days) for origin in counted]
     check_learnable(sets[0].labels, f"at the cutoff {iso_time(cutoff)[:10]}")
     return sets
 

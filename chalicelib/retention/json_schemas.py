@@ -1,4 +1,5 @@
-"""The project's JSON Schemas: schemas/ beside chalicelib/ (the repository's top level, or the Lambda task root)."""
+"""The project's JSON Schemas: schemas/ beside chalicelib/ (the repository's top level, or the Lambda task root),
+else chalicelib/_schemas/ (where `pip install .` puts them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-_SCHEMA_DIRS = (Path(__file__).resolve().parents[2] / "schemas",)
+_SCHEMA_DIRS = (Path(__file__).resolve().parents[2] / "schemas", Path(__file__).resolve().parents[1] / "_schemas")
 
 
 @cache

@@ -27,8 +27,7 @@ class Replay:
         started = self.ctx.clock()
         record = self.ctx.bucket.dead_letters_get(run_id)
         if record is None:
-            where = self.ctx.bucket.dead_letters_url(run_id)
-            raise InputError(f"{where}: run {run_id} has nothing left to replay")
+            return self._nothing_left(run_id)
         left = DeadLetters.from_json(record)
         run = Run(
             run_id, "replay", opt_outs=self.records.opt_outs(), rescored_through=self.ctx.bucket.rescored_through()
@@ -67,6 +66,24 @@ class Replay:
             return
         earlier = [stored_run, *stored_run.get("replays", [])]
         run.claimed_before = sum(int(r.get("messages_claimed", 0)) for r in earlier)
+
+    def _nothing_left(self, run_id: str) -> dict[str, Any]:
+        """Return the summary of a finished run with nothing left to replay; raise InputError for any other run.
+
+        An id with no dead letters is a finished run (its record says how it ended), an unfinished one (only its
+        checkpoint), or no run at all: a mistyped id must not read as a run that is done.
+        """
+        where = self.ctx.bucket.dead_letters_url(run_id)
+        stored = self.ctx.bucket.run_record_get(run_id)
+        if stored is not None:
+            status = stored.get("status", "finished")
+            return {"run_id": run_id, "trigger": "replay", "status": "nothing_to_replay", "run_status": status}
+        if self.ctx.bucket.checkpoint_get(run_id) is not None:
+            raise InputError(f"{where}: run {run_id} has not finished yet (it has a checkpoint and no record)")
+        raise InputError(
+            f"{where}: no run {run_id}: no run record, checkpoint or dead letters has that id "
+            "(the id is in the run summary: obj-… for a file, sched-… for the schedule)"
+        )
 
     def _redo(self, run: Run, mode: str, as_of: float, entries: list[dict[str, Any]]) -> None:
         """Re-score, or merge again and score, the users of one kind of work at one as_of."""

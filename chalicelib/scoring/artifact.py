@@ -21,8 +21,12 @@ MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "model_card.md"
 # Searched when MODEL_DIR is not set: model_artifacts/ beside chalicelib/, which is the repository's top level
-# and, in a deployment, the task root (the package build puts the artifact there).
-_DEFAULT_DIRS = (Path(__file__).resolve().parents[2] / "model_artifacts",)
+# and, in a deployment, the task root (the package build puts the artifact there); else chalicelib/_model_artifacts/,
+# where `pip install .` puts it (setup.py).
+_DEFAULT_DIRS = (
+    Path(__file__).resolve().parents[2] / "model_artifacts",
+    Path(__file__).resolve().parents[1] / "_model_artifacts",
+)
 
 
 def library_versions() -> dict[str, str]:

@@ -153,10 +153,11 @@ def missing_signals(manifest: dict[str, Any], events: EventBatch) -> list[str]:
     return [t for t, share in shares.items() if share >= MAJOR_SIGNAL_SHARE and t not in present]
 
 
-def write_scores_csv(scores: Scores, out: IO[str]) -> int:
-    """Write the contract's score CSV (reasons `;`-joined); return rows written."""
+def write_scores_csv(scores: Scores, out: IO[str], header: bool = True) -> int:
+    """Write the contract's score CSV (reasons `;`-joined), its header unless `header` is False; return rows written."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(SCORE_COLUMNS)
+    if header:
+        writer.writerow(SCORE_COLUMNS)
     writer.writerows(
         zip(
             scores.user_ids,

@@ -315,6 +315,6 @@ def test_failures_that_outlive_retries_are_dead_lettered_and_replayed_exactly_on
     assert json.loads(aws.get(f"runs/{summary['run_id']}.json"))["status"] == "replayed"
 
 
-def test_replay_of_a_run_with_nothing_left_exits_2(aws, pipeline, capsys):
+def test_replay_of_an_unknown_run_exits_2_saying_there_is_no_such_run(aws, pipeline, capsys):
     assert main(["replay", "obj-nothing"]) == 2
-    assert "nothing left to replay" in capsys.readouterr().err
+    assert "no run obj-nothing: no run record, checkpoint or dead letters" in capsys.readouterr().err
