@@ -9,13 +9,16 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, S3Event
-from chalice import Chalice
+from chalice import BadRequestError, Chalice, IAMAuthorizer, NotFoundError
 
 from chalicelib import runtime
+from chalicelib.lookup.service import LookupInputError, UserNotFoundError
 from chalicelib.observability import flush_metrics, logger
 from chalicelib.settings import DEFAULT_FILES_QUEUE, DEFAULT_INCOMING_PREFIX, DEFAULT_SCHEDULE, DEFAULTS
 
 app = Chalice(app_name="churnguard")
+# The risk lookup's routes: callers sign their requests (SigV4) with an identity allowed execute-api:Invoke.
+iam = IAMAuthorizer()
 
 
 @app.middleware("all")
@@ -118,6 +121,26 @@ def schedule_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def schedule_finish(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The schedule state machine's last step: the run's record, metrics and lift report from its segments'."""
     return runtime.get_pipeline().finish_schedule(event)
+
+
+@app.route("/users/{user_id}", methods=["GET"], authorizer=iam)
+def get_user(user_id: str) -> dict[str, Any]:
+    """One user's current risk: score, tiers, reasons, segment, last message, exposure and holdout (404: none)."""
+    try:
+        return runtime.get_lookup().user_at_path(user_id)
+    except LookupInputError as exc:
+        raise BadRequestError(str(exc)) from exc
+    except UserNotFoundError as exc:
+        raise NotFoundError(str(exc)) from exc
+
+
+@app.route("/users", methods=["GET"], authorizer=iam)
+def list_users() -> dict[str, Any]:
+    """A page of the users of a tier pair (?risk_tier=&value_tier=&limit=&next=), with the next page's token."""
+    try:
+        return runtime.get_lookup().page(app.current_request.query_params).to_json()
+    except LookupInputError as exc:
+        raise BadRequestError(str(exc)) from exc
 
 
 def _epoch(text: str | None) -> float | None:

@@ -7,15 +7,17 @@ from functools import lru_cache
 from chalicelib.aws.bucket import BehaviourBucket
 from chalicelib.aws.missed import MissedFileQueues
 from chalicelib.aws.queues import RetentionQueues
+from chalicelib.aws.risk_reads import RiskReads
 from chalicelib.aws.tables import BehaviourTables
 from chalicelib.aws.workflows import StateMachines
+from chalicelib.lookup.service import RiskLookup
 from chalicelib.retention.playbook import load_playbook
 from chalicelib.retry import Backoff
 from chalicelib.runs.deadline import Deadline
 from chalicelib.runs.pipeline import ScoringPipeline
 from chalicelib.scoring.artifact import MODEL_CACHE
 from chalicelib.scoring.scorer import Scorer
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, read_one
 
 
 @lru_cache(maxsize=1)
@@ -46,6 +48,12 @@ def build_pipeline(settings: Settings) -> ScoringPipeline:
     )
 
 
+@lru_cache(maxsize=1)
+def get_lookup() -> RiskLookup:
+    """Return the container's risk lookup (the API's): the risk table only, no model, no other store."""
+    return RiskLookup(RiskReads.create(read_one("risk_table")))
+
+
 def deadline(context: object) -> Deadline:
     """Return the time budget of one invocation, read from its Lambda context."""
     return Deadline.from_lambda_context(context, get_pipeline().settings.checkpoint_reserve_seconds)
@@ -54,5 +62,6 @@ def deadline(context: object) -> Deadline:
 def clear() -> None:
     """Drop the cached pipeline and model (a new environment, a new artifact, or a new moto mock)."""
     get_pipeline.cache_clear()
+    get_lookup.cache_clear()
     load_playbook.cache_clear()
     MODEL_CACHE.clear()

@@ -340,3 +340,15 @@ VARIABLES: Mapping[str, Variable] = MappingProxyType({f.name: f.metadata["variab
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
 )
+
+
+def read_one(field_name: str, env: Mapping[str, str] | None = None) -> Any:
+    """Return one setting without a fallback (RISK_TABLE for the risk lookup), read as `Settings.from_env` reads it;
+    raise ConfigError when it is required and unset. For a reader that needs nothing else of the environment."""
+    env = os.environ if env is None else env
+    variable = VARIABLES[field_name]
+    if variable.fallback or variable.derive:
+        raise ValueError(f"{field_name} depends on other settings: read them all with Settings.from_env")
+    if variable.required and not env.get(variable.name):
+        raise ConfigError(f"missing environment variable(s): {variable.name}")
+    return variable.read(env, {})

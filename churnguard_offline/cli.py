@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from chalicelib import __version__
 from chalicelib.errors import InputError, ModelArtifactError
+from chalicelib.lookup.tier_index import TIERS
 from chalicelib.settings import ConfigError
 from churnguard_offline.arguments import DefaultsFormatter, unknown_option
 from churnguard_offline.progress import Steps
@@ -200,6 +201,14 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
         help="days a win-back is judged over (default: the model's horizon)",
     )
     add_stage_option(lift)
+
+    export = sub.add_parser(
+        "export", help="write every current user of a risk x value tier pair to a CSV for a CRM upload (configured AWS)"
+    )
+    export.add_argument("--risk-tier", choices=TIERS, required=True, help="the users' risk tier")
+    export.add_argument("--value-tier", choices=TIERS, required=True, help="the users' value tier")
+    export.add_argument("--out", type=Path, required=True, help="the CSV to write (replaced once complete)")
+    add_stage_option(export)
 
     ev = sub.add_parser("evaluate", help="print model metrics on a labelled history as JSON")
     ev.add_argument(
@@ -445,6 +454,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from chalicelib import runtime
+    from churnguard_offline.export import export_csv
+
+    written = export_csv(runtime.get_lookup(), args.risk_tier, args.value_tier, args.out)
+    print(json.dumps({"out": str(args.out), "users": written}))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from churnguard_offline.demo import ROOT, run_demo
 
@@ -466,6 +483,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "replay": cmd_replay,
     "report": cmd_report,
+    "export": cmd_export,
 }
 
 

@@ -319,6 +319,8 @@ def patch_terraform(document: dict, stage: str) -> dict:
       prefix and event type); otherwise to on_behaviour_file, whose failed asynchronous invocations then go to the
       failed-files queue, for the schedule's sweep.
     - The state machines are added once their workers are functions of the app (`add_state_machines`).
+    - The risk lookup's REST API is replaced before it is destroyed, as its deployment already is (a redeploy
+      never leaves the API without routes).
     """
     patched = json.loads(json.dumps(document))
     patched.pop("terraform", None)
@@ -344,6 +346,8 @@ def patch_terraform(document: dict, stage: str) -> dict:
     for rule_id, rule in resources.get("aws_cloudwatch_event_rule", {}).items():
         rule["name"] = f"{app_name}-{stage}-{rule_id.removesuffix('-event')}"
     add_state_machines(patched, f"{app_name}-{stage}")
+    for api in resources.get("aws_api_gateway_rest_api", {}).values():
+        api["lifecycle"] = {"create_before_destroy": True}
     return patched
 
 

@@ -7,6 +7,7 @@ scans in pages with a resume key. Faults are planted by naming users or message 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from chalicelib.lookup.ports import TierPage
+from chalicelib.lookup.tier_index import KEY_ATTRIBUTE
 from chalicelib.runs.applied_runs import AppliedRuns
 from chalicelib.runs.ports import (
     CONFLICT,
@@ -470,6 +473,36 @@ class FakeWorkflows:
         new = (machine, name) not in self.executions
         self.executions.setdefault((machine, name), _copy(payload))
         return Started(arn, new)
+
+
+class FakeRiskReads:
+    """The lookup's reader (chalicelib.lookup.ports.RiskReader) over a dict of risk items (FakeTables.risks will do).
+
+    Answers as DynamoDB does: only the attributes asked for (numbers as stored: Decimal from the real table), the
+    tier index sparse (items without its key are in no query) and in user id order, at most `page_items` items a
+    call (DynamoDB's 1 MB page), a resume key when more
+    may follow. `queries` counts the calls.
+    """
+
+    def __init__(self, risks: dict[str, dict[str, Any]], page_items: int = 1000) -> None:
+        self.risks = risks
+        self.page_items = page_items
+        self.queries = 0
+
+    def get_risk(self, user_id: str, attributes: tuple[str, ...]) -> dict[str, Any] | None:
+        item = self.risks.get(user_id)
+        if item is None or "risk_tier" not in item:
+            return None
+        return {k: copy.deepcopy(item[k]) for k in attributes if k in item}
+
+    def query_tier(self, key: str, after: str | None, limit: int, attributes: tuple[str, ...]) -> TierPage:
+        self.queries += 1
+        ids = sorted(uid for uid, item in self.risks.items() if item.get(KEY_ATTRIBUTE) == key)
+        ids = [uid for uid in ids if after is None or uid > after]
+        page = ids[: min(limit, self.page_items)]
+        items = [{k: copy.deepcopy(self.risks[uid][k]) for k in attributes if k in self.risks[uid]} for uid in page]
+        more = len(page) < len(ids) or len(page) == limit
+        return TierPage(items, page[-1] if page and more else None)
 
 
 def _etag(data: bytes) -> str:

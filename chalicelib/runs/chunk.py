@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from chalicelib.ingest import parse_timestamp
+from chalicelib.lookup.tier_index import KEY_ATTRIBUTE, tier_key
 from chalicelib.retention.contact_policy import PENDING, why_not
 from chalicelib.retention.messages import build_message, compose, validate_message
 from chalicelib.retention.outcomes import HOLDOUT, TREATED, exposure_from_item
@@ -387,6 +388,8 @@ def risk_item(row: dict[str, Any], *, run_id: str, scored_at: str, source: str) 
     item = dict(row)
     item["reasons"] = list(row["reasons"])
     item.update(run_id=run_id, scored_at=scored_at, source=source)
+    # The tier index's key (lookup/tier_index.py): derived from the tiers, so it changes only when they do.
+    item[KEY_ATTRIBUTE] = tier_key(row["risk_tier"], row["value_tier"], row["user_id"])
     return item
 
 

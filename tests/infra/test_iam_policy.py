@@ -35,6 +35,7 @@ NEEDED = {
     "update_item": {"dynamodb:UpdateItem"},
     "delete_item": {"dynamodb:DeleteItem"},
     "scan": {"dynamodb:Scan"},
+    "query": {"dynamodb:Query"},
     "describe_table": {"dynamodb:DescribeTable"},
     # A transaction is authorised item by item, as the writes it holds (the message counter's are UpdateItem).
     "transact_write_items": {"dynamodb:UpdateItem"},
@@ -53,6 +54,10 @@ GRANTED_BY_TERRAFORM = {"states:StartExecution"}
 # of on_behaviour_queue reads the files queue (receive, delete, queue attributes), and Lambda sends the record of a
 # failed asynchronous invocation of on_behaviour_file to its on-failure destination with the function's role.
 FOR_AWS = {"sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:SendMessage"}
+# The risk lookup's adapter: only the API's function (chalice's api_handler) calls it, with a role of its own.
+API_ADAPTERS = ("risk_reads.py",)
+API_FUNCTION = "api_handler"
+LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
 
 def stages() -> dict:
@@ -95,14 +100,20 @@ def test_every_resource_is_this_stages_own(stage):
             assert any(part in resource for part in own), f"{resource} is not one of stage {name}'s resources"
 
 
-def test_every_call_the_code_makes_is_allowed(stage):
-    _, _, policy = stage
-    granted = {a for s in _statements(policy) for a in _listed(s["Action"])}
-    source = "".join(p.read_text() for p in (ROOT / "chalicelib" / "aws").glob("*.py"))
+def adapter_calls(paths) -> set[str]:
+    """Return the client calls the adapters in `paths` make."""
+    source = "".join(p.read_text() for p in paths)
     paginated = set(re.findall(r'get_paginator\("([a-z_0-9]+)"\)', source))
     # (the DynamoDB adapter passes its client's methods to a wrapper, so match references, not just calls)
     calls = set(re.findall(r"client\.([a-z][a-z_0-9]*)", source)) - {"exceptions", "meta", "get_paginator"} | paginated
     assert calls, "the adapters' calls were found"
+    return calls
+
+
+def test_every_call_the_code_makes_is_allowed(stage):
+    _, _, policy = stage
+    granted = {a for s in _statements(policy) for a in _listed(s["Action"])}
+    calls = adapter_calls(p for p in (ROOT / "chalicelib" / "aws").glob("*.py") if p.name not in API_ADAPTERS)
     unknown = calls - NEEDED.keys()
     assert not unknown, f"calls with no IAM mapping here, add them: {sorted(unknown)}"
     missing = {action for call in calls for action in NEEDED[call]} - granted - GRANTED_BY_TERRAFORM
@@ -146,3 +157,56 @@ def test_every_prefix_the_code_probes_answers_404_for_a_missing_key(stage):
     for prefix in PROBED:
         assert policy.allows("s3:GetObject", f"arn:aws:s3:::{bucket}/{prefix}x.json"), prefix
     assert policy.missing_key_answers_404(bucket), "a GET of a missing key would answer 403 AccessDenied"
+
+
+# ---- the risk lookup API's role -------------------------------------------------------------------------
+def api_policy(config: dict) -> dict:
+    """Return the policy document the stage gives the API's function."""
+    return json.loads((CHALICE / config["lambda_functions"][API_FUNCTION]["iam_policy_file"]).read_text())
+
+
+def test_the_api_function_has_a_policy_of_its_own(stage):
+    _, config, _ = stage
+    own = config["lambda_functions"][API_FUNCTION]["iam_policy_file"]
+    assert own != config["iam_policy_file"] and (CHALICE / own).is_file()
+    # API Gateway gives up after 29 s: a longer function timeout would only run on after the caller is gone.
+    assert config["lambda_functions"][API_FUNCTION]["lambda_timeout"] <= 30
+
+
+def test_the_api_role_may_only_read_the_risk_table_and_its_tier_index(stage):
+    name, config, _ = stage
+    env = config["environment_variables"]
+    risk = f"arn:aws:dynamodb:eu-west-1:123456789012:table/{env['RISK_TABLE']}"
+    state = f"arn:aws:dynamodb:eu-west-1:123456789012:table/{env['STATE_TABLE']}"
+    policy = IamPolicy(api_policy(config))
+    # It reads one user's item and queries the tier index...
+    assert policy.allows("dynamodb:GetItem", risk)
+    assert policy.allows("dynamodb:Query", f"{risk}/index/by_tier")
+    # ...and nothing else: no write, no scan of the table, no other table, bucket or queue.
+    for action in ("PutItem", "UpdateItem", "DeleteItem", "BatchGetItem", "BatchWriteItem", "Scan", "Query"):
+        assert not policy.allows(f"dynamodb:{action}", risk), action
+    assert not policy.allows("dynamodb:GetItem", state) or env["STATE_TABLE"] == env["RISK_TABLE"]
+    assert not policy.allows("dynamodb:Scan", f"{risk}/index/by_tier")
+    bucket = env["BEHAVIOUR_BUCKET"]
+    for action, resource in (
+        ("s3:GetObject", f"arn:aws:s3:::{bucket}/runs/x.json"),
+        ("s3:ListBucket", f"arn:aws:s3:::{bucket}"),
+        ("sqs:SendMessage", f"arn:aws:sqs:eu-west-1:123456789012:{env['QUEUE_HIGH']}"),
+        ("states:StartExecution", "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-schedule"),
+    ):
+        assert not policy.allows(action, resource), action
+    granted = {a for s in _statements(api_policy(config)) for a in _listed(s["Action"])}
+    assert granted == {"dynamodb:GetItem", "dynamodb:Query"} | LOG_ACTIONS
+    # It writes its logs to its own log group only (chalice names the API's function <app>-<stage>).
+    assert policy.allows(
+        "logs:PutLogEvents", f"arn:aws:logs:eu-west-1:1:log-group:/aws/lambda/churnguard-{name}:log-stream:s"
+    )
+    assert not policy.allows("logs:PutLogEvents", f"arn:aws:logs:eu-west-1:1:log-group:/aws/lambda/churnguard-{name}-x")
+
+
+def test_every_call_the_lookup_adapter_makes_is_allowed_to_the_api_and_nothing_more(stage):
+    _, config, _ = stage
+    calls = adapter_calls(ROOT / "chalicelib" / "aws" / name for name in API_ADAPTERS)
+    needed = {action for call in calls for action in NEEDED[call]}
+    granted = {a for s in _statements(api_policy(config)) for a in _listed(s["Action"])}
+    assert needed == granted - LOG_ACTIONS

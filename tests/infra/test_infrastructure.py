@@ -33,6 +33,7 @@ from chalicelib.aws.bucket import (
     RUNS_PREFIX,
 )
 from chalicelib.aws.tables import TTL_ATTRIBUTE
+from chalicelib.lookup.tier_index import KEY_ATTRIBUTE
 from chalicelib.settings import DEFAULT_INCOMING_PREFIX, Settings
 from churnguard_offline import bootstrap
 from tests.conftest import ROOT
@@ -86,6 +87,8 @@ NEVER_EXPIRED = (
 # Run records nobody reads back after a while: these expire (ledger/: the ledger of earlier versions, now in DynamoDB).
 EXPIRED = (REJECTED_PREFIX, QUARANTINE_PREFIX, RUNS_PREFIX, LEDGER_PREFIX)
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
+# Chalice's name for the function behind the REST API (the risk lookup's routes).
+API_FUNCTION = "api_handler"
 # Built-in functions of Terraform 1.3 (versions.tf.json's floor); a later one would break older releases.
 # (One word per function: the quoted list ruff suggests would run to a hundred lines.)
 TERRAFORM_FUNCTIONS = frozenset(
@@ -551,11 +554,24 @@ def test_every_table_is_on_demand_keyed_by_user_id_recoverable_encrypted_and_exp
     for name, table in tables.items():
         assert table["billing_mode"] == "PAY_PER_REQUEST", name
         assert table["hash_key"] == "user_id" and "range_key" not in table, name
-        assert listed(table["attribute"]) == [{"name": "user_id", "type": "S"}], name
+        # user_id, and the tier index's key (test_the_tier_index_is_declared_as_bootstrap_creates_it)
+        assert listed(table["attribute"]) == [{"name": "user_id", "type": "S"}, {"name": KEY_ATTRIBUTE, "type": "S"}]
         assert listed(table["point_in_time_recovery"])[0]["enabled"] is True, name
         assert listed(table["server_side_encryption"])[0]["enabled"] is True, name
         assert "kms_key_arn" not in listed(table["server_side_encryption"])[0], "no customer key"
         assert listed(table["ttl"])[0] == {"attribute_name": TTL_ATTRIBUTE, "enabled": True}, name
+
+
+def test_the_tier_index_is_declared_as_bootstrap_creates_it(infra):
+    (table,) = infra.of_type("aws_dynamodb_table").values()
+    (index,) = listed(table["global_secondary_index"])
+    created = bootstrap.tier_index()
+    assert index["name"] == created["IndexName"]
+    assert [index["hash_key"], index["range_key"]] == [k["AttributeName"] for k in created["KeySchema"]]
+    assert index["projection_type"] == created["Projection"]["ProjectionType"] == "INCLUDE"
+    assert index["non_key_attributes"] == created["Projection"]["NonKeyAttributes"]
+    # Only what a lookup shows is copied into the index: never a shared table's state blob.
+    assert not {"state", "applied_runs", "contact_ids"} & set(index["non_key_attributes"])
 
 
 def test_one_table_is_created_per_distinct_name_so_state_and_risk_may_share_one(infra):
@@ -639,6 +655,10 @@ def test_the_tfvars_hold_the_names_the_functions_read_from_their_environment(pac
         # (the build adds the state machines' ARNs, spelled from their names: see tests/infra/test_state_machines.py)
         env = {k: v for k, v in function["environment"]["variables"].items() if not k.endswith("_STATE_MACHINE_ARN")}
         assert Settings.from_env(env) == configured, function_name
+        if function_name == API_FUNCTION:
+            # The risk lookup answers through API Gateway (29 s at most); no queue waits out its timeout.
+            assert function["timeout"] <= 30 < package.lambda_timeout
+            continue
         assert function["timeout"] == package.tfvars["lambda_timeout_seconds"] == package.lambda_timeout
     assert sorted(f["function_name"] for f in functions.values()) == sorted(package.tfvars["lambda_function_names"])
 

@@ -378,7 +378,7 @@ def test_generated_terraform_deploys_the_zip_from_s3_for_this_stage(package_dir)
     variables = json.loads((package_dir / "terraform.tfvars.json").read_text())
     functions = generated["resource"]["aws_lambda_function"]
     # THEN every function deploys from the uploaded object (the zip is over the 50 MB direct upload)
-    handlers = ["on_behaviour_file", "on_behaviour_queue", "scheduled_scoring"]
+    handlers = ["on_behaviour_file", "on_behaviour_queue", "scheduled_scoring", "api_handler"]
     workers = [f"backfill_{step}" for step in ("finish", "range", "shard", "split")]
     workers += [f"schedule_{step}" for step in ("finish", "plan", "segment")]
     assert sorted(functions) == sorted(handlers + workers)
@@ -393,3 +393,12 @@ def test_generated_terraform_deploys_the_zip_from_s3_for_this_stage(package_dir)
     _assert_stage_variables(variables, functions)
     (rule,) = generated["resource"]["aws_cloudwatch_event_rule"].values()
     assert rule["name"] == "churnguard-dev-scheduled_scoring"
+    # AND the risk lookup's API is replaced before it is destroyed, its function on a role of its own
+    (api,) = generated["resource"]["aws_api_gateway_rest_api"].values()
+    assert api["lifecycle"] == {"create_before_destroy": True}
+    assert functions["api_handler"]["role"] == "${aws_iam_role.api_handler_role.arn}"
+    policy = json.loads(generated["resource"]["aws_iam_role_policy"]["api_handler_role"]["policy"])
+    assert {a for s in policy["Statement"] for a in s["Action"] if not a.startswith("logs:")} == {
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+    }
