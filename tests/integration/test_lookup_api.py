@@ -22,23 +22,7 @@ from chalicelib.settings import Settings
 from churnguard_offline import cli
 from churnguard_offline.bootstrap import ensure_resources
 from tests.integration.conftest import Aws, csv_bytes, strict_moto
-
-# What a view must never show: the state, versions, claim bookkeeping, which run wrote the item.
-INTERNAL = {
-    "state",
-    "state_version",
-    "applied_runs",
-    "risk_version",
-    "scored_state_version",
-    "playbook_version",
-    "run_id",
-    "source",
-    "contact_ids",
-    "contact_run_id",
-    "contact_claimed_at",
-    "expires_at",
-    KEY_ATTRIBUTE,
-}
+from tests.unit.lookup.test_lookup import INTERNAL
 
 
 @pytest.fixture

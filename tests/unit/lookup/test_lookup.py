@@ -16,9 +16,11 @@ from chalicelib.runs.chunk import risk_item, unchanged
 from tests.fakes import FakeRiskReads
 
 NOW = 1_780_000_000.0
+# What a view must never show: the state, versions, claim bookkeeping, which run wrote the item.
 INTERNAL = {
     "state",
     "state_version",
+    "applied_runs",
     "risk_version",
     "scored_state_version",
     "playbook_version",
