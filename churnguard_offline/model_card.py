@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from chalicelib.scoring.artifact import CARD_FILE
+from chalicelib.scoring.model_version import DECISION_FIELDS, DECISION_TRAINING_FIELDS
 
 PLOTS = {"calibration": "calibration.png", "gains": "cumulative_gains.png", "importance": "feature_importance.png"}
 
@@ -107,6 +108,7 @@ def card_text(manifest: dict[str, Any]) -> str:
         *_baselines_section(manifest),
         *_tiers_section(manifest),
         *_plots_section(manifest),
+        *_distribution_section(manifest),
         *_LIMITS,
         *_provenance(manifest),
     ]
@@ -236,10 +238,52 @@ def _plots_section(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
+def _distribution_section(manifest: dict[str, Any]) -> list[str]:
+    """Return what the run report's drift compares today's users against, or nothing for an older manifest."""
+    dist = manifest.get("training_distribution")
+    if not dist:
+        return []
+    origins = len(manifest["training_data"]["origins"])
+    judged = ", and the one the model was judged on" if manifest["validation"]["kind"] == "out_of_time" else ""
+    stacked = (
+        f" The {origins} stacked origins it was fitted on differ from each other (users age, trends move), so "
+        "their mix would show drift even on training data."
+        if origins > 1
+        else ""
+    )
+    return [
+        "## Training distribution (what drift compares against)",
+        "",
+        f"The manifest's `training_distribution` holds, for the score and each of the {len(dist['features'])} "
+        "features, the training deciles as cut points (one cut per value for a feature of a few values) and the "
+        f"share of rows in each bin. It was measured on the {dist['rows']} users of the latest origin "
+        f"({dist['cutoff'][:10]}: users with an event in the {dist['lookback_days']:g} days before it), scored by "
+        f"this model: one snapshot of users, as a scoring run is{judged}.{stacked} The run report's population "
+        "stability index (PSI) of the score and of each feature is measured against these bins.",
+        "",
+        "Score deciles: " + ", ".join(f"{e:.3f}" for e in dist["score"]["edges"]) + ".",
+        "",
+    ]
+
+
 def _provenance(manifest: dict[str, Any]) -> list[str]:
     """Return the libraries, Python version and model checksum the artifact was built with."""
     return [
         f"Libraries: {', '.join(f'{k} {v}' for k, v in manifest['library_versions'].items())}; "
         f"python {manifest['python_version']}; model.joblib sha256 `{manifest['model_sha256']}`.",
+        "",
+        *_version_lines(manifest),
+    ]
+
+
+def _version_lines(manifest: dict[str, Any]) -> list[str]:
+    """Return what the model version covers (every manifest field that changes a score's tier or reasons)."""
+    if not manifest.get("decision_sha256"):
+        return []
+    covered = ", ".join(f"`{f}`" for f in (*DECISION_FIELDS, *(f"training_data.{f}" for f in DECISION_TRAINING_FIELDS)))
+    return [
+        f"Version `{manifest['model_version']}`: the training cutoff's date and the first 8 hex digits of the "
+        f"decision sha256 `{manifest['decision_sha256']}`, over {covered}. Loading recomputes it and refuses a "
+        "manifest whose thresholds, segments or reference were edited after training.",
         "",
     ]

@@ -16,10 +16,12 @@ from chalicelib.errors import InputError
 from chalicelib.scoring.artifact import MANIFEST_FILE, MODEL_FILE, ChurnModel, library_versions, sha256_of
 from chalicelib.scoring.events import EVENT_TYPES, SECONDS_PER_DAY, EventBatch
 from chalicelib.scoring.features import FEATURE_NAMES, compute_features
+from chalicelib.scoring.model_version import decision_sha256, model_version
 from chalicelib.scoring.scorer import iso_time
 from chalicelib.scoring.segments import fit_segments
 from chalicelib.scoring.state import LAYOUT_ID, build_state, col
 from chalicelib.scoring.tiers import capacity_thresholds, expected_value_thresholds, fit_value_thresholds
+from churnguard_offline.distribution import training_distribution
 from churnguard_offline.metrics import classification_metrics, tier_performance
 from churnguard_offline.progress import each
 
@@ -298,7 +300,9 @@ def train(
         "candidates": choice.scores,
         "selection": _selection_text(choice, validation),
         **_evidence(choice, judged, validation, sets[0], seed),
+        "training_distribution": _distribution(final, sets[0], lookback_days, progress),
     }
+    _set_version(manifest)
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     progress("writing the model card and plots")
     write_model_card(out_dir, manifest, validation.labels, judged.p_val, judged.baseline_p)
@@ -375,16 +379,45 @@ def _save_model(model: Any, out_dir: Path) -> str:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
-    joblib.dump(model, model_path, compress=3)
+    joblib.dump(_thread_neutral(model), model_path, compress=3)
     return sha256_of(model_path)
 
 
+def _thread_neutral(model: Any) -> Any:
+    """Return `model` with every fitted bin mapper's thread count back at its default (None: decided at use).
+
+    Histogram gradient boosting keeps the OpenMP thread count it was fitted with in its bin mapper, and
+    nothing else of it: without this, the same training on one core and on two gives other model bytes,
+    and so another version, for the same predictions.
+    """
+    from sklearn.ensemble._hist_gradient_boosting.binning import _BinMapper
+
+    pending, seen = [model], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, _BinMapper):
+            node.n_threads = None
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+        elif type(node).__module__.startswith(("sklearn.", "chalicelib.")) and hasattr(node, "__dict__"):
+            pending.extend(vars(node).values())
+    return model
+
+
 def _identity(choice: _Choice, digest: str) -> dict[str, Any]:
-    """Return the manifest fields that name the model and what it needs to load and score."""
-    created = datetime.now(UTC)
+    """Return the manifest fields that name the model and what it needs to load and score.
+
+    The version and the decision hash are placeholders here: `_set_version` fills them in once every field
+    they cover is in the manifest.
+    """
     return {
-        "model_version": f"churn-{created:%Y%m%d}-{digest[:8]}",
-        "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model_version": "",
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "estimator": choice.winner,
         "calibration": choice.calibration_method,
         "feature_names": list(FEATURE_NAMES),
@@ -392,6 +425,35 @@ def _identity(choice: _Choice, digest: str) -> dict[str, Any]:
         "library_versions": library_versions(),
         "python_version": platform.python_version(),
         "model_sha256": digest,
+        "decision_sha256": "",
+    }
+
+
+def _set_version(manifest: dict[str, Any]) -> None:
+    """Set model_version and decision_sha256 from the model's sha256 and the manifest's decision fields.
+
+    No clock goes in: the same data, arguments and libraries give the same model bytes and so the same version.
+    """
+    manifest["decision_sha256"] = decision_sha256(manifest)
+    manifest["model_version"] = model_version(manifest)
+
+
+def _distribution(
+    final: Any, latest: LabelledSet, lookback_days: float, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Return the training distribution of the latest origin's users, scored by the final (deployed) model.
+
+    One origin, not all of them stacked: a scoring run is one snapshot of users, and the stacked origins
+    differ from each other (users age, trends move), so a mix of seven months would read as drift even on
+    training data. The latest origin is the one nearest deployment, and the one the model was judged on
+    out of time. `cutoff` and `lookback_days` say which users they are, so drift can compare like with like.
+    """
+    progress(f"measuring the training distribution on {latest.labels.size} users at {iso_time(latest.cutoff)[:10]}")
+    scores = final.predict_proba(latest.features)[:, 1]
+    return {
+        **training_distribution(latest.features, scores, FEATURE_NAMES),
+        "cutoff": iso_time(latest.cutoff),
+        "lookback_days": lookback_days,
     }
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from chalicelib.errors import ModelArtifactError
 from chalicelib.scoring.features import FEATURE_NAMES
+from chalicelib.scoring.model_version import check_model_version
 from chalicelib.scoring.pinned_artifact import MODEL_SHA256
 from chalicelib.scoring.state import LAYOUT_ID
 
@@ -123,8 +124,11 @@ def load_model(model_dir: str | os.PathLike, pinned: str | None = None) -> Churn
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelArtifactError(f"{manifest_path}: invalid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ModelArtifactError(f"{manifest_path}: not a JSON object")
     if actual != manifest.get("model_sha256"):
         raise ModelArtifactError(f"{model_path}: sha256 {actual} does not match the manifest; refusing to load")
+    check_model_version(manifest, str(directory))
     wanted = manifest.get("library_versions", {}).get("scikit-learn")
     have = library_versions()["scikit-learn"]
     if wanted != have:

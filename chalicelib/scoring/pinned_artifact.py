@@ -6,4 +6,4 @@ writes it after training into model_artifacts/, `scripts/package.py` writes it i
 that the staged artifact matches it, and a test checks that it matches the committed model_artifacts/.
 """
 
-MODEL_SHA256 = "3329ac24346d39e81ed85597e433e40361f6cb6ef54e420126c847a0e85958c6"
+MODEL_SHA256 = "161a00364dd078f07deb54fac199ad304e6f2c3711ddd69998627eb41ef8cdf2"
