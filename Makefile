@@ -20,7 +20,7 @@ NODE_TOOLS := node_modules/.installed
 STAGE ?= dev
 PACKAGE_DIR := build/package
 
-.PHONY: install demo test unit lint benchmark cold-start model package iac-check asl-check clean
+.PHONY: install demo test unit lint benchmark cold-start model package iac-check asl-check report-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: lint asl-check package iac-check $(LAMBDA_ENV)/.installed
 # The pure and fake-backed tests (tests/unit, without the slow offline training tests): seconds, no AWS, no build.
 unit: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/unit -m "not slow" -q -n auto
+
+# The demo's run report in headless Chromium (Debian's): every section and chart renders, nothing is cut off;
+# writes docs/report.png. Not part of `make test`: it needs Chromium (CHROMIUM=/path overrides /usr/bin/chromium).
+report-check: install
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/check_report.py
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py

@@ -16,6 +16,7 @@ logger = Logger(
 # Written as CloudWatch embedded-metric log lines when app.py flushes them at the end of each invocation.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ChurnGuard"), service=SERVICE)
 COUNT = MetricUnit.Count
+NO_UNIT = MetricUnit.NoUnit
 
 # Every metric the functions publish (unit Count, dimension `service`); infra/ has one alarm for each.
 ROWS_REJECTED = "RowsRejected"  # rows of a finished file run rejected, by the run's total
@@ -42,6 +43,11 @@ METRICS = (
     SCHEDULE_USERS_NOT_COVERED,
     FILES_MESSAGES_DROPPED,
 )
+
+# The run report's drift (reporting/drift.py), one value a scheduled run: a PSI, no unit; alarmed at its maximum.
+SCORE_DRIFT_PSI = "ScoreDriftPSI"  # the churn score's PSI against the training distribution
+FEATURE_DRIFT_PSI_MAX = "FeatureDriftPSIMax"  # the largest PSI of any model feature
+DRIFT_METRICS = (SCORE_DRIFT_PSI, FEATURE_DRIFT_PSI_MAX)
 
 
 def flush_metrics() -> None:

@@ -23,6 +23,7 @@ from chalicelib.lookup.tier_index import TIERS
 from chalicelib.settings import ConfigError
 from churnguard_offline.arguments import DefaultsFormatter, unknown_option
 from churnguard_offline.progress import Steps
+from churnguard_offline.report import FORMATS as REPORT_FORMATS
 from churnguard_offline.stage import add_stage_option, aws_usage_errors, stage_environment
 
 EXIT_USAGE = 2
@@ -200,6 +201,13 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
         default=None,
         help="days a win-back is judged over (default: the model's horizon)",
     )
+    lift.add_argument(
+        "--format",
+        choices=REPORT_FORMATS,
+        default=REPORT_FORMATS[0],
+        help="json: the lift report with the latest run report under run_report; html, md: the run report",
+    )
+    lift.add_argument("--out", type=Path, default=None, help="write the report to this file (default: stdout)")
     add_stage_option(lift)
 
     export = sub.add_parser(
@@ -450,8 +458,9 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    report = _pipeline(REPORT_UNUSED).lift_report(args.since, args.as_of, args.horizon_days)
-    print(json.dumps(report, indent=2))
+    from churnguard_offline.report import run_report
+
+    run_report(_pipeline(REPORT_UNUSED), args.format, args.out, args.since, args.as_of, args.horizon_days)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

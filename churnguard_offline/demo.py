@@ -23,6 +23,8 @@ from chalicelib.scoring.scorer import iso_time
 from churnguard_offline.lambda_events import s3_object_created, scheduled, stage_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where the demo leaves the latest run report (reports/latest.html in the embedded bucket) to open in a browser.
+DEMO_REPORT = ROOT / "build" / "demo-report.html"
 BAD_ROWS = (
     ",2026-01-01T00:00:00Z,login,",
     "u-bad-time,yesterday,login,",
@@ -111,8 +113,9 @@ class _Stage:
     t_end: float  # the midnight (UTC) that ends the generated history
 
 
-def run_demo(users: int = 1500, seed: int = 11) -> None:
-    """Run the demo and print what landed in DynamoDB and each queue."""
+def run_demo(users: int = 1500, seed: int = 11, report_out: Path = DEMO_REPORT) -> Path:
+    """Run the demo, print what landed in DynamoDB and each queue, write the run report to `report_out` and
+    return its path."""
     _stage_environment()
     import boto3
     from chalice.test import Client
@@ -147,7 +150,9 @@ def run_demo(users: int = 1500, seed: int = 11) -> None:
             _triggered_runs(stage, backfill, day_one)
             _scheduled_runs(stage, day_two)
         _show_landed(settings, s3)
+        _save_report(settings, s3, report_out)
     runtime.clear()
+    return report_out
 
 
 def _split_days(events: EventBatch, t_end: float) -> tuple[EventBatch, EventBatch, EventBatch]:
@@ -252,3 +257,11 @@ def _show_landed(settings: Any, s3: Any) -> None:
         "lift report (reports/lift.json; outcomes resolve once the 30-day horizon has passed)",
         {"as_of": lift["as_of"], "all users": lift["rows"][0] if lift["rows"] else None},
     )
+
+
+def _save_report(settings: Any, s3: Any, out: Path) -> None:
+    """Copy the latest run report out of the embedded bucket to `out` and print where it is."""
+    page = s3.get_object(Bucket=settings.behaviour_bucket, Key="reports/latest.html")["Body"].read()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(page)
+    _print("run report (reports/latest.html in the bucket); open it in a browser", str(out))

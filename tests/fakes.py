@@ -58,6 +58,7 @@ class FakeBucket:
         self.dead_letters: dict[str, dict[str, Any]] = {}
         self.closed: dict[tuple[str, frozenset[tuple[str, str]]], list[dict[str, Any]]] = {}
         self.lift: dict[str, Any] | None = None
+        self.reports: dict[str, tuple[dict[str, Any], str]] = {}  # content and page, by run id and "latest"
         self.map_items: dict[str, bytes] = {}  # what the state machines' item readers read, by key
         self.opt_outs: dict[str, bytes] = {}
         self.checkpoint_history: list[dict[str, Any]] = []
@@ -152,6 +153,22 @@ class FakeBucket:
     def lift_report_put(self, report: dict[str, Any]) -> str:
         self.lift = _copy(report)
         return self.url("reports/lift.json")
+
+    def run_report_put(self, run_id: str, content: dict[str, Any], html: str) -> str:
+        for name in (run_id, "latest"):
+            self.reports[name] = (_copy(content), html)
+        return self.url(f"reports/{run_id}.html")
+
+    def run_report_latest(self) -> dict[str, Any] | None:
+        return _copy(self.reports["latest"][0]) if "latest" in self.reports else None
+
+    def file_run_records(self, since: float | None, limit: int) -> tuple[list[dict[str, Any]], int]:
+        # Written since `since`: a record's finished_at stands for the time S3 would list it as last modified.
+        after = "" if since is None else datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        found = [
+            r for k, r in sorted(self.runs.items()) if k.startswith("obj-") and str(r.get("finished_at", "")) >= after
+        ]
+        return _copy(found[:limit]), max(0, len(found) - limit)
 
     def read_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
         if key not in self.objects:

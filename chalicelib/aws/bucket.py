@@ -32,6 +32,11 @@ CLOSED_PREFIX = "outcomes/closed/"
 # the finish step deletes them, and a lifecycle rule on the prefix expires what a failed run left.
 BACKFILL_PREFIX = "backfill/"
 LIFT_REPORT_KEY = "reports/lift.json"
+# Each scheduled run's report: reports/<run_id>.html and .json (its content), and the latest of both.
+REPORTS_PREFIX = "reports/"
+LATEST_REPORT = "latest"
+# File runs' records (runs/file_run.py names their runs obj-<hash>).
+FILE_RUNS_PREFIX = f"{RUNS_PREFIX}obj-"
 # When the latest re-score of every user began (see runs/chunk.py): beside the run records, named as no run is.
 RESCORE_MARK_KEY = f"{RUNS_PREFIX}_rescored-through.json"
 SCHEDULE_WRITES_KEY = f"{RUNS_PREFIX}_schedule-writes.json"
@@ -304,6 +309,25 @@ class BehaviourBucket:
         """Write the latest lift report to reports/lift.json; return its address."""
         self.put_json(LIFT_REPORT_KEY, report)
         return self.url(LIFT_REPORT_KEY)
+
+    def run_report_put(self, run_id: str, content: dict[str, Any], html: str) -> str:
+        """Write reports/<run_id>.json and .html, then the same as reports/latest.*; return the run's page address."""
+        page = html.encode()
+        for name in (run_id, LATEST_REPORT):
+            self.put_json(f"{REPORTS_PREFIX}{name}.json", content)
+            self.put_bytes(f"{REPORTS_PREFIX}{name}.html", page, "text/html; charset=utf-8")
+        return self.url(f"{REPORTS_PREFIX}{run_id}.html")
+
+    def run_report_latest(self) -> dict[str, Any] | None:
+        """Return the content of reports/latest.json, or None before the first report."""
+        return self.find_json(f"{REPORTS_PREFIX}{LATEST_REPORT}.json")
+
+    def file_run_records(self, since: float | None, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Return up to `limit` file-run records last written at or after `since`, and how many more there were."""
+        after = None if since is None else datetime.fromtimestamp(since, tz=UTC)
+        keys = [item.key for item in self.list(FILE_RUNS_PREFIX) if after is None or item.last_modified >= after]
+        found = [self.find_json(key) for key in keys[:limit]]
+        return [record for record in found if record is not None], max(0, len(keys) - limit)
 
     def read_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
         """Return bytes [start, end) of one object version (a backfill's range)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from chalicelib.ingest import parse_timestamp
 from chalicelib.lookup.tier_index import KEY_ATTRIBUTE, tier_key
+from chalicelib.reporting.aggregates import AGGREGATES, MESSAGES_BY_CHANNEL_ACTION, collect, messages_by_channel_action
 from chalicelib.retention.contact_policy import PENDING, why_not
 from chalicelib.retention.messages import build_message, compose, validate_message
 from chalicelib.retention.outcomes import HOLDOUT, TREATED, exposure_from_item
@@ -290,7 +291,18 @@ class ChunkWorker:
             else:  # written, or unchanged: the user is scored and counted alike either way
                 counts["risk_writes_skipped"] += outcome == UNCHANGED
                 self._count_written(run, scores, decisions[uid], counts, claimed)
+        self._aggregate(scores, decisions, outcomes, counts)
         run.add(counts)
+
+    def _aggregate(
+        self, scores: Scores, decisions: dict[str, Decision], outcomes: dict[str, str], counts: dict[str, Any]
+    ) -> None:
+        """Add the run report's counts of the users written or unchanged to `counts` (reporting/aggregates.py)."""
+        kept = [decisions[uid] for uid, outcome in outcomes.items() if outcome not in (CONFLICT, FAILED)]
+        training = self.ctx.scorer.model.manifest.get("training_distribution")
+        counts[AGGREGATES] = collect(scores, [d.index for d in kept], training)
+        messages = [(d.body["action"]["channel"], scores.actions[d.index].code) for d in kept if d.body is not None]
+        counts[MESSAGES_BY_CHANNEL_ACTION] = messages_by_channel_action(messages)
 
     def _count_written(
         self, run: Run, scores: Scores, decision: Decision, counts: dict[str, Any], claimed: Claimed

@@ -225,6 +225,15 @@ class Bucket(Protocol):
     def lift_report_put(self, report: dict[str, Any]) -> str:
         """Write the latest lift report; return its address."""
 
+    def run_report_put(self, run_id: str, content: dict[str, Any], html: str) -> str:
+        """Write a run's report (content as JSON, HTML page), also as the latest; return the page's address."""
+
+    def run_report_latest(self) -> dict[str, Any] | None:
+        """Return the content of the latest run report, or None before the first."""
+
+    def file_run_records(self, since: float | None, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Return up to `limit` file runs' records written since epoch time `since` (all: None), and how many more."""
+
     def read_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
         """Return bytes [start, end) of one object version (a backfill's range)."""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from chalicelib.errors import ChurnGuardError, InputError, RetryableError
 from chalicelib.observability import COUNT, SCHEDULE_USERS_NOT_COVERED
+from chalicelib.reporting.publish import publish_report
 from chalicelib.retention.outcomes import (
     Cells,
     add_cells,
@@ -251,7 +252,7 @@ class ScheduleMap:
             self.ctx.bucket.dead_letters_delete(run_id)  # an earlier finish's, now redone by the segments
         if failed or planned is None:
             self._incomplete(run, summary, event, failed)
-        self._lift_report(summary, planned, at)
+        publish_report(self.ctx, summary, self._lift_report(summary, planned, at))
         self.records.finish(summary, started, write=False)
         self.ctx.bucket.run_record_put(run_id, {**summary, "attempts": _attempts(previous, summary)})
         if (measured := measured_writes(summary, self.ctx.scorer.playbook.version)) is not None:
@@ -321,21 +322,23 @@ class ScheduleMap:
         extra = {"run_id": run.run_id, "not_covered": summary["not_covered"]}
         self.ctx.logger.warning("schedule incomplete", extra=extra)
 
-    def _lift_report(self, summary: dict[str, Any], planned: dict[str, Any] | None, at: float) -> None:
-        """Write the lift report from the segments' partial sums; without all of them, keep the last one."""
+    def _lift_report(self, summary: dict[str, Any], planned: dict[str, Any] | None, at: float) -> dict[str, Any] | None:
+        """Write the lift report from the segments' partial sums and return it; without all of them, keep the last
+        one and return None."""
         total = int((planned or {}).get("total_segments", 0))
         parts = [self.ctx.bucket.run_record_get(lift_id(summary["run_id"], seg, total)) for seg in range(total)]
         missing = [seg for seg, part in enumerate(parts) if part is None]
         if missing or not total:
             summary["lift_report"] = None
             summary["lift_report_missing_segments"] = missing
-            return
+            return None
         cells: Cells = {}
         for part in parts:
             add_cells(cells, part["lift_cells"])
         horizon = self.ctx.scorer.model.horizon_days
         report = report_from_cells(self._with_closed(cells, horizon, at), horizon, at)
         summary["lift_report"] = self.ctx.bucket.lift_report_put(report)
+        return report
 
     def _with_closed(self, cells: Cells, horizon: float, at: float) -> Cells:
         """Add the closed exposures to the segments' sums of open ones, each exposure once (as `lift_report`).

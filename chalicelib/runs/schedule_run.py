@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.observability import COUNT, SCHEDULE_USERS_NOT_COVERED
+from chalicelib.reporting.publish import publish_report
 from chalicelib.retention.outcomes import exposure_from_item, lift_report
 from chalicelib.runs.chunk import ChunkWorker
 from chalicelib.runs.context import RunContext
@@ -149,7 +150,9 @@ class ScheduleRun:
         self.records.summarise(run, summary, at, ("users_scored",))
         self.records.settle(run, summary)
         # Once a day is enough for the lift report: it scans the whole risk table.
-        summary["lift_report"] = self.ctx.bucket.lift_report_put(self.lift_report(as_of=at))
+        lift = self.lift_report(as_of=at)
+        summary["lift_report"] = self.ctx.bucket.lift_report_put(lift)
+        publish_report(self.ctx, summary, lift)
         # The checkpoint goes only once the record is there: a redo without either would start the scan over.
         self.records.finish(summary, started)
         if (measured := measured_writes(summary, self.ctx.scorer.playbook.version)) is not None:

@@ -55,6 +55,7 @@ class Scores:
     discounted: np.ndarray | None = None  # bool: the user's tier was set by the promotion's discount
     segment: np.ndarray | None = None  # RFM segment names (None: the artifact predates segments)
     activity: np.ndarray | None = None  # activity cluster: high / medium / low
+    features: np.ndarray | None = None  # the model's inputs, one row per user (the run report's drift bins)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -132,6 +133,7 @@ class Scorer:
             model_version=self.model.model_version,
             promotion=promotion.name if promotion is not None else None,
             discounted=discounted,
+            features=features,
             **self._segments(features),
         )
 

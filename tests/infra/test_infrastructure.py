@@ -34,6 +34,7 @@ from chalicelib.aws.bucket import (
 )
 from chalicelib.aws.tables import TTL_ATTRIBUTE
 from chalicelib.lookup.tier_index import KEY_ATTRIBUTE
+from chalicelib.reporting.drift import ALARM_AT
 from chalicelib.settings import DEFAULT_INCOMING_PREFIX, Settings
 from churnguard_offline import bootstrap
 from tests.conftest import ROOT
@@ -694,7 +695,7 @@ def test_every_metric_the_functions_publish_has_an_alarm_on_its_namespace_and_se
         assert namespace == variables["metrics_namespace"]["default"]
         assert env.get("POWERTOOLS_SERVICE_NAME", observability.SERVICE) == variables["metrics_service"]["default"]
     # WHEN the alarms are read
-    (alarm,) = infra.of_type("aws_cloudwatch_metric_alarm").values()
+    alarm = infra.of_type("aws_cloudwatch_metric_alarm")["metrics"]
     alarms = resolve(alarm["for_each"], infra)
     # THEN there is one per metric, on that metric, its namespace and its service dimension
     assert set(alarms) == set(observability.METRICS)
@@ -708,6 +709,20 @@ def test_every_metric_the_functions_publish_has_an_alarm_on_its_namespace_and_se
     # AND each notifies the optional topic, going off and coming back
     assert alarm["alarm_actions"] == alarm["ok_actions"] == "${local.alarm_actions}"
     assert variables_in(infra.locals["alarm_actions"], infra) == {"alarm_topic_arn"}
+
+
+def test_drift_metrics_have_an_alarm_on_their_daily_maximum_at_the_alarm_psi(infra):
+    # GIVEN the alarms beside the counted metrics' (one PSI a scheduled run, below 1: a sum would mislead)
+    alarm = infra.of_type("aws_cloudwatch_metric_alarm")["drift"]
+    alarms = resolve(alarm["for_each"], infra)
+    # THEN each drift metric has one, on its maximum over a day, going off at the report's alarm level
+    assert set(alarms) == set(observability.DRIFT_METRICS)
+    assert alarm["statistic"] == "Maximum" and alarm["period"] == 86400
+    assert alarm["comparison_operator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["dimensions"] == {"service": "${var.metrics_service}"}
+    assert alarm["alarm_actions"] == alarm["ok_actions"] == "${local.alarm_actions}"
+    assert {a["threshold"] for a in alarms.values()} == {ALARM_AT}
+    assert all(a["description"] for a in alarms.values())
 
 
 # ---- checkov ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ REDONE_CHUNK_FIELDS = (
     "messages_sent",
     "messages_claimed",
     "messages_by_channel",
+    "messages_by_channel_action",
     "delivery",
 )
 # A risk item's times, and its version, which counts writes: a redone chunk writes the same item once more.
