@@ -19,6 +19,7 @@ PSI_EPSILON = 1e-4
 FLAG_AT = 0.1
 ALARM_AT = 0.25
 NO_DISTRIBUTION = "no training distribution in this model's manifest"
+NO_USERS = "no users of the training population (seen within its lookback) to compare"
 OK, FLAGGED, ALARM = "ok", "flagged", "alarm"
 
 
@@ -65,6 +66,8 @@ def _one(name: str, spec: Any, bins: dict[str, int] | None) -> dict[str, Any]:
     counts = _counts(bins or {}, len(spec["proportions"]))
     if counts is None:
         return {"name": name, "psi": None, "status": "unusable", "why": "counted on other edges"}
+    if not sum(counts):  # no evidence is not "no drift": nothing to show, nor to publish (alarms stay as they are)
+        return {"name": name, "psi": None, "status": "no users", "why": NO_USERS, "users": 0}
     value = psi(spec["proportions"], counts)
     return {"name": name, "psi": round(value, 4), "status": status(value), "users": sum(counts)}
 

@@ -12,7 +12,9 @@ from chalicelib.retention.json_schemas import validator
 from chalicelib.retention.playbook import Action, Playbook
 
 # Consumers check the major part only: a minor version adds fields, and a body of 1.x still reads as 1.0 did.
-SCHEMA_VERSION = "1.1"
+# What bodies carry: every field added since 1.0 is one a 1.0 reader ignores, so they still say 1.0 and a consumer
+# validating with the 1.0 schema (which pins "1.0") accepts them; the schema itself accepts any 1.x.
+SCHEMA_VERSION = "1.0"
 SCHEMA_FILE = "retention-message.schema.json"
 # Stable namespace so message ids are the same on every machine and every retry.
 _NAMESPACE = uuid.UUID("6f1c3b1e-8d0a-4f3e-9a51-2d6c3c1f7b10")

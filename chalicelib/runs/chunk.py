@@ -56,6 +56,8 @@ class Decision:
     body: dict[str, Any] | None = None
     held: str | None = None  # why an actionable user gets no message
     replaced: dict[str, Any] | None = None  # the exposure a new one replaces
+    # An earlier attempt of this very run claimed the message (before a crash): it took its share of the cap.
+    claimed_earlier: bool = False
 
 
 class ChunkWorker:
@@ -151,7 +153,7 @@ class ChunkWorker:
                 continue
             item = self._risk_item(run, row, old, basis, scored_at)
             decision = self._decide(run, scores, i, old, item, claimed_here)
-            claimed_here += decision.body is not None
+            claimed_here += decision.body is not None or decision.claimed_earlier
             decisions[uid] = decision
             last_event = float(part.values[i, col("last_seen")])
             if decision.body is None and unchanged(old, item, basis, self.ctx.tables.expiry(last_event)):
@@ -219,6 +221,11 @@ class ChunkWorker:
                 decision.held = "run_cap"
             if decision.held == "opted_out":
                 item["action"] = ""
+            # A redo after a crash finds its run's own sent claim: it counts against the cap as it did then (a run
+            # spread over many workers counts in its shared counter instead, grants and all).
+            decision.claimed_earlier = (
+                run.budget is None and decision.held == "duplicate" and old.get("contact_run_id") == run.run_id
+            )
             decision.body = body if decision.held is None else None
         if decision.body is not None:
             claimed_now = _claim(item, decision.body["message_id"], run.run_id, scores.as_of, claimed_now)
@@ -329,6 +336,8 @@ class ChunkWorker:
             manager = decision.body["action"]["channel"] == "account_manager" and "account_manager" in claimed
             claimed["account_manager" if manager else risk].append((decision.item["user_id"], decision.body))
             bump(counts, "messages_claimed")
+        elif decision.claimed_earlier:
+            bump(counts, "messages_claimed")  # claimed by this run's attempt before a crash, and counted as then
 
     # ---- send ------------------------------------------------------------------------------------------
     def send(self, run: Run, tier: str, entries: list[tuple[str, dict[str, Any]]]) -> None:

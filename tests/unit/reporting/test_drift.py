@@ -18,6 +18,7 @@ from chalicelib.reporting.drift import (
     psi,
     status,
 )
+from chalicelib.reporting.publish import publish_drift
 from tests.unit.reporting.distributions import distribution
 
 
@@ -104,3 +105,24 @@ def test_counts_made_on_other_edges_are_not_compared():
     training = {"score": {"edges": [0.5], "proportions": [0.5, 0.5]}, "features": {}}
     section = drift_section({"score": {"0": 1, "5": 2}}, training)
     assert section["score"]["status"] == "unusable" and section["score"]["why"] == "counted on other edges"
+
+
+def test_a_run_with_no_users_to_compare_reports_no_figure_rather_than_no_drift():
+    # GIVEN a run that compared nobody (an empty table, or every user silent past the lookback)
+    training = {
+        "rows": 100,
+        "score": {"edges": [0.5], "proportions": [0.5, 0.5]},
+        "features": {"calm": {"edges": [1.0], "proportions": [0.5, 0.5]}},
+    }
+    section = drift_section({"score": {}, "features": {}}, training)
+    # THEN neither the score nor a feature reads "ok" on zero users: there is no PSI to show or to publish
+    assert section["score"]["psi"] is None and section["score"]["status"] != OK
+    assert section["worst_feature"] is None
+    added: list[dict] = []
+
+    class Metrics:
+        def add_metric(self, **kw):
+            added.append(kw)
+
+    publish_drift(Metrics(), section)
+    assert added == []  # a 0.0 would set the drift alarms back to OK on no evidence

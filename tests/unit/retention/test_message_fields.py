@@ -1,4 +1,4 @@
-"""The message contract 1.1: expiry, labels in the message's language, the user's whole locale tag, briefs in the
+"""The message contract since 1.0: expiry, labels in the message's language, the user's whole locale tag, briefs in the
 staff's language, `content` required, any 1.x version, and bodies a consumer of 1.0 still validates."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from chalicelib.errors import InvalidMessageError
-from chalicelib.retention.messages import SCHEMA_VERSION, build_message, compose, expiry, validate_message
+from chalicelib.retention.messages import build_message, compose, expiry, validate_message
 from chalicelib.retention.playbook import DEFAULT_PLAYBOOK, Playbook, load_playbook
 from chalicelib.scoring.events import locale_code
 
@@ -108,26 +108,6 @@ def test_the_staff_locale_defaults_to_the_playbooks_default_locale():
     assert Playbook.from_spec(spec, "p").staff_locale == "zh"
 
 
-def test_a_body_of_1_1_still_validates_against_the_1_0_schema_a_consumer_holds():
-    # GIVEN today's consumer, validating with the 1.0 schema and checking the version's major part, as its
-    # description says consumers do (1.0 pinned the whole version with a `const`: the only place it refuses)
-    consumer = Draft202012Validator(SCHEMA_1_0, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    bodies = [
-        message(locale=loc, risk_tier=risk, value_tier=value, reasons=[reason])
-        for loc in ("pt-BR", "zh-CN", None)
-        for risk, value in (("high", "high"), ("high", "low"), ("medium", "medium"))
-        for reason in ("inactivity", "complaints", "new_user")
-    ]
-    assert SCHEMA_VERSION == "1.1"
-    for body in bodies:
-        # WHEN it reads a body of 1.1
-        errors = list(consumer.iter_errors(body))
-        # THEN nothing but the pinned version differs, and the major part is its own
-        assert [list(e.absolute_path) for e in errors] == [["schema_version"]]
-        assert body["schema_version"].split(".")[0] == "1"
-        assert consumer.is_valid({**body, "schema_version": "1.0"})
-
-
 @pytest.mark.parametrize(
     ("version", "valid"), [("1.0", True), ("1.1", True), ("1.12", True), ("2.0", False), ("1", False), ("1.x", False)]
 )
@@ -169,3 +149,13 @@ def test_a_message_without_content_or_with_a_broken_new_field_is_refused(field):
 )
 def test_a_locale_is_kept_as_its_bcp_47_tag_and_anything_else_is_ignored(raw, tag):
     assert locale_code(raw) == tag
+
+
+def test_a_consumer_validating_with_the_1_0_schema_it_holds_accepts_todays_bodies():
+    # GIVEN a consumer written for today's bodies: it validates each with the 1.0 schema it holds (whose
+    # schema_version is `const: "1.0"`), as docs/scores-and-messages.md says it "accepts" new bodies
+    consumer = Draft202012Validator(SCHEMA_1_0, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    # WHEN the run sends a body THEN it validates (issue 14: "a consumer written for today's bodies still
+    # validates them"); a body carrying "1.1" fails every strict 1.0 consumer on its version alone
+    body = message(locale="pt-BR", risk_tier="high", value_tier="high", reasons=["inactivity"])
+    assert [list(e.absolute_path) for e in consumer.iter_errors(body)] == []
