@@ -136,6 +136,7 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="random seed of the candidates and the split")
     train.add_argument("--lookback-days", type=_positive_float, default=180.0, help="population: seen within this")
     train.add_argument("--max-origins", type=_positive_int, default=8, help="rolling origins, one horizon apart")
+    _data_end_option(train)
     train.add_argument(
         "--sample-users",
         type=_positive_int,
@@ -227,7 +228,26 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     ev.add_argument(
         "--horizon-days", type=_positive_float, required=True, help="churn = no event within this many days"
     )
+    ev.add_argument(
+        "--population",
+        choices=("all", "active"),
+        default="all",
+        help="all: every user the schedule scores (seen within RETENTION_DAYS, 730); active: those seen within the"
+        " model's training lookback, as it was trained",
+    )
+    _data_end_option(ev)
     return parser
+
+
+def _data_end_option(command: argparse.ArgumentParser) -> None:
+    """Add --data-end: when the export ends, so a quiet last day still counts as data."""
+    command.add_argument(
+        "--data-end",
+        type=_timestamp,
+        default=None,
+        help="when the export ends; a horizon may reach it even if its last days are quiet"
+        " (default: a day past the last event)",
+    )
 
 
 def _say(message: str) -> None:
@@ -341,6 +361,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                 policy=policy,
                 lookback_days=args.lookback_days,
                 max_origins=args.max_origins,
+                data_end=args.data_end,
                 source=args.events.name,
                 progress=steps,
             )
@@ -439,7 +460,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from churnguard_offline.training import evaluate
 
     result, model = _read_and_load(args.events, _not_after(None), args.model)
-    print(json.dumps(evaluate(model, result.events, args.cutoff, args.horizon_days), indent=2))
+    report = evaluate(model, result.events, args.cutoff, args.horizon_days, args.population, args.data_end)
+    print(json.dumps(report, indent=2))
 
 
 def _pipeline(unused: tuple[str, ...] = ()) -> Any:

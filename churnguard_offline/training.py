@@ -21,12 +21,15 @@ from chalicelib.scoring.scorer import iso_time
 from chalicelib.scoring.segments import fit_segments
 from chalicelib.scoring.state import LAYOUT_ID, build_state, col
 from chalicelib.scoring.tiers import capacity_thresholds, expected_value_thresholds, fit_value_thresholds
+from chalicelib.settings import DEFAULT_RETENTION_DAYS
 from churnguard_offline.distribution import training_distribution
 from churnguard_offline.metrics import classification_metrics, tier_performance
 from churnguard_offline.progress import each
 
 MIN_CLASS_ROWS = 50
 DEFAULT_LOOKBACK_DAYS = 180
+# Whom `evaluate` judges the model on: all users the schedule scores (the default), or the active it trained on.
+POPULATIONS = ("all", "active")
 DEFAULT_THRESHOLDS = {"high": 0.6, "medium": 0.3}
 # Features and labels of one set of rows.
 Data = tuple[np.ndarray, np.ndarray]
@@ -45,21 +48,33 @@ class LabelledSet:
 
 
 def labelled_set(
-    events: EventBatch, cutoff: float, horizon_days: float, lookback_days: float = DEFAULT_LOOKBACK_DAYS
+    events: EventBatch,
+    cutoff: float,
+    horizon_days: float,
+    lookback_days: float = DEFAULT_LOOKBACK_DAYS,
+    data_end: float | None = None,
 ) -> LabelledSet:
     """Build features from events at or before `cutoff` and labels from the horizon after it.
 
     The population is users with an event in the `lookback_days` before the cutoff: users gone
     for longer are churned already, and keeping them would flatter every metric.
+
+    The horizon must lie within the data: before `data_end` (the export's end, when the caller knows it), else
+    within a day of the last event. A sparse log's quiet last days are data too, which only `data_end` can say.
     """
     if len(events) == 0:
         raise InputError("the event log holds no usable events")
     end = cutoff + horizon_days * SECONDS_PER_DAY
-    data_end = float(events.time.max())
-    if end > data_end + SECONDS_PER_DAY:
+    last = float(events.time.max())
+    if data_end is not None and last > data_end:
+        raise InputError(f"an event at {iso_time(last)} is after --data-end {iso_time(data_end)}")
+    known_until = data_end if data_end is not None else last + SECONDS_PER_DAY
+    if end > known_until:
+        where = f"the data's end, --data-end {iso_time(data_end)}" if data_end is not None else None
         raise InputError(
-            f"the horizon ends {iso_time(end)}, after the last event ({iso_time(data_end)}); "
+            f"the horizon ends {iso_time(end)}, after {where or f'the last event ({iso_time(last)})'}; "
             "use an earlier --cutoff or a shorter --horizon-days"
+            + ("" if data_end is not None else ", or --data-end DATE if the export runs past its last event")
         )
     before = events.time <= cutoff
     if not before.any():
@@ -267,15 +282,17 @@ def train(
     source: str = "",
     sample: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    data_end: float | None = None,
 ) -> dict[str, Any]:
     """Fit candidates on earlier origins, choose and calibrate out of time, write the artifact; return its manifest.
 
-    `sample` is the record of the users `events` were sampled to (`churnguard_offline.sampling`), if they were.
+    `sample` is the record of the users `events` were sampled to (`churnguard_offline.sampling`), if they were;
+    `data_end` is when the export ends (labelled_set).
     """
     from churnguard_offline.model_card import write_model_card
 
     policy = policy or TierPolicy()
-    sets = _origin_sets(events, cutoff, horizon_days, lookback_days, max_origins, min_history_days, progress)
+    sets = _origin_sets(events, cutoff, horizon_days, lookback_days, max_origins, min_history_days, progress, data_end)
     validation, history = _split_out_of_time(sets, seed)
     fit = _stack(history)
     check_learnable(fit[1], "before the validation origin")
@@ -317,6 +334,7 @@ def _origin_sets(
     max_origins: int,
     min_history_days: float,
     progress: Callable[[str], None],
+    data_end: float | None = None,
 ) -> list[LabelledSet]:
     """Return the labelled set at each training origin, latest first, after checking the latest is learnable."""
     origins = training_origins(events, cutoff, horizon_days, max_origins, min_history_days)
@@ -324,7 +342,7 @@ def _origin_sets(
         f"building features and labels at {len(origins)} origin(s): {', '.join(iso_time(o)[:10] for o in origins)}"
     )
     counted = each(progress, origins, len(origins), "origin")
-    sets = [labelled_set(events, origin, horizon_days, lookback_days) for origin in counted]
+    sets = [labelled_set(events, origin, horizon_days, lookback_days, data_end) for origin in counted]
     check_learnable(sets[0].labels, f"at the cutoff {iso_time(cutoff)[:10]}")
     return sets
 
@@ -631,25 +649,45 @@ def _type_shares(events: EventBatch) -> dict[str, float]:
     return {t: round(float(c / max(len(events), 1)), 6) for t, c in zip(EVENT_TYPES, counts) if c}
 
 
+def population_lookback(model: ChurnModel, population: str, retention_days: float = DEFAULT_RETENTION_DAYS) -> float:
+    """Return the days a user may have been silent at the cutoff and still be in `population`.
+
+    `all` is whom the schedule scores: every user it still knows (RETENTION_DAYS, 730 by default). `active` is whom
+    the model was trained on: users seen within its training lookback (180 days by default).
+    """
+    if population == "all":
+        return float(retention_days)
+    if population == "active":
+        return float(model.manifest["training_data"].get("lookback_days", DEFAULT_LOOKBACK_DAYS))
+    raise InputError(f"population must be one of {', '.join(POPULATIONS)}, not {population!r}")
+
+
 def evaluate(
-    model: ChurnModel, events: EventBatch, cutoff: float, horizon_days: float, lookback_days: float | None = None
+    model: ChurnModel,
+    events: EventBatch,
+    cutoff: float,
+    horizon_days: float,
+    population: str = "all",
+    data_end: float | None = None,
 ) -> dict[str, Any]:
-    """Return the contract's metrics for `model` at `cutoff`, with baselines fitted one horizon earlier."""
+    """Return the contract's metrics for `model` at `cutoff` over `population`, with baselines fitted one horizon
+    earlier on the same population."""
     from churnguard_offline.baselines import evaluate_baselines
 
-    lookback = lookback_days or model.manifest["training_data"].get("lookback_days", DEFAULT_LOOKBACK_DAYS)
-    data = labelled_set(events, cutoff, horizon_days, lookback)
+    lookback = population_lookback(model, population)
+    data = labelled_set(events, cutoff, horizon_days, lookback, data_end)
     if data.labels.size == 0:
         raise InputError("no users are known at the cutoff")
     p = model.predict_proba(data.features)
     out: dict[str, Any] = _clean(classification_metrics(data.labels, p))
     out["model_version"] = model.model_version
+    out["population"] = {"name": population, "seen_within_days": lookback}
     out["cutoff"] = iso_time(cutoff)
     out["horizon_days"] = horizon_days
     out["tiers"] = tier_performance(data.labels, p, model.risk_thresholds)
     earlier = cutoff - horizon_days * SECONDS_PER_DAY
     if events.time.min() < earlier:
-        fit_set = labelled_set(events, earlier, horizon_days, lookback)
+        fit_set = labelled_set(events, earlier, horizon_days, lookback, data_end)
         out["baselines"] = {name: _clean(m) for name, m in evaluate_baselines(fit_set, data).items()}
         out["baselines_fitted_at"] = iso_time(earlier)
     else:

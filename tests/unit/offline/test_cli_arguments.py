@@ -130,3 +130,15 @@ def test_demo_outside_a_checkout_is_a_usage_error_saying_where_it_runs(tmp_path,
         f"churnguard demo: error: {tmp_path}: no app.py here; the demo runs the app of a checkout "
         "(make demo, in the repository)\n"
     )
+
+
+def test_evaluate_takes_the_population_and_the_data_end_and_train_the_data_end():
+    parser = build_parser()
+    base = ["evaluate", "--events", "e.csv", "--cutoff", "2026-10-02", "--horizon-days", "30"]
+    assert parser.parse_args(base).population == "all"
+    args = parser.parse_args([*base, "--population", "active", "--data-end", "2026-11-01"])
+    assert args.population == "active" and args.data_end == 1793491200.0
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--population", "everyone"])
+    train = ["train", "--events", "e.csv", "--cutoff", "2026-10-02", "--horizon-days", "30", "--out", "m"]
+    assert parser.parse_args([*train, "--data-end", "2026-11-01"]).data_end == 1793491200.0

@@ -51,3 +51,41 @@ def test_horizon_past_the_end_of_the_data_is_refused():
 def test_cutoff_before_any_history_is_refused():
     with pytest.raises(InputError, match="no events at or before the cutoff"):
         labelled_set(_events([("a", CUTOFF + DAY), ("a", CUTOFF + 60 * DAY)]), CUTOFF, 30)
+
+
+def test_a_window_whose_last_days_are_quiet_is_accepted_when_the_export_says_where_it_ends():
+    # GIVEN a sparse log whose last event is 10 days before the horizon's end, exported at the horizon's end
+    events = _events([("a", CUTOFF - DAY), ("b", CUTOFF - 2 * DAY), ("a", CUTOFF + 20 * DAY)])
+    # WHEN no data end is given THEN the window is refused, with the way out named
+    with pytest.raises(InputError, match="--data-end"):
+        labelled_set(events, CUTOFF, 30)
+    # WHEN the export's end is given THEN the quiet days count as data: b churned, a stayed
+    data = labelled_set(events, CUTOFF, 30, data_end=CUTOFF + 30 * DAY)
+    assert dict(zip(data.user_ids, data.labels)) == {"a": 0, "b": 1}
+    # AND a horizon past the export's end is still refused, as is an event after it
+    with pytest.raises(InputError, match="after the data's end"):
+        labelled_set(events, CUTOFF, 30, data_end=CUTOFF + 29 * DAY)
+    with pytest.raises(InputError, match="is after --data-end"):
+        labelled_set(events, CUTOFF, 10, data_end=CUTOFF + 15 * DAY)
+
+
+def test_evaluate_judges_every_user_the_schedule_scores_unless_asked_for_the_active_only():
+    from chalicelib.scoring.artifact import MODEL_CACHE
+    from churnguard_offline.generate import generate_events
+    from churnguard_offline.training import evaluate, population_lookback
+
+    # GIVEN the committed model and a year of history with users silent for longer than its 180-day lookback
+    model = MODEL_CACHE.get()
+    as_of = CUTOFF + 30 * DAY
+    events = generate_events(
+        600, 365, 3, __import__("datetime").datetime.fromtimestamp(as_of, __import__("datetime").UTC)
+    )
+    # WHEN it is evaluated over each population
+    every = evaluate(model, events, CUTOFF, 30)
+    active = evaluate(model, events, CUTOFF, 30, population="active")
+    # THEN the default is everyone the schedule still knows (730 days), which holds more users than the active
+    assert every["population"] == {"name": "all", "seen_within_days": 730.0}
+    assert active["population"] == {"name": "active", "seen_within_days": 180.0}
+    assert every["n"] > active["n"] > 0
+    with pytest.raises(InputError, match="population"):
+        population_lookback(model, "everyone")
