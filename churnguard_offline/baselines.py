@@ -1,9 +1,10 @@
-"""Yardsticks a churn model must beat out of time: a recency rule, an RFM score and a BG/NBD model.
+"""Yardsticks a churn model must beat out of time: a recency rule, an RFM score, and BG/NBD and Pareto/NBD models.
 
 Each baseline is fitted at one origin and applied at a later one, and gives every user a probability of
 churn, P(no event of any kind in the next `horizon_days`). The recency and RFM baselines turn a score into
 that probability with a one-feature logistic fit on the fitting origin's labels. BG/NBD is fitted without
-labels and predicts the horizon directly, so it is also a check on how far pure transaction timing goes.
+labels and predicts the horizon directly, so it is also a check on how far pure transaction timing goes; so is
+Pareto/NBD, whose customers may drop out at any time rather than only after a transaction.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from chalicelib.errors import InputError
 from chalicelib.scoring.btyd import BgNbd, btyd_inputs
 from chalicelib.scoring.events import EVENT_TYPES
 from chalicelib.scoring.features import FEATURE_NAMES
+from chalicelib.scoring.pareto_nbd import ParetoNbd
 from chalicelib.scoring.state import col
 from churnguard_offline.metrics import classification_metrics
 
-BASELINE_NAMES: tuple[str, ...] = ("recency", "rfm", "bg_nbd")
+BASELINE_NAMES: tuple[str, ...] = ("recency", "rfm", "bg_nbd", "pareto_nbd")
 _RECENCY = FEATURE_NAMES.index("recency_days")
 _COUNT_COLS = [col(f"count_{t}") for t in EVENT_TYPES]
 _QUINTILES = (0.2, 0.4, 0.6, 0.8)
@@ -71,7 +73,7 @@ class Baselines:
     def fit(
         self, values: np.ndarray, features: np.ndarray, labels: np.ndarray, as_of: float, horizon_days: float
     ) -> Baselines:
-        """Fit the three baselines on one origin's users and labels; return self."""
+        """Fit the baselines on one origin's users and labels; return self."""
         y = np.asarray(labels, dtype=np.float64)
         if y.size == 0:
             raise InputError("baselines need at least one labelled user to fit on")
@@ -84,6 +86,7 @@ class Baselines:
         self.m_edges = np.quantile(spenders, _QUINTILES) if spenders.size else np.full(4, np.inf)
         self.rfm = _Logistic().fit(self._rfm_score(values, features), y)
         self.bg_nbd = BgNbd().fit(*btyd_inputs(values, as_of))
+        self.pareto_nbd = ParetoNbd().fit(*btyd_inputs(values, as_of))
         return self
 
     def predict(self, values: np.ndarray, features: np.ndarray, as_of: float) -> dict[str, np.ndarray]:
@@ -92,6 +95,7 @@ class Baselines:
             "recency": self.recency.predict(np.log1p(features[:, _RECENCY])),
             "rfm": self.rfm.predict(self._rfm_score(values, features)),
             "bg_nbd": self.bg_nbd.p_no_event(*btyd_inputs(values, as_of), self.horizon_days),
+            "pareto_nbd": self.pareto_nbd.p_no_event(*btyd_inputs(values, as_of), self.horizon_days),
         }
 
     def _rfm_score(self, values: np.ndarray, features: np.ndarray) -> np.ndarray:

@@ -70,7 +70,7 @@ def main() -> None:
             estimator = json.loads((model / "manifest.json").read_text())["estimator"]
             base = " | ".join(
                 f"{m['baselines'][b]['auc']:.4f} / {m['baselines'][b]['brier']:.4f}"
-                for b in ("recency", "rfm", "bg_nbd")
+                for b in ("recency", "rfm", "bg_nbd", "pareto_nbd")
             )
             print(
                 f"| {kind} | {seed} | {estimator} | {m['auc']:.4f} | {m['pr_auc']:.4f} | {m['brier']:.4f} | {base} |",

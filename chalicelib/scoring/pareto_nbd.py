@@ -45,7 +45,9 @@ class ParetoNbd:
         xs, ts, Ts = x, t_x * scale, T * scale
 
         def objective(theta: np.ndarray) -> float:
-            value = -float(np.mean(_log_likelihood(*np.exp(theta), xs, ts, Ts)))
+            # The optimiser may try parameters where the likelihood is not finite: those only lose.
+            with np.errstate(all="ignore"):
+                value = -float(np.mean(_log_likelihood(*np.exp(theta), xs, ts, Ts)))
             return value if np.isfinite(value) else 1e300
 
         result = minimize(
@@ -105,16 +107,23 @@ def _log_alive_term(r: float, alpha: float, s: float, beta: float, x: np.ndarray
 
 
 def _log_a0(r: float, alpha: float, s: float, beta: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
-    """Return log A0 = log(F(t_x) - F(T)); -inf where t_x = T (no time in which to have died)."""
+    """Return log A0 = log(F(t_x) - F(T)); -inf where t_x = T (no time in which to have died).
+
+    2F1 is taken through Euler's transformation, 2F1(a, b; c; z) = (1-z)^(c-a-b) 2F1(c-a, c-b; c; z): with c = a+1
+    the right-hand series is 2F1(1, c-b; a+1; z), whose terms shrink for every z < 1. The left-hand one grows
+    like (1-z)^(c-a-b) as z nears 1 (one rate far above the other), which overflows long before the log does.
+    """
     a = r + s + x
     if alpha >= beta:
-        top, b = alpha, s + 1.0
+        top, low, b = alpha, beta, s + 1.0
     else:
-        top, b = beta, r + x
-    gap = abs(alpha - beta)
+        top, low, b = beta, alpha, r + x
+    gap = top - low
 
     def log_f(t: np.ndarray) -> np.ndarray:
-        return np.log(hyp2f1(a, b, a + 1.0, gap / (top + t))) - a * np.log(top + t)
+        series = hyp2f1(1.0, a + 1.0 - b, a + 1.0, gap / (top + t))
+        # log(1 - z) = log((low + t) / (top + t)); the power is c - a - b = 1 - b
+        return np.log(series) + (1.0 - b) * (np.log(low + t) - np.log(top + t)) - a * np.log(top + t)
 
     first, second = log_f(t_x), log_f(T)
     # F falls as t grows, so F(t_x) >= F(T); log(e^first - e^second) without the cancellation of a difference.

@@ -43,7 +43,7 @@ def test_generate_train_score_evaluate_round_trip(workdir, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert {"auc", "pr_auc", "brier", "lift_top_decile", "n", "churn_rate"} <= set(metrics)
     assert metrics["auc"] > 0.7 and metrics["lift_top_decile"] > 1.5
-    assert set(metrics["baselines"]) == {"recency", "rfm", "bg_nbd"}
+    assert set(metrics["baselines"]) == {"recency", "rfm", "bg_nbd", "pareto_nbd"}
     assert all({"auc", "brier"} <= set(b) for b in metrics["baselines"].values())
     # score writes one row per user with the contract's columns
     out = workdir / "scores.csv"

@@ -122,3 +122,16 @@ def test_refuses_bad_input_and_an_unfitted_model():
         ParetoNbd().fit(np.array([1.0]), np.array([5.0]), np.array([3.0]))  # last purchase after now
     with pytest.raises(InputError):
         ParetoNbd().p_alive(np.array([1.0]), np.array([1.0]), np.array([2.0]))
+
+
+def test_one_rate_far_above_the_other_stays_finite_for_heavy_buyers():
+    # GIVEN parameters a small training set really gave (dropout rates spread far wider than purchase rates)
+    model = ParetoNbd()
+    model.params_ = {"r": 1.13, "alpha": 6.77, "s": 35.5, "beta": 13682.0}
+    x = np.array([0.0, 5.0, 60.0, 200.0, 200.0])
+    t_x = np.array([0.0, 40.0, 90.0, 119.0, 30.0])
+    T = np.full(5, 120.0)
+    # THEN every probability is a probability (2F1 near z = 1 overflowed before Euler's transformation)
+    for p in (model.p_alive(x, t_x, T), model.p_no_event(x, t_x, T, 30.0)):
+        assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
+    assert np.all(np.isfinite(model.log_likelihood(x, t_x, T)))
