@@ -656,11 +656,12 @@ def warm_for(wru: float, rru: float, seconds: float) -> dict[str, Any]:
 
 def planned_segments(users: float, wru_per_user: float, table: dict[str, Any]) -> int:
     """The segments the schedule's plan gives a table of `users` users, with the functions' defaults (900 s)."""
+    from chalicelib.runs.deadline import Deadline
     from chalicelib.runs.ports import TableStats
     from chalicelib.runs.schedule_map import segment_count, write_units_per_user
-    from chalicelib.runs.schedule_run import REACH_MARGIN
+    from chalicelib.runs.schedule_run import invocation_reach
 
-    reach = SETTINGS.schedule_users_per_second * (900 - SETTINGS.checkpoint_reserve_seconds) * REACH_MARGIN
+    reach = invocation_reach(SETTINGS, Deadline(seconds_left=lambda: 900.0))
     same = {"model_version": "m", "playbook_version": "p"}
     units = write_units_per_user({"write_units_per_user": wru_per_user, **same}, "m", "p")
     return segment_count(TableStats(int(users), int(table["wru_s"])), int(reach), SETTINGS, units)

@@ -8,9 +8,12 @@ is recorded per chunk of work in the same transaction: a chunk redone after a cr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.runs.ports import CapStore
+
+if TYPE_CHECKING:
+    from chalicelib.runs.context import RunContext
 
 
 class SharedMessageCap:
@@ -25,6 +28,11 @@ class SharedMessageCap:
         self._held: set[str] = set()
         self._loaded = False  # whether the chunk's earlier grants were read (only needed once the cap is reached)
         self._reached = False
+
+    @classmethod
+    def of_run(cls, ctx: RunContext, run_id: str, part: str) -> SharedMessageCap:
+        """Return `part`'s view of the run's counter, capped at the playbook's `max_messages_per_run`."""
+        return cls(ctx.tables.caps, run_id, ctx.scorer.playbook.contact_policy.max_messages_per_run, part)
 
     def start_chunk(self, index: int) -> None:
         """Name the chunk the next messages belong to: the same index on a redo of the same chunk."""

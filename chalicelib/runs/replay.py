@@ -59,10 +59,8 @@ class Replay:
         one. A run in one invocation counted them in its record: the replay counts on from there, and from the
         replays before it.
         """
-        caps = self.ctx.tables.caps
-        if caps.claimed(run.run_id):
-            cap = self.ctx.scorer.playbook.contact_policy.max_messages_per_run
-            run.budget = SharedMessageCap(caps, run.run_id, cap, "replay")
+        if self.ctx.tables.caps.claimed(run.run_id):
+            run.budget = SharedMessageCap.of_run(self.ctx, run.run_id, "replay")
             return
         earlier = [stored_run, *stored_run.get("replays", [])]
         run.claimed_before = sum(int(r.get("messages_claimed", 0)) for r in earlier)

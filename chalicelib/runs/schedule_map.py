@@ -198,8 +198,7 @@ class ScheduleMap:
         if previous is not None and previous.get("status") in FINAL:
             return {**summary, "status": "duplicate"}
         run, checkpoint = self.records.resume(run_id, "schedule", part=pid)
-        cap = self.ctx.scorer.playbook.contact_policy.max_messages_per_run
-        run.budget = SharedMessageCap(self.ctx.tables.caps, run_id, cap, f"seg-{seg}-of-{total}")
+        run.budget = SharedMessageCap.of_run(self.ctx, run_id, f"seg-{seg}-of-{total}")
         self.schedule._pages(run, checkpoint, at, summary, deadline, segment=(seg, total))
         deadline.lease.renew()  # an attempt overtaken after its last page leaves the bookkeeping to the taker
         summary.update(

@@ -207,13 +207,12 @@ class BackfillWorkers:
         Every shard takes its messages from the run's one shared counter, so the shards together claim at most the
         playbook's cap per run, as one invocation would.
         """
-        cap = self.ctx.scorer.playbook.contact_policy.max_messages_per_run
         return Run(
             plan["run_id"],
             plan["source"],
             opt_outs=self.records.opt_outs(),
             rescored_through=self.ctx.bucket.rescored_through(),
-            budget=SharedMessageCap(self.ctx.tables.caps, plan["run_id"], cap, f"shard-{s:05d}"),
+            budget=SharedMessageCap.of_run(self.ctx, plan["run_id"], f"shard-{s:05d}"),
         )
 
     def _shard_events(self, plan: dict[str, Any], s: int) -> list[Any]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from chalicelib.retention.playbook import Playbook, load_playbook
-from chalicelib.scoring.artifact import MODEL_CACHE
-from chalicelib.scoring.scorer import Scorer
-from tests.unit.runs.test_runs_on_fakes import World
+from tests.unit.runs.test_runs_on_fakes import World, capped
 
 
 class Crash(Exception):
@@ -22,12 +19,7 @@ def test_a_replay_redone_after_a_crash_sends_no_more_than_the_runs_cap(populatio
     messaged = [b["user_id"] for b in probe.queues.bodies()]
     failing = set(messaged[:10])
     cap = len(messaged) - len(failing) + 3  # the replay may send 3 more
-    world = World()
-    spec = load_playbook(None).spec
-    capped = Playbook.from_spec(
-        {**spec, "contact_policy": {**spec["contact_policy"], "max_messages_per_run": cap}}, "c"
-    )
-    world.pipeline.ctx.scorer = Scorer(MODEL_CACHE.get(), capped)
+    world = capped(World(), cap)
     world.tables.fail_states = set(failing)
     world.land("incoming/day.csv", population, tmp_path)
     summary = world.process("incoming/day.csv")
@@ -60,12 +52,7 @@ def test_a_run_redone_after_a_crash_past_its_sends_claims_no_more_than_its_cap(p
     # AND a run capped one message past its first two chunks, which dies after sending its second chunk's messages
     # and marking them sent, just before that chunk's checkpoint
     cap = claimed[1] + 1
-    world = World()
-    spec = load_playbook(None).spec
-    capped = Playbook.from_spec(
-        {**spec, "contact_policy": {**spec["contact_policy"], "max_messages_per_run": cap}}, "c"
-    )
-    world.pipeline.ctx.scorer = Scorer(MODEL_CACHE.get(), capped)
+    world = capped(World(), cap)
     world.land("incoming/day.csv", population, tmp_path)
     put = world.bucket.checkpoint_put
 

@@ -61,6 +61,16 @@ class World:
         return self.pipeline.process_object(key, landed_at=self.now, **kwargs)
 
 
+def capped(world: World, cap: int) -> World:
+    """Give the world's scorer a playbook whose run cap is `cap`."""
+    spec = load_playbook(None).spec
+    playbook = Playbook.from_spec(
+        {**spec, "contact_policy": {**spec["contact_policy"], "max_messages_per_run": cap}}, "capped"
+    )
+    world.pipeline.ctx.scorer = Scorer(MODEL_CACHE.get(), playbook)
+    return world
+
+
 def test_a_landed_file_is_merged_scored_and_each_message_sent_once_and_marked(world, population, tmp_path):
     # GIVEN a file of 120 users
     world.land("incoming/day.csv", population, tmp_path)
@@ -191,11 +201,7 @@ def test_a_replay_claims_only_what_the_run_left_of_its_message_cap(population, t
     messaged = [b["user_id"] for b in probe.queues.bodies()]
     failing, cap = set(messaged[:10]), 5
     assert len(messaged) - len(failing) >= cap
-    world = World()
-    spec = load_playbook(None).spec
-    policy = {**spec["contact_policy"], "max_messages_per_run": cap}
-    capped = Playbook.from_spec({**spec, "contact_policy": policy}, "c")
-    world.pipeline.ctx.scorer = Scorer(MODEL_CACHE.get(), capped)
+    world = capped(World(), cap)
     world.tables.fail_states = set(failing)
     world.land("incoming/day.csv", population, tmp_path)
     summary = world.process("incoming/day.csv")

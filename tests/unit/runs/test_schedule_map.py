@@ -17,15 +17,12 @@ import pytest
 
 from chalicelib.errors import InputError
 from chalicelib.observability import SCHEDULE_USERS_NOT_COVERED
-from chalicelib.retention.playbook import Playbook, load_playbook
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.message_cap import SharedMessageCap
 from chalicelib.runs.schedule_map import PartInProgress, part_id, plan_id, segment_count
 from chalicelib.runs.schedule_run import schedule_run_id
-from chalicelib.scoring.artifact import MODEL_CACHE
-from chalicelib.scoring.scorer import Scorer
 from tests.fakes import FakeCaps, FakeWorkflows, scan_segment
-from tests.unit.runs.test_runs_on_fakes import AS_OF, SETTINGS, Recorder, World
+from tests.unit.runs.test_runs_on_fakes import AS_OF, SETTINGS, Recorder, World, capped
 
 KEY = "incoming/history.csv"
 # Far enough after the file for silence to raise risk and the file run's cooldowns to have passed.
@@ -46,16 +43,6 @@ def seeded(world: World, population, tmp_path) -> World:
     world.land(KEY, population, tmp_path)
     assert world.process(KEY)["status"] == "succeeded"
     world.queues.sent = {dest: [] for dest in world.queues.sent}  # only the schedule's messages are compared
-    return world
-
-
-def capped(world: World, cap: int) -> World:
-    """Give the world's scorer a playbook whose run cap is `cap`."""
-    spec = load_playbook(None).spec
-    playbook = Playbook.from_spec(
-        {**spec, "contact_policy": {**spec["contact_policy"], "max_messages_per_run": cap}}, "capped"
-    )
-    world.pipeline.ctx.scorer = Scorer(MODEL_CACHE.get(), playbook)
     return world
 
 
