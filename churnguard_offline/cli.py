@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from chalicelib import __version__
 from chalicelib.errors import InputError, ModelArtifactError
 from chalicelib.lookup.tier_index import TIERS
-from chalicelib.settings import ConfigError
+from chalicelib.settings import DEFAULT_RETENTION_DAYS, ConfigError
 from churnguard_offline.arguments import DefaultsFormatter, unknown_option
 from churnguard_offline.progress import Steps
 from churnguard_offline.report import FORMATS as REPORT_FORMATS
@@ -134,7 +134,12 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, required=True, help="the artifact directory to write")
     train.add_argument("--seed", type=int, default=0, help="random seed of the candidates and the split")
-    train.add_argument("--lookback-days", type=_positive_float, default=180.0, help="population: seen within this")
+    train.add_argument(
+        "--lookback-days",
+        type=_positive_float,
+        default=float(DEFAULT_RETENTION_DAYS),
+        help="population: users seen within this many days of an origin (default: all the schedule scores)",
+    )
     train.add_argument("--max-origins", type=_positive_int, default=8, help="rolling origins, one horizon apart")
     _data_end_option(train)
     train.add_argument(
@@ -233,7 +238,7 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
         choices=("all", "active"),
         default="all",
         help="all: every user the schedule scores (seen within RETENTION_DAYS, 730); active: those seen within the"
-        " model's training lookback, as it was trained",
+        " last 180 days",
     )
     _data_end_option(ev)
     return parser

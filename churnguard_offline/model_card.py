@@ -94,7 +94,7 @@ _LIMITS = [
     "  retraining. Run `evaluate` on fresh data before trusting it.",
     "- Churn means no event at all in the horizon; an event type that is not churn-relevant but is logged",
     "  (an email open) counts as activity.",
-    "- Users silent for longer than the lookback window were not in training; their scores extrapolate.",
+    "- Users silent for longer than the training lookback were not in training; their scores extrapolate.",
     "- Score the same kind of log it was trained on: signals missing from a file read as disengagement.",
     "",
 ]
@@ -105,6 +105,7 @@ def card_text(manifest: dict[str, Any]) -> str:
     lines = [
         *_data_section(manifest),
         *_quality_section(manifest),
+        *_population_section(manifest),
         *_baselines_section(manifest),
         *_tiers_section(manifest),
         *_plots_section(manifest),
@@ -176,6 +177,31 @@ def _quality_section(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
+def _population_section(manifest: dict[str, Any]) -> list[str]:
+    """Return the chosen model's validation metrics over every user and over the active ones alone."""
+    populations = manifest.get("metrics_by_population")
+    if not populations:
+        return []
+    rows = []
+    for name, m in populations.items():
+        who = "all validation users" if m["seen_within_days"] is None else f"seen within {m['seen_within_days']:g} days"
+        rows.append(
+            _row(f"{name} ({who}, n {m['n']})", m)
+            if "auc" in m
+            else f"| {name} ({who}, n {m['n']}) | not measurable: one class only | | | | |"
+        )
+    return [
+        "### By population",
+        "",
+        "Trained on users seen within the lookback of each origin, the population the schedule scores; long-silent "
+        "users are easy churners, so the active users are judged apart too.",
+        "",
+        _METRICS_HEADER,
+        *rows,
+        "",
+    ]
+
+
 def _baselines_section(manifest: dict[str, Any]) -> list[str]:
     """Return the baselines' validation metrics, or why there are none."""
     lines = ["## Baselines (same validation users, fitted one horizon earlier)", ""]
@@ -187,7 +213,8 @@ def _baselines_section(manifest: dict[str, Any]) -> list[str]:
         *[_row(name, m) for name, m in manifest["baselines"].items()],
         "",
         "`recency`: logistic fit on days since the last event. `rfm`: classic R/F/M quintile score. "
-        "`bg_nbd`: BG/NBD buy-till-you-die model (all events as transactions), P(no event in the horizon).",
+        "`bg_nbd`: BG/NBD buy-till-you-die model (all events as transactions), P(no event in the horizon); "
+        "`pareto_nbd`: Pareto/NBD, the same with drop-out at any time.",
     ]
 
 

@@ -27,7 +27,10 @@ from churnguard_offline.metrics import classification_metrics, tier_performance
 from churnguard_offline.progress import each
 
 MIN_CLASS_ROWS = 50
-DEFAULT_LOOKBACK_DAYS = 180
+# Training keeps every user the schedule scores (seen within RETENTION_DAYS), so no scored user lies outside what
+# the model learned from; "active" users, seen within ACTIVE_DAYS, are the population retention teams act on most.
+DEFAULT_LOOKBACK_DAYS = float(DEFAULT_RETENTION_DAYS)
+ACTIVE_DAYS = 180.0
 # Whom `evaluate` judges the model on: all users the schedule scores (the default), or the active it trained on.
 POPULATIONS = ("all", "active")
 DEFAULT_THRESHOLDS = {"high": 0.6, "medium": 0.3}
@@ -56,8 +59,9 @@ def labelled_set(
 ) -> LabelledSet:
     """Build features from events at or before `cutoff` and labels from the horizon after it.
 
-    The population is users with an event in the `lookback_days` before the cutoff: users gone
-    for longer are churned already, and keeping them would flatter every metric.
+    The population is users with an event in the `lookback_days` before the cutoff (by default every user the
+    schedule still scores; metrics on it include long-silent users, easy churners, so the model card reports the
+    active users apart).
 
     The horizon must lie within the data: before `data_end` (the export's end, when the caller knows it), else
     within a day of the last event. A sparse log's quiet last days are data too, which only `data_end` can say.
@@ -314,6 +318,7 @@ def train(
         )
         | ({"sample": sample} if sample else {}),
         "validation": _validation_record(validation, history),
+        "metrics_by_population": population_metrics(validation, judged.p_val),
         "candidates": choice.scores,
         "selection": _selection_text(choice, validation),
         **_evidence(choice, judged, validation, sets[0], seed),
@@ -506,6 +511,23 @@ def _training_data(
     }
 
 
+def population_metrics(data: LabelledSet, p: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Return the metrics of `p` over all of `data`'s users and over the active ones (seen within ACTIVE_DAYS).
+
+    A model trained on everyone could lean on the long-silent, who are easy: the active share says whether it
+    still ranks the users whose fate is open.
+    """
+    active = data.values[:, col("last_seen")] >= data.cutoff - ACTIVE_DAYS * SECONDS_PER_DAY
+    out: dict[str, dict[str, Any]] = {}
+    for name, rows, days in (("all", np.ones(active.size, dtype=bool), None), ("active", active, ACTIVE_DAYS)):
+        labels = data.labels[rows]
+        record: dict[str, Any] = {"seen_within_days": days, "n": int(rows.sum())}
+        if 0 < labels.sum() < labels.size:
+            record |= _clean(classification_metrics(labels, p[rows]))
+        out[name] = record
+    return out
+
+
 def _validation_record(validation: LabelledSet, history: list[LabelledSet]) -> dict[str, Any]:
     """Return the manifest's description of how the candidates were judged."""
     return {
@@ -652,13 +674,13 @@ def _type_shares(events: EventBatch) -> dict[str, float]:
 def population_lookback(model: ChurnModel, population: str, retention_days: float = DEFAULT_RETENTION_DAYS) -> float:
     """Return the days a user may have been silent at the cutoff and still be in `population`.
 
-    `all` is whom the schedule scores: every user it still knows (RETENTION_DAYS, 730 by default). `active` is whom
-    the model was trained on: users seen within its training lookback (180 days by default).
+    `all` is whom the schedule scores: every user it still knows (RETENTION_DAYS, 730 by default), and by default
+    whom the model was trained on. `active` is users seen within ACTIVE_DAYS (180).
     """
     if population == "all":
         return float(retention_days)
     if population == "active":
-        return float(model.manifest["training_data"].get("lookback_days", DEFAULT_LOOKBACK_DAYS))
+        return ACTIVE_DAYS
     raise InputError(f"population must be one of {', '.join(POPULATIONS)}, not {population!r}")
 
 

@@ -16,8 +16,10 @@ from scipy.special import betaln, digamma, expit, gammaln
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from chalicelib.errors import InputError
+from chalicelib.scoring.btyd_summary import checked_inputs, fit_inputs
 from chalicelib.scoring.events import EVENT_TYPES, SECONDS_PER_DAY
 from chalicelib.scoring.features import FEATURE_NAMES
+from chalicelib.scoring.pareto_nbd import ParetoNbd
 from chalicelib.scoring.state import col
 
 _EVENTS = FEATURE_NAMES.index("log_events_total")
@@ -105,27 +107,6 @@ class BgNbd:
         return p["r"], p["alpha"], p["a"], p["b"]
 
 
-def fit_inputs(x: Any, t_x: Any, T: Any, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Return checked (x, t_x, T) to fit on, and the scale of time that makes the oldest customer 10 old.
-
-    Fitted in that unit, the rates start near 1 and the optimiser sees a well-scaled problem whatever unit the
-    caller uses; only the rate parameters depend on it (divide them by the scale).
-    """
-    x, t_x, T = checked_inputs(x, t_x, T)
-    if x.size == 0:
-        raise InputError(f"{model} needs at least one customer to fit on")
-    return x, t_x, T, 10.0 / T.max() if T.max() > 0 else 1.0
-
-
-def checked_inputs(x: Any, t_x: Any, T: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x, t_x, T = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T))
-    if not x.shape == t_x.shape == T.shape:
-        raise InputError(f"x, t_x and T differ in shape: {x.shape}, {t_x.shape}, {T.shape}")
-    if not (np.all(np.isfinite(T)) and np.all(x >= 0) and np.all(t_x >= 0) and np.all(t_x <= T)):
-        raise InputError("buy-till-you-die inputs need x >= 0 and 0 <= t_x <= T, all finite")
-    return x, t_x, T
-
-
 def _terms(
     r: float, alpha: float, a: float, b: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -184,24 +165,52 @@ def btyd_from_features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 class BtydFeatures(BaseEstimator, TransformerMixin):
-    """Appends BG/NBD P(alive) and P(no event in `horizon_days`) to the feature rows."""
+    """Appends what BG/NBD and Pareto/NBD say of each user to the feature rows.
+
+    BG/NBD gives P(alive) and P(no event in `horizon_days`); Pareto/NBD the same two and the expected events in the
+    horizon (as log1p). Both are fitted on the training rows without labels, so they carry what pure transaction
+    timing says into the model, and being parametric they hold where a tree cannot reach: at tenures and silences
+    longer than any in training. Pareto/NBD is fitted on at most `PARETO_FIT_ROWS` rows (a fixed random subset):
+    its likelihood costs a 2F1 series per customer, and four parameters are pinned down long before that many.
+    """
+
+    PARETO_FIT_ROWS = 10_000
+    COLUMNS = (
+        "bg_nbd_p_alive",
+        "bg_nbd_p_no_event",
+        "pareto_nbd_p_alive",
+        "pareto_nbd_p_no_event",
+        "pareto_nbd_log_events",
+    )
 
     def __init__(self, horizon_days: float = 30.0) -> None:
         self.horizon_days = horizon_days
 
     def fit(self, X: np.ndarray, y: Any = None) -> BtydFeatures:
-        """Fit the BG/NBD on the training rows (unsupervised)."""
-        model = BgNbd().fit(*btyd_from_features(np.asarray(X, dtype=np.float64)))
+        """Fit BG/NBD and Pareto/NBD on the training rows (unsupervised)."""
+        x, t_x, T = btyd_from_features(np.asarray(X, dtype=np.float64))
         # A degenerate log (say, every user seen once) gives no usable fit: the columns are then constant.
-        self.bgnbd_ = model if np.isfinite(model.log_likelihood_) else None
+        bgnbd = BgNbd().fit(x, t_x, T)
+        self.bgnbd_ = bgnbd if np.isfinite(bgnbd.log_likelihood_) else None
+        rows = np.arange(x.size)
+        if x.size > self.PARETO_FIT_ROWS:
+            rows = np.sort(np.random.default_rng(0).choice(x.size, self.PARETO_FIT_ROWS, replace=False))
+        pareto = ParetoNbd().fit(x[rows], t_x[rows], T[rows])
+        self.paretonbd_ = pareto if np.isfinite(pareto.log_likelihood_) else None
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """Return X with two more columns: P(alive) and P(no event in the horizon)."""
+        """Return X with len(COLUMNS) more columns, in COLUMNS order."""
         X = np.asarray(X, dtype=np.float64)
-        if self.bgnbd_ is None:
-            return np.column_stack([X, np.ones(len(X)), np.full(len(X), 0.5)])
+        n = len(X)
         x, t_x, T = btyd_from_features(X)
-        return np.column_stack(
-            [X, self.bgnbd_.p_alive(x, t_x, T), self.bgnbd_.p_no_event(x, t_x, T, self.horizon_days)]
-        )
+        if self.bgnbd_ is None:
+            bg = [np.ones(n), np.full(n, 0.5)]
+        else:
+            bg = [self.bgnbd_.p_alive(x, t_x, T), self.bgnbd_.p_no_event(x, t_x, T, self.horizon_days)]
+        if self.paretonbd_ is None:
+            pareto = [np.ones(n), np.full(n, 0.5), np.zeros(n)]
+        else:
+            alive, none, expected = self.paretonbd_.horizon_view(x, t_x, T, self.horizon_days)
+            pareto = [alive, none, np.log1p(expected)]
+        return np.column_stack([X, *bg, *pareto])

@@ -20,6 +20,9 @@ MAX_DAYS = 3650.0
 _RATE_FLOOR = 1.0 / 60.0  # events per day
 _SPEND_FLOOR = 0.5  # currency units per day
 # Every event type but unsubscribe gets its own rates.
+# Rates over tenure count a user at least a week old, so a first-day user's rate is not a burst.
+_MIN_TENURE_DAYS = 7.0
+_DAYS_PER_MONTH = 30.0
 _RATE_TYPES = tuple(t for t in EVENT_TYPES if t != "unsubscribe")
 # Engagement is what a user does with the product. Complaints, tickets and refunds are signals about
 # the relationship; counted as activity they would make a complaint surge look like engagement.
@@ -32,10 +35,13 @@ FEATURE_REASONS: dict[str, str | None] = {
     "recency_days": "inactivity",
     "days_since_login": "inactivity",
     "activity_rate_short": "inactivity",
+    "recency_over_gap": "inactivity",
+    "active_share": "inactivity",
     "activity_trend": "engagement_drop",
     "activity_trend_mid": "engagement_drop",
     "activity_rate_mid": "engagement_drop",
     "session_minutes_per_day": "engagement_drop",
+    "recent_over_lifetime": "engagement_drop",
     "days_since_purchase": "spend_drop",
     "purchase_gap_ratio": "spend_drop",
     "spend_rate_mid": "spend_drop",
@@ -56,6 +62,8 @@ FEATURE_REASONS: dict[str, str | None] = {
     "log_purchases": None,
     "log_net_spend": None,
     "avg_order_value": None,
+    "events_per_month": None,
+    "spend_per_month": None,
     **{f"rate_{t}_short": None for t in _RATE_TYPES},
     **{f"rate_{t}_long": None for t in _RATE_TYPES},
 }
@@ -91,6 +99,29 @@ def _days_since(values: np.ndarray, field: str, as_of: float) -> np.ndarray:
 
 def _trend(short: np.ndarray, long: np.ndarray, floor: float) -> np.ndarray:
     return np.log((short + floor) / (long + floor))
+
+
+def _own_rhythm(f: dict[str, np.ndarray], events: np.ndarray, net_spend: np.ndarray) -> dict[str, np.ndarray]:
+    """Return the features measured against the user's own tenure and rhythm, which travel in time.
+
+    A model trained when every user was at most six months old still reads a one-year-old user right: "silent for
+    three of their usual gaps" or "half as active as over their life so far" mean the same at any age, whereas
+    lifetime totals and day counts grow with tenure past anything seen in training.
+    """
+    tenure, recency = f["tenure_days"], f["recency_days"]
+    months = np.maximum(tenure, _MIN_TENURE_DAYS) / _DAYS_PER_MONTH
+    span = np.maximum(tenure - recency, 0.0)  # first to last event
+    repeat = events >= 2
+    gap = span / np.maximum(events - 1.0, 1.0)
+    lifetime_rate = events / (months * _DAYS_PER_MONTH)
+    return {
+        # Users with fewer than two events have no rhythm yet: -1 keeps them apart from any real ratio.
+        "recency_over_gap": np.where(repeat, np.clip(recency / np.maximum(gap, 0.5), 0.0, 100.0), -1.0),
+        "active_share": np.where(tenure > 0, span / np.maximum(tenure, 1e-3), 0.0),
+        "recent_over_lifetime": _trend(f["activity_rate_mid"], lifetime_rate, _RATE_FLOOR),
+        "events_per_month": events / months,
+        "spend_per_month": net_spend / months,
+    }
 
 
 def compute_features(values: np.ndarray, as_of: float) -> np.ndarray:
@@ -158,6 +189,7 @@ def compute_features(values: np.ndarray, as_of: float) -> np.ndarray:
     f["unsubscribed"] = (values[:, col("last_unsubscribe")] >= values[:, col("last_seen")]).astype(np.float64) * (
         count["unsubscribe"] > 0
     )
+    f.update(_own_rhythm(f, total, np.maximum(spend - refunds, 0.0)))
     for t in _RATE_TYPES:
         f[f"rate_{t}_short"] = rate_short[t]
         f[f"rate_{t}_long"] = rate_long[t]

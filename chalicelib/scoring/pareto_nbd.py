@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
 from chalicelib.errors import InputError
-from chalicelib.scoring.btyd import checked_inputs, fit_inputs
+from chalicelib.scoring.btyd_summary import checked_inputs, fit_inputs
 
 # Log-parameters are kept within e**±20, as for BG/NBD: finite likelihoods whatever a degenerate log does.
 _LOG_BOUND = 20.0
@@ -70,29 +70,38 @@ class ParetoNbd:
     def p_alive(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
         """Return each customer's probability of still being alive at T."""
         x, t_x, T = checked_inputs(x, t_x, T)
-        r, alpha, s, beta = self._params()
-        alive = _log_alive_term(r, alpha, s, beta, x, T)
-        return np.exp(alive - _log_bracket(r, alpha, s, beta, x, t_x, T))
+        params = self._params()
+        return np.exp(_log_alive_term(*params, x, T) - _log_bracket(*params, x, t_x, T))
 
     def p_no_event(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, horizon: float) -> np.ndarray:
         """Return each customer's probability of no transaction in (T, T + horizon], in the inputs' unit."""
-        x, t_x, T = checked_inputs(x, t_x, T)
-        params = self._params()
-        later = _log_bracket(*params, x, t_x, T + horizon)
-        return np.clip(np.exp(later - _log_bracket(*params, x, t_x, T)), 0.0, 1.0)
+        return self.horizon_view(x, t_x, T, horizon)[1]
 
     def expected_events(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, horizon: float) -> np.ndarray:
-        """Return each customer's expected number of transactions in (T, T + horizon] (Fader & Hardie eq. 41).
+        """Return each customer's expected number of transactions in (T, T + horizon] (Fader & Hardie eq. 41)."""
+        return self.horizon_view(x, t_x, T, horizon)[2]
 
-        E = P(alive) · (r+x)(β+T) / (α+T) · [1 - ((β+T)/(β+T+h))^(s-1)] / (s-1), whose last factor tends to
-        log((β+T+h)/(β+T)) as s tends to 1.
+    def horizon_view(
+        self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, horizon: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (P(alive at T), P(no transaction in (T, T+h]), expected transactions in (T, T+h]) per customer.
+
+        One pass: 2F1 is the cost (a series per customer), and the three share its values at t_x, T and T+h.
+        The expectation is eq. 41, E = P(alive) · (r+x)(β+T) / (α+T) · [1 - ((β+T)/(β+T+h))^(s-1)] / (s-1), whose
+        last factor tends to log((β+T+h)/(β+T)) as s tends to 1.
         """
         x, t_x, T = checked_inputs(x, t_x, T)
-        r, alpha, s, beta = self._params()
+        params = self._params()
+        r, alpha, s, beta = params
+        at_tx, at_T, at_end = (_log_f(*params, x, t) for t in (t_x, T, T + horizon))
+        now = _log_bracket_of(*params, x, T, at_tx, at_T)
+        later = _log_bracket_of(*params, x, T + horizon, at_tx, at_end)
+        alive = np.exp(_log_alive_term(*params, x, T) - now)
         span = np.log1p(horizon / (beta + T))
         k = s - 1.0
         remaining = span if abs(k) < 1e-9 else -np.expm1(-k * span) / k
-        return self.p_alive(x, t_x, T) * (r + x) * (beta + T) / (alpha + T) * remaining
+        expected = alive * (r + x) * (beta + T) / (alpha + T) * remaining
+        return alive, np.clip(np.exp(later - now), 0.0, 1.0), expected
 
     def _params(self) -> tuple[float, float, float, float]:
         if not self.params_:
@@ -106,8 +115,8 @@ def _log_alive_term(r: float, alpha: float, s: float, beta: float, x: np.ndarray
     return -(r + x) * np.log(alpha + T) - s * np.log(beta + T)
 
 
-def _log_a0(r: float, alpha: float, s: float, beta: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
-    """Return log A0 = log(F(t_x) - F(T)); -inf where t_x = T (no time in which to have died).
+def _log_f(r: float, alpha: float, s: float, beta: float, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Return log F(t) = log(2F1(a, b; a+1; |α-β| / (m+t)) / (m+t)^a), of which A0 = F(t_x) - F(T).
 
     2F1 is taken through Euler's transformation, 2F1(a, b; c; z) = (1-z)^(c-a-b) 2F1(c-a, c-b; c; z): with c = a+1
     the right-hand series is 2F1(1, c-b; a+1; z), whose terms shrink for every z < 1. The left-hand one grows
@@ -118,25 +127,31 @@ def _log_a0(r: float, alpha: float, s: float, beta: float, x: np.ndarray, t_x: n
         top, low, b = alpha, beta, s + 1.0
     else:
         top, low, b = beta, alpha, r + x
-    gap = top - low
+    series = hyp2f1(1.0, a + 1.0 - b, a + 1.0, (top - low) / (top + t))
+    # log(1 - z) = log((low + t) / (top + t)); the power is c - a - b = 1 - b
+    return np.log(series) + (1.0 - b) * (np.log(low + t) - np.log(top + t)) - a * np.log(top + t)
 
-    def log_f(t: np.ndarray) -> np.ndarray:
-        series = hyp2f1(1.0, a + 1.0 - b, a + 1.0, gap / (top + t))
-        # log(1 - z) = log((low + t) / (top + t)); the power is c - a - b = 1 - b
-        return np.log(series) + (1.0 - b) * (np.log(low + t) - np.log(top + t)) - a * np.log(top + t)
 
-    first, second = log_f(t_x), log_f(T)
-    # F falls as t grows, so F(t_x) >= F(T); log(e^first - e^second) without the cancellation of a difference.
+def _log_bracket_of(
+    r: float, alpha: float, s: float, beta: float, x: np.ndarray, T: np.ndarray, at_tx: np.ndarray, at_T: np.ndarray
+) -> np.ndarray:
+    """Return log of the likelihood's bracket, the alive term plus s/(r+s+x) · A0, from log F at t_x and at T.
+
+    A0 is F(t_x) - F(T), -inf where t_x = T (no time in which to have died); F falls as t grows, so the log of the
+    difference is taken without the cancellation of a difference.
+    """
     with np.errstate(divide="ignore"):
-        return first + np.log(-np.expm1(np.minimum(second - first, 0.0)))
+        log_a0 = at_tx + np.log(-np.expm1(np.minimum(at_T - at_tx, 0.0)))
+    died = np.log(s) - np.log(r + s + x) + log_a0
+    return np.logaddexp(_log_alive_term(r, alpha, s, beta, x, T), died)
 
 
 def _log_bracket(
     r: float, alpha: float, s: float, beta: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
 ) -> np.ndarray:
-    """Return log of the likelihood's bracket: the alive term plus s/(r+s+x) · A0."""
-    died = np.log(s) - np.log(r + s + x) + _log_a0(r, alpha, s, beta, x, t_x, T)
-    return np.logaddexp(_log_alive_term(r, alpha, s, beta, x, T), died)
+    """Return log of the likelihood's bracket at T."""
+    at_tx, at_T = _log_f(r, alpha, s, beta, x, t_x), _log_f(r, alpha, s, beta, x, T)
+    return _log_bracket_of(r, alpha, s, beta, x, T, at_tx, at_T)
 
 
 def _log_likelihood(
