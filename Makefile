@@ -20,7 +20,7 @@ NODE_TOOLS := node_modules/.installed
 STAGE ?= dev
 PACKAGE_DIR := build/package
 
-.PHONY: install demo test unit lint benchmark cold-start model package iac-check asl-check report-check clean
+.PHONY: install demo test unit lint benchmark cold-start model package iac-check asl-check report-check prove clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ iac-check: install $(IAC)/.installed
 # Cold start of the packaged code: a fresh python3.12 with only the package and boto3, as Lambda runs it.
 cold-start: install package $(LAMBDA_ENV)/.installed
 	$(BIN)/python scripts/cold_start.py --python $(LAMBDA_ENV)/bin/python --package build/lambda
+
+# The model where the best answer is known (docs/model.md, "Proof on data whose truth is known"): minutes, and
+# exits 1 when a criterion fails. Not part of `make test`.
+prove: install
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/prove_model.py --out build/prove.json
 
 model: install
 	$(BIN)/python -m chalicelib generate $(MODEL_GENERATE)

@@ -121,7 +121,12 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     gen.add_argument("--days", type=_positive_int, required=True, help="days of history, ending at --as-of")
     gen.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same file")
     gen.add_argument("--as-of", type=_timestamp, default=None, help="end of the window (default: today, UTC)")
-    gen.add_argument("--kind", choices=("multi", "purchases"), default="multi", help="all signals or purchases only")
+    gen.add_argument(
+        "--kind",
+        choices=("multi", "purchases", "pareto_nbd"),  # generate.KINDS, without importing numpy to parse
+        default="multi",
+        help="all signals, purchases only, or purchases of a Pareto/NBD process with CDNOW's parameters",
+    )
     gen.add_argument("--out", type=Path, required=True, help="the event log to write: .csv or .jsonl, optionally .gz")
 
     train = sub.add_parser("train", help="fit a model from history and write an artifact directory")

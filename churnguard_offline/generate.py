@@ -17,7 +17,9 @@ import numpy as np
 from chalicelib.errors import InputError
 from chalicelib.scoring.events import EVENT_TYPES, SECONDS_PER_DAY, TYPE_CODE, EventBatch
 
-KINDS: tuple[str, ...] = ("multi", "purchases")
+KINDS: tuple[str, ...] = ("multi", "purchases", "pareto_nbd")
+# The kinds drawn from personas here; "pareto_nbd" is a buy-till-you-die process (churnguard_offline.btyd_logs).
+PERSONA_KINDS: tuple[str, ...] = ("multi", "purchases")
 PERSONAS: tuple[str, ...] = (
     "loyal",
     "declining",
@@ -92,6 +94,12 @@ def generate_events(
     progress: bool = False,
 ) -> EventBatch:
     """Return a synthetic event log over (as_of - days, as_of], sorted by time, for users with events."""
+    if kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "pareto_nbd":
+        from churnguard_offline.btyd_logs import simulate_pareto_nbd
+
+        return simulate_pareto_nbd(n_users, days, seed, as_of, progress=progress)[0]
     population = simulate_population(n_users, days, seed, as_of, kind=kind, progress=progress)
     batch = population.batch
     if np.bincount(batch.user_index, minlength=len(batch.user_ids)).all():
@@ -148,8 +156,8 @@ def _check_population(n_users: int, days: int, kind: str) -> None:
         raise InputError(f"number of users must not be negative, got {n_users}")
     if days < 1:
         raise InputError(f"days must be at least 1, got {days}")
-    if kind not in KINDS:
-        raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in PERSONA_KINDS:
+        raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(PERSONA_KINDS)}")
 
 
 # A simulated chunk's columns, in the order _join_chunks returns them: events first, then per-user facts.

@@ -1,0 +1,298 @@
+"""Proof on data whose truth is known: the model against the true model and against buy-till-you-die baselines.
+
+A. On logs drawn from a Pareto/NBD process (churnguard_offline.btyd_logs), `train` on the data up to an
+   evaluation cutoff, `evaluate` at that cutoff on the whole log, and compare the model's AUC with the true
+   model's (the generator's own Pareto/NBD) on exactly the same users. Criterion: model >= true - 0.005.
+B. On purchases-only logs, train on the first twelve months (six-month horizon), evaluate at month twelve on the
+   whole log. Criterion: model >= the better of the bg_nbd and pareto_nbd baselines that `evaluate` reports + 0.005.
+
+Each figure comes with a paired bootstrap standard error of the gap (users resampled, the models held fixed):
+the noise of the measurement on one log, not of training. Prints a table per scenario, a verdict per
+criterion, writes the figures as JSON (--out) and exits 1 when a criterion fails. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from chalicelib.errors import InputError  # noqa: E402
+from chalicelib.scoring.artifact import load_model  # noqa: E402
+from chalicelib.scoring.events import SECONDS_PER_DAY, EventBatch  # noqa: E402
+from churnguard_offline.baselines import Baselines  # noqa: E402
+from churnguard_offline.btyd_logs import CDNOW, simulate_pareto_nbd, true_p_no_event  # noqa: E402
+from churnguard_offline.generate import generate_events  # noqa: E402
+from churnguard_offline.training import evaluate, labelled_set, population_lookback, train  # noqa: E402
+
+END = datetime(2026, 11, 1, tzinfo=UTC)
+MARGIN = 0.005
+# The baselines scenario B must beat: the buy-till-you-die models among those `evaluate` reports.
+BTYD_BASELINES = ("bg_nbd", "pareto_nbd")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a scenario: the log's size and seed, the horizon, and how it is trained and measured."""
+
+    users: int
+    days: int
+    horizon_days: float
+    seed: int
+    bootstrap_draws: int
+    lookback_days: float | None  # the training population's lookback; None: train's own default
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Return the ROC AUC of scores `p` for labels `y` (ties count half), by the rank-sum; NaN with one class only."""
+    from scipy.stats import rankdata
+
+    positives = int(y.sum())
+    negatives = y.size - positives
+    if not positives or not negatives:
+        return float("nan")
+    rank_sum = float(rankdata(p)[y == 1].sum())
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def gap_standard_error(y: np.ndarray, p_model: np.ndarray, p_other: np.ndarray, draws: int, seed: int) -> float:
+    """Return the bootstrap standard error of AUC(model) - AUC(other) over users resampled with replacement."""
+    if draws < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(draws):
+        pick = rng.integers(0, y.size, y.size)
+        gaps.append(auc(y[pick], p_model[pick]) - auc(y[pick], p_other[pick]))
+    return float(np.nanstd(gaps, ddof=1))
+
+
+def _train_until(events: EventBatch, data_end: float, spec: RunSpec, out_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Train on the events at or before `data_end` (the export ends there), the last origin one horizon earlier;
+    return the loaded model and its manifest."""
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        _log(f"    {time.perf_counter() - started:6.1f}s {message}")
+
+    manifest = train(
+        events.select(events.time <= data_end),
+        cutoff=data_end - spec.horizon_days * SECONDS_PER_DAY,
+        horizon_days=spec.horizon_days,
+        out_dir=out_dir,
+        seed=spec.seed,
+        data_end=data_end,
+        progress=progress,
+        **({} if spec.lookback_days is None else {"lookback_days": spec.lookback_days}),
+    )
+    return load_model(out_dir), manifest
+
+
+def _scored_users(model: Any, events: EventBatch, cutoff: float, horizon_days: float, end: float) -> Any:
+    """Return the labelled set `evaluate` judges at `cutoff` with its default population: the same users."""
+    return labelled_set(events, cutoff, horizon_days, population_lookback(model, "all"), end)
+
+
+def _run_record(seed: int, manifest: dict[str, Any], reported: dict[str, Any], data: Any) -> dict[str, Any]:
+    """Return what every run records: the seed, the population judged and the model that was trained."""
+    return {
+        "seed": seed,
+        "n": int(data.labels.size),
+        "churn_rate": round(float(data.labels.mean()), 6),
+        "estimator": manifest["estimator"],
+        "training_rows": manifest["training_data"]["rows"],
+        "model_auc_reported": reported["auc"],
+        "population": reported["population"],
+    }
+
+
+def pareto_run(spec: RunSpec, work: Path) -> dict[str, Any]:
+    """Scenario A on one seed: the model's AUC and the true model's on the same users, and their gap."""
+    end = END.timestamp()
+    cut = end - spec.horizon_days * SECONDS_PER_DAY
+    events, truth = simulate_pareto_nbd(spec.users, spec.days, spec.seed, END)
+    _log(f"  A seed {spec.seed}: {len(events)} purchases by {spec.users} customers; training")
+    model, manifest = _train_until(events, cut, spec, work)
+    reported = evaluate(model, events, cut, spec.horizon_days, data_end=end)
+    data = _scored_users(model, events, cut, spec.horizon_days, end)
+    p_model = model.predict_proba(data.features)
+    p_true = true_p_no_event(truth.params, data.values, cut, spec.horizon_days)
+    model_auc, true_auc = auc(data.labels, p_model), auc(data.labels, p_true)
+    return _run_record(spec.seed, manifest, reported, data) | {
+        "model_auc": round(model_auc, 6),
+        "true_auc": round(true_auc, 6),
+        "gap": round(model_auc - true_auc, 6),
+        "gap_se": round(gap_standard_error(data.labels, p_model, p_true, spec.bootstrap_draws, spec.seed), 6),
+        "passed": bool(model_auc >= true_auc - MARGIN),
+    }
+
+
+def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
+    """Scenario B on one seed: the model against the better buy-till-you-die baseline at month twelve."""
+    end = END.timestamp()
+    cut = end - spec.horizon_days * SECONDS_PER_DAY
+    events = generate_events(spec.users, spec.days, spec.seed, END, kind="purchases")
+    _log(f"  B seed {spec.seed}: {len(events)} purchases by {len(events.user_ids)} users; training")
+    model, manifest = _train_until(events, cut, spec, work)
+    reported = evaluate(model, events, cut, spec.horizon_days, data_end=end)
+    baselines = {name: reported["baselines"][name]["auc"] for name in BTYD_BASELINES if name in reported["baselines"]}
+    if not baselines:
+        raise InputError(f"evaluate reported no buy-till-you-die baseline: {reported.get('baselines_note', '')}")
+    best = max(baselines, key=baselines.get)
+    data = _scored_users(model, events, cut, spec.horizon_days, end)
+    p_model = model.predict_proba(data.features)
+    p_best = _baseline_predictions(model, events, data, best, end)
+    model_auc = auc(data.labels, p_model)
+    return _run_record(spec.seed, manifest, reported, data) | {
+        "model_auc": round(model_auc, 6),
+        "baselines_auc": baselines,
+        "best_baseline": best,
+        # the same baseline refitted here for the bootstrap: it must reproduce what evaluate reported
+        "best_baseline_auc_refitted": round(auc(data.labels, p_best), 6),
+        "gap": round(model_auc - baselines[best], 6),
+        "gap_se": round(gap_standard_error(data.labels, p_model, p_best, spec.bootstrap_draws, spec.seed), 6),
+        "passed": bool(model_auc >= baselines[best] + MARGIN),
+    }
+
+
+def _baseline_predictions(model: Any, events: EventBatch, data: Any, name: str, end: float) -> np.ndarray:
+    """Return baseline `name`'s predictions for `data`, fitted one horizon earlier as `evaluate` fits it."""
+    earlier = data.cutoff - data.horizon_days * SECONDS_PER_DAY
+    fit_set = labelled_set(events, earlier, data.horizon_days, population_lookback(model, "all"), end)
+    fitted = Baselines().fit(fit_set.values, fit_set.features, fit_set.labels, fit_set.cutoff, fit_set.horizon_days)
+    return fitted.predict(data.values, data.features, data.cutoff)[name]
+
+
+# Each scenario: the function that runs it on one seed, and its criterion in words.
+SCENARIOS: dict[str, tuple[Callable[..., dict[str, Any]], str]] = {
+    "pareto_nbd": (pareto_run, "model AUC >= true model AUC - 0.005 on every seed"),
+    "purchases": (purchases_run, "model AUC >= max(bg_nbd, pareto_nbd baseline AUC) + 0.005 on every seed"),
+}
+
+
+def _compared(name: str, run: dict[str, Any]) -> str:
+    """Return the AUC the model is compared with in one run, and what it is where that is not obvious."""
+    if name == "pareto_nbd":
+        return f"{run['true_auc']:.4f}"
+    return f"{run['baselines_auc'][run['best_baseline']]:.4f} ({run['best_baseline']})"
+
+
+def _table(name: str, runs: list[dict[str, Any]]) -> str:
+    """Return one scenario's runs as a Markdown table."""
+    other = "true" if name == "pareto_nbd" else "best BTYD"
+    lines = [
+        f"| seed | users | churn rate | model AUC | {other} AUC | gap | gap s.e. | passed |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run['seed']} | {run['n']} | {run['churn_rate']:.3f} | {run['model_auc']:.4f} | "
+            f"{_compared(name, run)} | {run['gap']:+.4f} | {run['gap_se']:.4f} | {'yes' if run['passed'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def prove(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every chosen scenario over every seed; return the figures and verdicts."""
+    users = {"pareto_nbd": args.users_pareto, "purchases": args.users_purchases}
+    horizons = {"pareto_nbd": args.horizon_days, "purchases": args.purchases_horizon_days}
+    out: dict[str, Any] = {
+        "settings": {
+            "days": args.days,
+            "end": END.isoformat(),
+            "seeds": args.seeds,
+            "users": {name: users[name] for name in args.scenarios},
+            "horizon_days": {name: horizons[name] for name in args.scenarios},
+            "lookback_days": args.lookback_days or "train's default",
+            "bootstrap_draws": args.bootstrap,
+            "margin": MARGIN,
+            "true_params_days": CDNOW.model_params(),
+        },
+        "scenarios": {},
+    }
+    for name in args.scenarios:
+        run, criterion = SCENARIOS[name]
+        _log(f"scenario {name}: {users[name]} users, {args.days} days, horizon {horizons[name]:g} days")
+        runs = []
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as work:
+                spec = RunSpec(users[name], args.days, horizons[name], seed, args.bootstrap, args.lookback_days)
+                runs.append(run(spec, Path(work)))
+            _log(f"  seed {seed}: model {runs[-1]['model_auc']:.4f}, gap {runs[-1]['gap']:+.4f}")
+        out["scenarios"][name] = {
+            "criterion": criterion,
+            "passed": all(r["passed"] for r in runs),
+            "mean_gap": round(float(np.mean([r["gap"] for r in runs])), 6),
+            "runs": runs,
+        }
+    out["passed"] = all(s["passed"] for s in out["scenarios"].values())
+    return out
+
+
+def _print(figures: dict[str, Any]) -> None:
+    """Print each scenario's table and verdict, then the overall verdict."""
+    for name, scenario in figures["scenarios"].items():
+        print(f"\n{name}: {scenario['criterion']}\n")
+        print(_table(name, scenario["runs"]))
+        print(f"\n{'PASS' if scenario['passed'] else 'FAIL'}: mean gap {scenario['mean_gap']:+.4f}")
+    print(f"\noverall: {'PASS' if figures['passed'] else 'FAIL'}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of the generated logs")
+    parser.add_argument("--scenarios", nargs="+", choices=tuple(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--users-pareto", type=_positive, default=20_000, help="customers of each Pareto/NBD log")
+    parser.add_argument("--users-purchases", type=_positive, default=20_000, help="users of each purchases log")
+    parser.add_argument("--days", type=_positive, default=548, help="days of each log (ending 2026-11-01)")
+    parser.add_argument("--horizon-days", type=_positive, default=90, help="scenario A's horizon")
+    parser.add_argument("--purchases-horizon-days", type=_positive, default=182, help="scenario B's horizon")
+    parser.add_argument("--lookback-days", type=_positive, default=None, help="train's lookback (default: train's)")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap draws for the gap's s.e. (0: none)")
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the proof; return 0 when every criterion holds, 1 when one fails, 2 when the input is unusable."""
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        figures = prove(args)
+    except InputError as exc:
+        _log(f"prove_model: {exc}")
+        return 2
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    _print(figures)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+        _log(f"wrote {args.out}")
+    return 0 if figures["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
