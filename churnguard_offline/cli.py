@@ -341,6 +341,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from churnguard_offline.small_data import mode_warning
     from churnguard_offline.training import TierPolicy, train
 
     if args.medium_threshold >= args.high_threshold:
@@ -383,6 +384,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     for name, b in manifest["baselines"].items():
         _say(f"  baseline {name}: AUC {b['auc']:.4f}, PR-AUC {b['pr_auc']:.4f}, Brier {b['brier']:.4f}")
+    warning = mode_warning(manifest)
+    if warning:
+        _say(f"warning: {args.events}: {warning}")
 
 
 def _training_events(args: argparse.Namespace, steps: Steps) -> tuple[Any, dict[str, Any] | None]:
@@ -400,14 +404,14 @@ def _training_events(args: argparse.Namespace, steps: Steps) -> tuple[Any, dict[
 
 @contextlib.contextmanager
 def _sample_too_small(path: Path, sample: dict[str, Any] | None) -> Iterator[None]:
-    """Say that the sample is what is short when a sampled history has too few churners or stayers."""
-    from churnguard_offline.training import TooFewExamplesError
+    """Name the file when a history has too few churners or stayers, and say so when a sample is what is short."""
+    from churnguard_offline.small_data import TooFewExamplesError
 
     try:
         yield
     except TooFewExamplesError as exc:
         if sample is None or sample["users_used"] >= sample["population_users"]:
-            raise
+            raise InputError(f"{path}: {exc}") from exc
         raise InputError(
             f"{path}: {exc}, in a sample of {sample['users_used']:,} of {sample['population_users']:,} users; "
             "raise --sample-users"

@@ -104,6 +104,7 @@ def card_text(manifest: dict[str, Any]) -> str:
     """Return the model card in Markdown."""
     lines = [
         *_data_section(manifest),
+        *_mode_section(manifest),
         *_quality_section(manifest),
         *_population_section(manifest),
         *_baselines_section(manifest),
@@ -141,6 +142,37 @@ def _data_section(manifest: dict[str, Any]) -> list[str]:
         f"({val['users']} users, churn rate {val['churn_rate']:.3f})",
         "",
     ]
+
+
+_MODE_TITLES = {
+    "btyd_only": "a buy-till-you-die model alone",
+    "mixed": "learned and buy-till-you-die candidates",
+    "learned": "learned candidates",
+}
+
+
+def _mode_section(manifest: dict[str, Any]) -> list[str]:
+    """Return which candidates competed and why (the counts and thresholds), or nothing for an older manifest."""
+    mode = manifest.get("training_mode")
+    if not mode:
+        return []
+    th = mode["thresholds"]
+    return [
+        f"## Training mode: {_MODE_TITLES[mode['mode']]} (`{mode['mode']}`)",
+        "",
+        f"{mode['reason'][0].upper()}{mode['reason'][1:]}. Counted on {mode['counted']}. Below "
+        f"{th['learned_min_per_class']:,} churners or stayers no learned model is fitted; below "
+        f"{th['btyd_competes_below_per_class']:,} the BG/NBD and Pareto/NBD models compete with the learned ones; "
+        f"below {th['judged_min_per_class']:,} training refuses, as nothing could be judged."
+        + (_BTYD_ONLY_NOTE if manifest["estimator"] in mode.get("btyd_candidates", []) else ""),
+        "",
+    ]
+
+
+_BTYD_ONLY_NOTE = (
+    " The chosen model reads only each user's events, tenure and recency: spend, complaints or fewer sessions do"
+    " not move its scores, and its reasons are inactivity, an engagement drop or a new user."
+)
 
 
 def _sample_lines(sample: dict[str, Any] | None) -> list[str]:

@@ -25,8 +25,14 @@ from chalicelib.settings import DEFAULT_RETENTION_DAYS
 from churnguard_offline.distribution import training_distribution
 from churnguard_offline.metrics import classification_metrics, tier_performance
 from churnguard_offline.progress import each
+from churnguard_offline.small_data import (
+    TrainingMode,
+    btyd_candidates,
+    check_judgeable,
+    selection_text,
+    training_mode,
+)
 
-MIN_CLASS_ROWS = 50
 # Training keeps every user the schedule scores (seen within RETENTION_DAYS), so no scored user lies outside what
 # the model learned from; "active" users, seen within ACTIVE_DAYS, are the population retention teams act on most.
 DEFAULT_LOOKBACK_DAYS = float(DEFAULT_RETENTION_DAYS)
@@ -105,21 +111,6 @@ def labelled_set(
     )
 
 
-class TooFewExamplesError(InputError):
-    """Too few churners or stayers to learn from (a sample can be too small even when the log is not)."""
-
-
-def check_learnable(labels: np.ndarray, where: str) -> None:
-    """Raise TooFewExamplesError when there are too few churners or stayers to learn from."""
-    churners = int(labels.sum())
-    stayers = int(labels.size - churners)
-    if min(churners, stayers) < MIN_CLASS_ROWS:
-        raise TooFewExamplesError(
-            f"too few examples to learn from {where}: {churners} churners and {stayers} stayers "
-            f"among {labels.size} rows (need at least {MIN_CLASS_ROWS} of each)"
-        )
-
-
 def candidates(seed: int, horizon_days: float = 30.0) -> dict[str, Any]:
     """Return the candidate pipelines: BG/NBD features appended to the behaviour features, then a classifier."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -169,6 +160,12 @@ def candidates(seed: int, horizon_days: float = 30.0) -> dict[str, Any]:
             ]
         ),
     }
+
+
+def _pool(seed: int, horizon_days: float, mode: TrainingMode) -> dict[str, Any]:
+    """Return the candidates the training mode lets compete: learned ones, buy-till-you-die ones, or both."""
+    learned = candidates(seed, horizon_days) if mode.learned else {}
+    return learned | btyd_candidates(mode.btyd_models, horizon_days)
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float]:
@@ -257,6 +254,7 @@ class _Choice:
     calibration_method: str
     calibration: dict[str, float]  # out-of-time Brier score by calibration method
     scores: dict[str, dict[str, float]]  # out-of-time metrics of every candidate, before calibration
+    mode: TrainingMode  # which candidates competed, and why
 
 
 @dataclass
@@ -299,8 +297,8 @@ def train(
     sets = _origin_sets(events, cutoff, horizon_days, lookback_days, max_origins, min_history_days, progress, data_end)
     validation, history = _split_out_of_time(sets, seed)
     fit = _stack(history)
-    check_learnable(fit[1], "before the validation origin")
-    choice = _choose(fit, (validation.features, validation.labels), seed, horizon_days, progress)
+    mode = training_mode(fit[1], out_of_time=validation.cutoff > history[0].cutoff, sampled=_subsampled(sample))
+    choice = _choose(fit, (validation.features, validation.labels), seed, horizon_days, progress, mode)
     judged = _judge(choice, validation, history[0], policy, seed, progress)
     final, rows = _refit(choice, sets, seed, horizon_days, progress)
     digest = _save_model(final, out_dir)
@@ -321,6 +319,7 @@ def train(
         "metrics_by_population": population_metrics(validation, judged.p_val),
         "candidates": choice.scores,
         "selection": _selection_text(choice, validation),
+        "training_mode": mode.record(),
         **_evidence(choice, judged, validation, sets[0], seed),
         "training_distribution": _distribution(final, sets[0], lookback_days, progress),
     }
@@ -348,18 +347,25 @@ def _origin_sets(
     )
     counted = each(progress, origins, len(origins), "origin")
     sets = [labelled_set(events, origin, horizon_days, lookback_days, data_end) for origin in counted]
-    check_learnable(sets[0].labels, f"at the cutoff {iso_time(cutoff)[:10]}")
+    check_judgeable(sets[0].labels, f"at the cutoff {iso_time(cutoff)[:10]}")
     return sets
 
 
-def _choose(fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None]) -> _Choice:
+def _subsampled(sample: dict[str, Any] | None) -> bool:
+    """Return whether the events are a sample of fewer users than the log holds."""
+    return bool(sample) and sample["users_used"] < sample["population_users"]
+
+
+def _choose(
+    fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None], mode: TrainingMode
+) -> _Choice:
     """Fit every candidate on `fit`, rank them on `val` and calibrate the winner when that helps out of time."""
-    scores, fitted = _fit_candidates(fit, val, seed, horizon_days, progress)
+    scores, fitted = _fit_candidates(fit, val, seed, horizon_days, progress, mode)
     winner, runner_up = _rank(scores)
     model, method, calibration = _calibrate(
-        winner, (fitted[winner], scores[winner]["brier"]), fit, val, seed, horizon_days, progress
+        winner, (fitted[winner], scores[winner]["brier"]), fit, val, seed, horizon_days, progress, mode
     )
-    return _Choice(winner, runner_up, model, method, calibration, scores)
+    return _Choice(winner, runner_up, model, method, calibration, scores, mode)
 
 
 def _judge(
@@ -388,7 +394,7 @@ def _refit(
 ) -> tuple[Any, int]:
     """Refit the winner, calibrated as chosen, on every origin; return the model and the rows it was fitted on."""
     progress(f"refitting {choice.winner} on all {sum(len(d.labels) for d in sets)} rows")
-    final = candidates(seed, horizon_days)[choice.winner]
+    final = _pool(seed, horizon_days, choice.mode)[choice.winner]
     if choice.calibration_method != "none":
         final = _calibrated(final, choice.calibration_method)
     X_all, y_all = _stack(sets)
@@ -542,6 +548,8 @@ def _validation_record(validation: LabelledSet, history: list[LabelledSet]) -> d
 def _selection_text(choice: _Choice, validation: LabelledSet) -> str:
     """Return one sentence saying why the winner was chosen."""
     scores, winner, runner_up = choice.scores, choice.winner, choice.runner_up
+    if not runner_up:
+        return selection_text(choice.mode, winner)
     return (
         f"{winner} had the best out-of-time PR-AUC ({scores[winner]['pr_auc']:.4f} against "
         f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}) on {validation.labels.size} users at "
@@ -570,12 +578,12 @@ def _evidence(
 
 
 def _fit_candidates(
-    fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None]
+    fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None], mode: TrainingMode
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Fit every candidate on `fit`; return their out-of-time metrics on `val` and the fitted models, by name."""
     scores: dict[str, dict[str, float]] = {}
     fitted: dict[str, Any] = {}
-    for name, pipeline in candidates(seed, horizon_days).items():
+    for name, pipeline in _pool(seed, horizon_days, mode).items():
         progress(f"fitting {name} on {len(fit[1])} rows")
         fitted[name] = pipeline.fit(*fit)
         scores[name] = _clean(classification_metrics(val[1], pipeline.predict_proba(val[0])[:, 1]))
@@ -588,7 +596,7 @@ def _rank(scores: dict[str, dict[str, float]]) -> tuple[str, str]:
     PR-AUC decides: retention teams act on the top of the ranking, where PR-AUC looks.
     """
     winner = max(scores, key=lambda n: (scores[n]["pr_auc"], -scores[n]["brier"]))
-    runner_up = max((n for n in scores if n != winner), key=lambda n: scores[n]["pr_auc"])
+    runner_up = max((n for n in scores if n != winner), key=lambda n: scores[n]["pr_auc"], default="")
     return winner, runner_up
 
 
@@ -600,6 +608,7 @@ def _calibrate(
     seed: int,
     horizon_days: float,
     progress: Callable[[str], None],
+    mode: TrainingMode,
 ) -> tuple[Any, str, dict[str, float]]:
     """Return the model to use, its calibration method and each method's out-of-time Brier score.
 
@@ -610,7 +619,7 @@ def _calibrate(
     calibration = {"none": uncalibrated[1]}
     for method in ("sigmoid", "isotonic"):
         progress(f"calibrating {winner} ({method})")
-        model = _calibrated(candidates(seed, horizon_days)[winner], method).fit(*fit)
+        model = _calibrated(_pool(seed, horizon_days, mode)[winner], method).fit(*fit)
         calibration[method] = round(float(np.mean((model.predict_proba(val[0])[:, 1] - val[1]) ** 2)), 6)
         if calibration[method] < calibration[calibration_method]:
             chosen_model, calibration_method = model, method

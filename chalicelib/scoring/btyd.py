@@ -164,17 +164,28 @@ def btyd_from_features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return x, t_x, T
 
 
+PARETO_FIT_ROWS = 10_000
+
+
+def pareto_fit_rows(n: int) -> np.ndarray:
+    """Return the rows, of `n`, that a Pareto/NBD is fitted on: all of them, or a fixed random PARETO_FIT_ROWS.
+
+    Its likelihood costs a 2F1 series per customer, and four parameters are pinned down long before that many.
+    """
+    if n <= PARETO_FIT_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, PARETO_FIT_ROWS, replace=False))
+
+
 class BtydFeatures(BaseEstimator, TransformerMixin):
     """Appends what BG/NBD and Pareto/NBD say of each user to the feature rows.
 
     BG/NBD gives P(alive) and P(no event in `horizon_days`); Pareto/NBD the same two and the expected events in the
     horizon (as log1p). Both are fitted on the training rows without labels, so they carry what pure transaction
     timing says into the model, and being parametric they hold where a tree cannot reach: at tenures and silences
-    longer than any in training. Pareto/NBD is fitted on at most `PARETO_FIT_ROWS` rows (a fixed random subset):
-    its likelihood costs a 2F1 series per customer, and four parameters are pinned down long before that many.
+    longer than any in training. Pareto/NBD is fitted on `pareto_fit_rows` of them.
     """
 
-    PARETO_FIT_ROWS = 10_000
     COLUMNS = (
         "bg_nbd_p_alive",
         "bg_nbd_p_no_event",
@@ -192,9 +203,7 @@ class BtydFeatures(BaseEstimator, TransformerMixin):
         # A degenerate log (say, every user seen once) gives no usable fit: the columns are then constant.
         bgnbd = BgNbd().fit(x, t_x, T)
         self.bgnbd_ = bgnbd if np.isfinite(bgnbd.log_likelihood_) else None
-        rows = np.arange(x.size)
-        if x.size > self.PARETO_FIT_ROWS:
-            rows = np.sort(np.random.default_rng(0).choice(x.size, self.PARETO_FIT_ROWS, replace=False))
+        rows = pareto_fit_rows(x.size)
         pareto = ParetoNbd().fit(x[rows], t_x[rows], T[rows])
         self.paretonbd_ = pareto if np.isfinite(pareto.log_likelihood_) else None
         return self
