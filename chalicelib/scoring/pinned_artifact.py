@@ -6,4 +6,4 @@ writes it after training into model_artifacts/, `scripts/package.py` writes it i
 that the staged artifact matches it, and a test checks that it matches the committed model_artifacts/.
 """
 
-MODEL_SHA256 = "161a00364dd078f07deb54fac199ad304e6f2c3711ddd69998627eb41ef8cdf2"
+MODEL_SHA256 = "21be5da2530f82f9a7d87e5f57a1641c7a9635982439dddcbae1bcb12bc338e3"

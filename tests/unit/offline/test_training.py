@@ -33,7 +33,7 @@ def test_churn_label_is_no_event_in_the_horizon_after_the_cutoff():
                 ("churns", CUTOFF),  # an event at the cutoff is history, not the future
                 ("churns", CUTOFF + 31 * DAY),  # after the horizon: too late
                 ("newcomer", CUTOFF + 2 * DAY),  # unknown at the cutoff: not in the set
-                ("gone", CUTOFF - 400 * DAY),  # outside the lookback window
+                ("gone", CUTOFF - 800 * DAY),  # outside the lookback window (730 days: what the schedule still scores)
                 ("late", CUTOFF + 40 * DAY),
             ]
         ),
