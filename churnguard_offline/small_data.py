@@ -146,11 +146,12 @@ def training_mode(fit_labels: np.ndarray, *, out_of_time: bool, sampled: bool = 
     return TrainingMode(mode, churners, stayers, out_of_time, models)
 
 
-def btyd_candidates(models: tuple[str, ...], horizon_days: float) -> dict[str, Any]:
-    """Return the BTYD-only candidates, unfitted, by name."""
+def btyd_candidates(models: tuple[str, ...], horizon_days: float, btyd: Any = None) -> dict[str, Any]:
+    """Return the BTYD-only candidates, unfitted, by name; `btyd`, a BtydFit of the rows they will fit, saves
+    fitting again."""
     from chalicelib.scoring.btyd_model import BtydClassifier
 
-    return {name: BtydClassifier(model=name, horizon_days=horizon_days) for name in models}
+    return {name: BtydClassifier(model=name, horizon_days=horizon_days, fitted=btyd) for name in models}
 
 
 def selection_text(mode: TrainingMode, winner: str) -> str:

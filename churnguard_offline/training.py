@@ -7,8 +7,9 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from churnguard_offline.small_data import (
     selection_text,
     training_mode,
 )
+
+if TYPE_CHECKING:
+    from chalicelib.scoring.btyd import BtydFit
 
 # Training keeps every user the schedule scores (seen within RETENTION_DAYS), so no scored user lies outside what
 # the model learned from; "active" users, seen within ACTIVE_DAYS, are the population retention teams act on most.
@@ -111,8 +115,10 @@ def labelled_set(
     )
 
 
-def candidates(seed: int, horizon_days: float = 30.0) -> dict[str, Any]:
-    """Return the candidate pipelines: BG/NBD features appended to the behaviour features, then a classifier."""
+def candidates(seed: int, horizon_days: float = 30.0, btyd: BtydFit | None = None) -> dict[str, Any]:
+    """Return the candidate pipelines: buy-till-you-die features appended to the behaviour features, then a
+    classifier. `btyd`, the buy-till-you-die models already fitted on the rows the pipelines will fit, is shared
+    by them all instead of being fitted in each."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -120,8 +126,10 @@ def candidates(seed: int, horizon_days: float = 30.0) -> dict[str, Any]:
 
     from chalicelib.scoring.btyd import BtydFeatures
 
+    fitted = btyd
+
     def btyd() -> tuple[str, Any]:
-        return ("btyd", BtydFeatures(horizon_days=horizon_days))
+        return ("btyd", BtydFeatures(horizon_days=horizon_days, fitted=fitted))
 
     return {
         "logistic_regression": Pipeline(
@@ -162,10 +170,22 @@ def candidates(seed: int, horizon_days: float = 30.0) -> dict[str, Any]:
     }
 
 
-def _pool(seed: int, horizon_days: float, mode: TrainingMode) -> dict[str, Any]:
+def _pool(seed: int, horizon_days: float, mode: TrainingMode, btyd: BtydFit | None = None) -> dict[str, Any]:
     """Return the candidates the training mode lets compete: learned ones, buy-till-you-die ones, or both."""
-    learned = candidates(seed, horizon_days) if mode.learned else {}
-    return learned | btyd_candidates(mode.btyd_models, horizon_days)
+    learned = candidates(seed, horizon_days, btyd) if mode.learned else {}
+    return learned | btyd_candidates(mode.btyd_models, horizon_days, btyd)
+
+
+def _btyd_fit(X: np.ndarray, progress: Callable[[str], None]) -> BtydFit:
+    """Fit the buy-till-you-die models once on the rows every candidate and calibration fold will learn from.
+
+    They are unsupervised, so a calibration fold's pipeline may take the fit of all the rows: it sees no label
+    of the fold it is calibrated on. Fitted in each pipeline instead, Pareto/NBD alone was nine fits a training.
+    """
+    from chalicelib.scoring.btyd import BtydFit
+
+    progress(f"fitting BG/NBD and Pareto/NBD on {len(X)} rows")
+    return BtydFit.on(X)
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float]:
@@ -360,11 +380,10 @@ def _choose(
     fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None], mode: TrainingMode
 ) -> _Choice:
     """Fit every candidate on `fit`, rank them on `val` and calibrate the winner when that helps out of time."""
-    scores, fitted = _fit_candidates(fit, val, seed, horizon_days, progress, mode)
+    pool = partial(_pool, seed, horizon_days, mode, _btyd_fit(fit[0], progress))
+    scores, fitted = _fit_candidates(fit, val, pool, progress)
     winner, runner_up = _rank(scores)
-    model, method, calibration = _calibrate(
-        winner, (fitted[winner], scores[winner]["brier"]), fit, val, seed, horizon_days, progress, mode
-    )
+    model, method, calibration = _calibrate(winner, (fitted[winner], scores[winner]["brier"]), fit, val, pool, progress)
     return _Choice(winner, runner_up, model, method, calibration, scores, mode)
 
 
@@ -385,7 +404,7 @@ def _judge(
     baselines = {name: _clean(classification_metrics(y_val, p)) for name, p in baseline_p.items()}
     thresholds, tier_inputs = policy.thresholds(p_val, validation.features)
     progress("measuring feature importance")
-    importance = _importance(choice.model, X_val, y_val, seed)
+    importance = _importance(_thread_neutral(choice.model), X_val, y_val, seed)
     return _Judgement(p_val, metrics, baseline_p, baselines, thresholds, tier_inputs, importance)
 
 
@@ -393,11 +412,12 @@ def _refit(
     choice: _Choice, sets: list[LabelledSet], seed: int, horizon_days: float, progress: Callable[[str], None]
 ) -> tuple[Any, int]:
     """Refit the winner, calibrated as chosen, on every origin; return the model and the rows it was fitted on."""
-    progress(f"refitting {choice.winner} on all {sum(len(d.labels) for d in sets)} rows")
-    final = _pool(seed, horizon_days, choice.mode)[choice.winner]
+    X_all, y_all = _stack(sets)
+    btyd = _btyd_fit(X_all, progress)
+    progress(f"refitting {choice.winner} on all {y_all.size} rows")
+    final = _pool(seed, horizon_days, choice.mode, btyd)[choice.winner]
     if choice.calibration_method != "none":
         final = _calibrated(final, choice.calibration_method)
-    X_all, y_all = _stack(sets)
     final.fit(X_all, y_all)
     return final, int(y_all.size)
 
@@ -413,12 +433,14 @@ def _save_model(model: Any, out_dir: Path) -> str:
 
 
 def _thread_neutral(model: Any) -> Any:
-    """Return `model` with every fitted bin mapper's thread count back at its default (None: decided at use).
+    """Return `model` with every fitted bin mapper's thread count, and every forest's n_jobs, back at their
+    defaults (None: decided at use, and one thread).
 
     Histogram gradient boosting keeps the OpenMP thread count it was fitted with in its bin mapper, and
     nothing else of it: without this, the same training on one core and on two gives other model bytes,
     and so another version, for the same predictions.
     """
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.ensemble._hist_gradient_boosting.binning import _BinMapper
 
     pending, seen = [model], set()
@@ -429,6 +451,11 @@ def _thread_neutral(model: Any) -> Any:
         seen.add(id(node))
         if isinstance(node, _BinMapper):
             node.n_threads = None
+        elif isinstance(node, RandomForestClassifier):
+            # Fitted on two threads, a forest would predict through joblib's pool too, whose polling took
+            # two thirds of each prediction of a few hundred users (permutation importance, reason effects).
+            node.n_jobs = None
+            pending.extend(vars(node).values())
         elif isinstance(node, list | tuple):
             pending.extend(node)
         elif isinstance(node, dict):
@@ -578,12 +605,12 @@ def _evidence(
 
 
 def _fit_candidates(
-    fit: Data, val: Data, seed: int, horizon_days: float, progress: Callable[[str], None], mode: TrainingMode
+    fit: Data, val: Data, pool: Callable[[], dict[str, Any]], progress: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Fit every candidate on `fit`; return their out-of-time metrics on `val` and the fitted models, by name."""
+    """Fit every candidate of `pool()` on `fit`; return their out-of-time metrics on `val` and the fitted models."""
     scores: dict[str, dict[str, float]] = {}
     fitted: dict[str, Any] = {}
-    for name, pipeline in _pool(seed, horizon_days, mode).items():
+    for name, pipeline in pool().items():
         progress(f"fitting {name} on {len(fit[1])} rows")
         fitted[name] = pipeline.fit(*fit)
         scores[name] = _clean(classification_metrics(val[1], pipeline.predict_proba(val[0])[:, 1]))
@@ -605,10 +632,8 @@ def _calibrate(
     uncalibrated: tuple[Any, float],
     fit: Data,
     val: Data,
-    seed: int,
-    horizon_days: float,
+    pool: Callable[[], dict[str, Any]],
     progress: Callable[[str], None],
-    mode: TrainingMode,
 ) -> tuple[Any, str, dict[str, float]]:
     """Return the model to use, its calibration method and each method's out-of-time Brier score.
 
@@ -619,7 +644,7 @@ def _calibrate(
     calibration = {"none": uncalibrated[1]}
     for method in ("sigmoid", "isotonic"):
         progress(f"calibrating {winner} ({method})")
-        model = _calibrated(_pool(seed, horizon_days, mode)[winner], method).fit(*fit)
+        model = _calibrated(pool()[winner], method).fit(*fit)
         calibration[method] = round(float(np.mean((model.predict_proba(val[0])[:, 1] - val[1]) ** 2)), 6)
         if calibration[method] < calibration[calibration_method]:
             chosen_model, calibration_method = model, method

@@ -45,3 +45,19 @@ def make_events(n_users: int, n_events: int, seed: int, end: datetime, days: int
 @pytest.fixture
 def as_of() -> datetime:
     return datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def pareto_fits(monkeypatch) -> list[int]:
+    """Return the list of the row counts of every Pareto/NBD fit made while the test runs, in order."""
+    from chalicelib.scoring.pareto_nbd import ParetoNbd
+
+    fits: list[int] = []
+    original = ParetoNbd.fit
+
+    def counted(self, x, t_x, T):
+        fits.append(len(x))
+        return original(self, x, t_x, T)
+
+    monkeypatch.setattr(ParetoNbd, "fit", counted)
+    return fits

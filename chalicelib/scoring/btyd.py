@@ -8,6 +8,7 @@ the model, pickled with it, and applied wherever the model predicts (scores and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -177,13 +178,39 @@ def pareto_fit_rows(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(n, PARETO_FIT_ROWS, replace=False))
 
 
+@dataclass(frozen=True)
+class BtydFit:
+    """BG/NBD and Pareto/NBD fitted once on a set of feature rows, for every pipeline that learns from those rows.
+
+    Both fits are unsupervised, so they are the same whatever classifier, calibration fold or candidate follows:
+    training fits them once per set of rows and hands them to each pipeline (Pareto/NBD's fit is the expensive
+    part of a pipeline's fit). None stands for a model with no finite fit on the rows (say, every user seen once).
+    """
+
+    bgnbd: BgNbd | None
+    paretonbd: ParetoNbd | None
+
+    @classmethod
+    def on(cls, X: Any) -> BtydFit:
+        """Fit both models on feature rows X; Pareto/NBD on `pareto_fit_rows` of them."""
+        x, t_x, T = btyd_from_features(np.asarray(X, dtype=np.float64))
+        bgnbd = BgNbd().fit(x, t_x, T)
+        rows = pareto_fit_rows(x.size)
+        pareto = ParetoNbd().fit(x[rows], t_x[rows], T[rows])
+        return cls(
+            bgnbd if np.isfinite(bgnbd.log_likelihood_) else None,
+            pareto if np.isfinite(pareto.log_likelihood_) else None,
+        )
+
+
 class BtydFeatures(BaseEstimator, TransformerMixin):
     """Appends what BG/NBD and Pareto/NBD say of each user to the feature rows.
 
     BG/NBD gives P(alive) and P(no event in `horizon_days`); Pareto/NBD the same two and the expected events in the
     horizon (as log1p). Both are fitted on the training rows without labels, so they carry what pure transaction
     timing says into the model, and being parametric they hold where a tree cannot reach: at tenures and silences
-    longer than any in training. Pareto/NBD is fitted on `pareto_fit_rows` of them.
+    longer than any in training. `fitted`, when given, is a BtydFit of the same rows made once for several
+    pipelines; `fit` then takes it instead of fitting again.
     """
 
     COLUMNS = (
@@ -194,18 +221,18 @@ class BtydFeatures(BaseEstimator, TransformerMixin):
         "pareto_nbd_log_events",
     )
 
-    def __init__(self, horizon_days: float = 30.0) -> None:
+    # What a model pickled before `fitted` existed reads back (scikit-learn's get_params asks for every argument).
+    fitted: BtydFit | None = None
+
+    def __init__(self, horizon_days: float = 30.0, fitted: BtydFit | None = None) -> None:
         self.horizon_days = horizon_days
+        self.fitted = fitted
 
     def fit(self, X: np.ndarray, y: Any = None) -> BtydFeatures:
-        """Fit BG/NBD and Pareto/NBD on the training rows (unsupervised)."""
-        x, t_x, T = btyd_from_features(np.asarray(X, dtype=np.float64))
+        """Fit BG/NBD and Pareto/NBD on the training rows (unsupervised), or take `fitted`."""
         # A degenerate log (say, every user seen once) gives no usable fit: the columns are then constant.
-        bgnbd = BgNbd().fit(x, t_x, T)
-        self.bgnbd_ = bgnbd if np.isfinite(bgnbd.log_likelihood_) else None
-        rows = pareto_fit_rows(x.size)
-        pareto = ParetoNbd().fit(x[rows], t_x[rows], T[rows])
-        self.paretonbd_ = pareto if np.isfinite(pareto.log_likelihood_) else None
+        fit = self.fitted if self.fitted is not None else BtydFit.on(X)
+        self.bgnbd_, self.paretonbd_ = fit.bgnbd, fit.paretonbd
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from chalicelib.errors import InputError
-from chalicelib.scoring.btyd import BgNbd, btyd_from_features, pareto_fit_rows
+from chalicelib.scoring.btyd import BgNbd, BtydFit, btyd_from_features, pareto_fit_rows
 from chalicelib.scoring.pareto_nbd import ParetoNbd
 
 BTYD_MODELS = {"bg_nbd": BgNbd, "pareto_nbd": ParetoNbd}
@@ -28,9 +28,13 @@ class BtydFitError(InputError):
 class BtydClassifier(ClassifierMixin, BaseEstimator):
     """P(churn) = P(no event in `horizon_days`) under a BG/NBD or Pareto/NBD model fitted on the feature rows."""
 
-    def __init__(self, model: str = "pareto_nbd", horizon_days: float = 30.0) -> None:
+    # What a model pickled before `fitted` existed reads back (scikit-learn's get_params asks for every argument).
+    fitted: BtydFit | None = None
+
+    def __init__(self, model: str = "pareto_nbd", horizon_days: float = 30.0, fitted: BtydFit | None = None) -> None:
         self.model = model
         self.horizon_days = horizon_days
+        self.fitted = fitted  # both models fitted once on the same rows (BtydFit), taken instead of fitting again
 
     def fit(self, X: Any, y: Any = None) -> BtydClassifier:
         """Fit the buy-till-you-die model on X (unsupervised: y only sets `classes_`); return self."""
@@ -39,16 +43,23 @@ class BtydClassifier(ClassifierMixin, BaseEstimator):
         if not (np.isfinite(self.horizon_days) and self.horizon_days > 0):
             raise InputError(f"horizon_days must be a positive number, not {self.horizon_days!r}")
         self.classes_ = _classes(y)
-        x, t_x, T = btyd_from_features(_rows(X))
-        if self.model == "pareto_nbd":
-            rows = pareto_fit_rows(x.size)
-            x, t_x, T = x[rows], t_x[rows], T[rows]
-        fitted = BTYD_MODELS[self.model]().fit(x, t_x, T)
-        if not np.isfinite(fitted.log_likelihood_):
+        fitted = self._fitted_on(_rows(X))
+        if fitted is None:
             raise BtydFitError(f"{self.model} has no finite fit on these {len(_rows(X))} users")
         self.btyd_ = fitted
         self.params_ = dict(fitted.params_)
         return self
+
+    def _fitted_on(self, X: np.ndarray) -> BgNbd | ParetoNbd | None:
+        """Return the model fitted on X (taken from `fitted` when given), or None where no fit is finite."""
+        if self.fitted is not None:
+            return self.fitted.bgnbd if self.model == "bg_nbd" else self.fitted.paretonbd
+        x, t_x, T = btyd_from_features(X)
+        if self.model == "pareto_nbd":
+            rows = pareto_fit_rows(x.size)
+            x, t_x, T = x[rows], t_x[rows], T[rows]
+        fitted = BTYD_MODELS[self.model]().fit(x, t_x, T)
+        return fitted if np.isfinite(fitted.log_likelihood_) else None
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Return [[P(an event), P(no event)]] per row, in the horizon after each row's as-of time."""

@@ -55,7 +55,10 @@ class ParetoNbd:
             x0=np.zeros(4),
             method="L-BFGS-B",
             bounds=[(-_LOG_BOUND, _LOG_BOUND)] * 4,
-            options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000},
+            # Where dropout is nearly the same for everyone, s and β grow together along a flat ridge, each step
+            # dearer than the last (2F1's series lengthens with s). Tighter tolerances walked it for 700
+            # likelihoods and 66 s on 8,400 users, to gain 0.003 of log-likelihood; these stop at 225 and 13 s.
+            options={"ftol": 1e-10, "gtol": 1e-6, "maxiter": 2000},
         )
         r, alpha, s, beta = np.exp(result.x)
         self.params_ = {"r": float(r), "alpha": float(alpha / scale), "s": float(s), "beta": float(beta / scale)}

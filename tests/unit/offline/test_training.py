@@ -89,3 +89,26 @@ def test_evaluate_judges_every_user_the_schedule_scores_unless_asked_for_the_act
     assert every["n"] > active["n"] > 0
     with pytest.raises(InputError, match="population"):
         population_lookback(model, "everyone")
+
+
+@pytest.mark.slow  # a whole training: left to make test
+def test_a_training_fits_pareto_nbd_once_to_choose_once_to_refit_and_once_for_the_baseline(tmp_path, pareto_fits):
+    # GIVEN a log with three origins, and every Pareto/NBD fit counted
+    from datetime import UTC, datetime
+
+    from chalicelib.scoring.artifact import load_model
+    from churnguard_offline.generate import generate_events
+    from churnguard_offline.training import train
+
+    end = datetime(2026, 6, 1, tzinfo=UTC)
+    events = generate_events(400, 150, 4, end)
+    # WHEN it trains: three candidates, two calibrations of three folds each, a refit
+    manifest = train(events, cutoff=end.timestamp() - 30 * DAY, horizon_days=30, out_dir=tmp_path, max_origins=3)
+    # THEN Pareto/NBD was fitted three times, not in every one of those pipelines
+    assert len(pareto_fits) == 3, pareto_fits
+    assert manifest["training_data"]["rows"] in pareto_fits  # the refit: all rows, as the deployed model's own fit
+    # AND the deployed model's buy-till-you-die step holds that last fit, in every calibration fold alike
+    model = load_model(tmp_path).estimator
+    folds = [c.estimator for c in getattr(model, "calibrated_classifiers_", [])] or [model]
+    pareto = [f.named_steps["btyd"].paretonbd_ if hasattr(f, "named_steps") else f.btyd_ for f in folds]
+    assert len({tuple(p.params_.values()) for p in pareto}) == 1

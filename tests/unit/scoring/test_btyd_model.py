@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from chalicelib.errors import InputError
 from chalicelib.scoring.artifact import ChurnModel
-from chalicelib.scoring.btyd import BgNbd, btyd_from_features
+from chalicelib.scoring.btyd import BgNbd, BtydFeatures, BtydFit, btyd_from_features
 from chalicelib.scoring.btyd_model import BtydClassifier
 from chalicelib.scoring.features import FEATURE_NAMES, REASON_CODES, compute_features
 from chalicelib.scoring.pareto_nbd import ParetoNbd
@@ -86,3 +87,24 @@ def test_reason_effects_of_a_btyd_model_come_from_the_recency_and_tenure_it_read
 def test_a_btyd_classifier_predicts_nothing_for_no_rows(features):
     clf = BtydClassifier().fit(features)
     assert ChurnModel(clf, {}).predict_proba(np.zeros((0, len(FEATURE_NAMES)))).shape == (0,)
+
+
+def test_one_btyd_fit_shared_by_pipelines_and_their_clones_is_the_fit_each_would_make(features, pareto_fits):
+    # GIVEN BG/NBD and Pareto/NBD fitted once on the rows (BtydFit), and the features and classifier fitted alone
+    shared = BtydFit.on(features)
+    alone = BtydFeatures(horizon_days=45.0).fit(features)
+    assert len(pareto_fits) == 2
+    pareto_fits.clear()
+    # WHEN pipelines given the shared fit are cloned (as calibration folds are) and fitted, on a part of the rows too
+    given = clone(BtydFeatures(horizon_days=45.0, fitted=shared)).fit(features)
+    on_a_part = clone(BtydFeatures(horizon_days=45.0, fitted=shared)).fit(features[:50])
+    classifier = clone(BtydClassifier(model="pareto_nbd", horizon_days=45.0, fitted=shared)).fit(features[:50])
+    # THEN none of them fits again, and each says what fitting alone on all the rows says
+    assert pareto_fits == []
+    np.testing.assert_array_equal(given.transform(features), alone.transform(features))
+    np.testing.assert_array_equal(on_a_part.transform(features), alone.transform(features))
+    expected = ParetoNbd().fit(*btyd_from_features(features)).p_no_event(*btyd_from_features(features), 45.0)
+    np.testing.assert_allclose(classifier.predict_proba(features)[:, 1], expected)
+    # AND a shared fit that has no finite Pareto/NBD cannot make a Pareto/NBD classifier
+    with pytest.raises(InputError, match="no finite fit"):
+        BtydClassifier(model="pareto_nbd", fitted=BtydFit(shared.bgnbd, None)).fit(features)
