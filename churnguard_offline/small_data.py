@@ -17,11 +17,14 @@ refuses, naming the counts, rather than deploy a model whose quality nobody meas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from chalicelib.errors import InputError
+
+if TYPE_CHECKING:
+    from chalicelib.scoring.btyd import BtydFit
 
 # Below this many churners or stayers to fit on, no learned model is fitted (the wall `train` had before).
 LEARNED_MIN_CLASS_ROWS = 50
@@ -146,7 +149,7 @@ def training_mode(fit_labels: np.ndarray, *, out_of_time: bool, sampled: bool = 
     return TrainingMode(mode, churners, stayers, out_of_time, models)
 
 
-def btyd_candidates(models: tuple[str, ...], horizon_days: float, btyd: Any = None) -> dict[str, Any]:
+def btyd_candidates(models: tuple[str, ...], horizon_days: float, btyd: BtydFit | None = None) -> dict[str, Any]:
     """Return the BTYD-only candidates, unfitted, by name; `btyd`, a BtydFit of the rows they will fit, saves
     fitting again."""
     from chalicelib.scoring.btyd_model import BtydClassifier

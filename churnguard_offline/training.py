@@ -126,18 +126,16 @@ def candidates(seed: int, horizon_days: float = 30.0, btyd: BtydFit | None = Non
 
     from chalicelib.scoring.btyd import BtydFeatures
 
-    fitted = btyd
-
-    def btyd() -> tuple[str, Any]:
-        return ("btyd", BtydFeatures(horizon_days=horizon_days, fitted=fitted))
+    def btyd_step() -> tuple[str, Any]:
+        return ("btyd", BtydFeatures(horizon_days=horizon_days, fitted=btyd))
 
     return {
         "logistic_regression": Pipeline(
-            [btyd(), ("scale", StandardScaler()), ("clf", LogisticRegression(C=0.5, max_iter=3000))]
+            [btyd_step(), ("scale", StandardScaler()), ("clf", LogisticRegression(C=0.5, max_iter=3000))]
         ),
         "random_forest": Pipeline(
             [
-                btyd(),
+                btyd_step(),
                 (
                     "clf",
                     RandomForestClassifier(
@@ -148,7 +146,7 @@ def candidates(seed: int, horizon_days: float = 30.0, btyd: BtydFit | None = Non
         ),
         "hist_gradient_boosting": Pipeline(
             [
-                btyd(),
+                btyd_step(),
                 (
                     "clf",
                     HistGradientBoostingClassifier(
@@ -180,7 +178,8 @@ def _btyd_fit(X: np.ndarray, progress: Callable[[str], None]) -> BtydFit:
     """Fit the buy-till-you-die models once on the rows every candidate and calibration fold will learn from.
 
     They are unsupervised, so a calibration fold's pipeline may take the fit of all the rows: it sees no label
-    of the fold it is calibrated on. Fitted in each pipeline instead, Pareto/NBD alone was nine fits a training.
+    of the fold it is calibrated on. Fitted in each pipeline instead, Pareto/NBD was ten fits a training, the
+    baseline's aside.
     """
     from chalicelib.scoring.btyd import BtydFit
 
@@ -449,13 +448,12 @@ def _thread_neutral(model: Any) -> Any:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node, _BinMapper):
-            node.n_threads = None
-        elif isinstance(node, RandomForestClassifier):
+        if isinstance(node, RandomForestClassifier):
             # Fitted on two threads, a forest would predict through joblib's pool too, whose polling took
             # two thirds of each prediction of a few hundred users (permutation importance, reason effects).
             node.n_jobs = None
-            pending.extend(vars(node).values())
+        if isinstance(node, _BinMapper):
+            node.n_threads = None
         elif isinstance(node, list | tuple):
             pending.extend(node)
         elif isinstance(node, dict):

@@ -192,15 +192,19 @@ class BtydFit:
 
     @classmethod
     def on(cls, X: Any) -> BtydFit:
-        """Fit both models on feature rows X; Pareto/NBD on `pareto_fit_rows` of them."""
-        x, t_x, T = btyd_from_features(np.asarray(X, dtype=np.float64))
-        bgnbd = BgNbd().fit(x, t_x, T)
+        """Fit both models on feature rows X."""
+        return cls(finite_fit(BgNbd, X), finite_fit(ParetoNbd, X))
+
+
+def finite_fit(model: type[BgNbd] | type[ParetoNbd], X: Any) -> BgNbd | ParetoNbd | None:
+    """Return `model` fitted on feature rows X (Pareto/NBD on `pareto_fit_rows` of them), or None where no fit
+    is finite."""
+    x, t_x, T = btyd_from_features(np.asarray(X, dtype=np.float64))
+    if model is ParetoNbd:
         rows = pareto_fit_rows(x.size)
-        pareto = ParetoNbd().fit(x[rows], t_x[rows], T[rows])
-        return cls(
-            bgnbd if np.isfinite(bgnbd.log_likelihood_) else None,
-            pareto if np.isfinite(pareto.log_likelihood_) else None,
-        )
+        x, t_x, T = x[rows], t_x[rows], T[rows]
+    fitted = model().fit(x, t_x, T)
+    return fitted if np.isfinite(fitted.log_likelihood_) else None
 
 
 class BtydFeatures(BaseEstimator, TransformerMixin):

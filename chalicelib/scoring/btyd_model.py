@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from chalicelib.errors import InputError
-from chalicelib.scoring.btyd import BgNbd, BtydFit, btyd_from_features, pareto_fit_rows
+from chalicelib.scoring.btyd import BgNbd, BtydFit, btyd_from_features, finite_fit
 from chalicelib.scoring.pareto_nbd import ParetoNbd
 
 BTYD_MODELS = {"bg_nbd": BgNbd, "pareto_nbd": ParetoNbd}
@@ -54,12 +54,7 @@ class BtydClassifier(ClassifierMixin, BaseEstimator):
         """Return the model fitted on X (taken from `fitted` when given), or None where no fit is finite."""
         if self.fitted is not None:
             return self.fitted.bgnbd if self.model == "bg_nbd" else self.fitted.paretonbd
-        x, t_x, T = btyd_from_features(X)
-        if self.model == "pareto_nbd":
-            rows = pareto_fit_rows(x.size)
-            x, t_x, T = x[rows], t_x[rows], T[rows]
-        fitted = BTYD_MODELS[self.model]().fit(x, t_x, T)
-        return fitted if np.isfinite(fitted.log_likelihood_) else None
+        return finite_fit(BTYD_MODELS[self.model], X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Return [[P(an event), P(no event)]] per row, in the horizon after each row's as-of time."""
