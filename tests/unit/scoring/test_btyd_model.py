@@ -108,3 +108,65 @@ def test_one_btyd_fit_shared_by_pipelines_and_their_clones_is_the_fit_each_would
     # AND a shared fit that has no finite Pareto/NBD cannot make a Pareto/NBD classifier
     with pytest.raises(InputError, match="no finite fit"):
         BtydClassifier(model="pareto_nbd", fitted=BtydFit(shared.bgnbd, None)).fit(features)
+
+
+def _fresh_columns(step: BtydFeatures, rows: np.ndarray) -> np.ndarray:
+    """Return what `step` says of `rows` with nothing remembered from earlier calls."""
+    step.__dict__.pop("_memo", None)
+    return step.transform(rows)
+
+
+def test_btyd_columns_answered_from_the_memo_are_those_computed_afresh(features, monkeypatch):
+    # GIVEN a fitted step that counts the rows it hands to BG/NBD and Pareto/NBD
+    step = BtydFeatures(horizon_days=30.0).fit(features)
+    computed: list[int] = []
+    original = BtydFeatures._columns
+    monkeypatch.setattr(BtydFeatures, "_columns", lambda self, *a: computed.append(a[0].size) or original(self, *a))
+    first = step.transform(features)
+    # WHEN the same users come back with other features changed (a reason group reset), ten repeat buyers among them
+    # with another recency (which a one-event user's inputs do not hold)
+    block = features.copy()
+    block[:, FEATURE_NAMES.index("spend_trend")] = 0.0
+    moved = np.flatnonzero(btyd_from_features(features)[0] > 0)[:10]
+    block[moved, FEATURE_NAMES.index("recency_days")] -= 1.0
+    again = step.transform(block)
+    # THEN only the ten rows whose buy-till-you-die inputs changed are computed, and every answer is the fresh one
+    assert computed == [len(features), 10]
+    np.testing.assert_array_equal(first, _fresh_columns(step, features))
+    np.testing.assert_array_equal(again, _fresh_columns(step, block))
+    assert not np.array_equal(again[moved, -5:], first[moved, -5:])
+
+
+def test_a_refitted_step_forgets_the_columns_of_its_earlier_fit(features):
+    # GIVEN a step that has answered for every user
+    step = BtydFeatures(horizon_days=30.0).fit(features)
+    before = step.transform(features)
+    # WHEN it is fitted again on other rows
+    step.fit(features[:60])
+    # THEN it answers with the new fit, not from what it remembered
+    after = step.transform(features)
+    assert not np.array_equal(after[:, -5:], before[:, -5:])
+    np.testing.assert_array_equal(after, BtydFeatures(horizon_days=30.0).fit(features[:60]).transform(features))
+
+
+def test_the_memo_is_never_pickled_and_stays_bounded(features, monkeypatch):
+    import pickle
+
+    from chalicelib.scoring import btyd
+
+    # GIVEN a fitted step, pickled before it predicted anything
+    step = BtydFeatures(horizon_days=30.0).fit(features)
+    unused = pickle.dumps(step)
+    # WHEN it predicts, then is pickled again (training saves the model after judging it)
+    step.transform(features)
+    # THEN the artifact's bytes are those of the unused step, and the copy predicts the same
+    assert pickle.dumps(step) == unused
+    np.testing.assert_array_equal(pickle.loads(unused).transform(features), step.transform(features))
+    # AND calls beyond the memo's size are computed straight away, while the memo is cleared when it fills
+    monkeypatch.setattr(btyd, "MEMO_ROWS", 50)
+    step.__dict__.pop("_memo", None)
+    step.transform(features)
+    assert "_memo" not in step.__dict__
+    for start in range(0, 200, 40):
+        step.transform(features[start : start + 40])
+        assert len(step._memo) <= 90
