@@ -6,4 +6,4 @@ writes it after training into model_artifacts/, `scripts/package.py` writes it i
 that the staged artifact matches it, and a test checks that it matches the committed model_artifacts/.
 """
 
-MODEL_SHA256 = "21be5da2530f82f9a7d87e5f57a1641c7a9635982439dddcbae1bcb12bc338e3"
+MODEL_SHA256 = "dfb1bf4c9db5329c35412f8f01873f5b3a0e306764fe8d9c004189efb0ce9e5f"
