@@ -5,6 +5,9 @@ A. On logs drawn from a Pareto/NBD process (churnguard_offline.btyd_logs), `trai
    model's (the generator's own Pareto/NBD) on exactly the same users. Criterion: model >= true - 0.005.
 B. On purchases-only logs, train on the first twelve months (six-month horizon), evaluate at month twelve on the
    whole log. Criterion: model >= the better of the bg_nbd and pareto_nbd baselines that `evaluate` reports + 0.005.
+   Beside it, two ceilings on the same users say how much there is to gain: boosting fitted on the scoring date's
+   own users and labels (cross-fitted, no shift in time), from the model's features and buy-till-you-die columns,
+   the most those say; and the same knowing each user's hidden persona, which no log shows.
 
 Each figure comes with a paired bootstrap standard error of the gap (users resampled, the models held fixed):
 the noise of the measurement on one log, not of training. Prints a table per scenario, a verdict per
@@ -31,14 +34,16 @@ sys.path.insert(0, str(ROOT))
 
 from chalicelib.errors import InputError  # noqa: E402
 from chalicelib.scoring.artifact import load_model  # noqa: E402
+from chalicelib.scoring.btyd import BtydFeatures  # noqa: E402
 from chalicelib.scoring.events import SECONDS_PER_DAY, EventBatch  # noqa: E402
 from churnguard_offline.baselines import Baselines  # noqa: E402
 from churnguard_offline.btyd_logs import CDNOW, simulate_pareto_nbd, true_p_no_event  # noqa: E402
-from churnguard_offline.generate import generate_events  # noqa: E402
+from churnguard_offline.generate import PERSONAS, simulate_population  # noqa: E402
 from churnguard_offline.training import evaluate, labelled_set, population_lookback, train  # noqa: E402
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
 MARGIN = 0.005
+CEILING_FOLDS = 5
 # The baselines scenario B must beat: the buy-till-you-die models among those `evaluate` reports.
 BTYD_BASELINES = ("bg_nbd", "pareto_nbd")
 
@@ -147,7 +152,8 @@ def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
     """Scenario B on one seed: the model against the better buy-till-you-die baseline at month twelve."""
     end = END.timestamp()
     cut = end - spec.horizon_days * SECONDS_PER_DAY
-    events = generate_events(spec.users, spec.days, spec.seed, END, kind="purchases")
+    population = simulate_population(spec.users, spec.days, spec.seed, END, kind="purchases")
+    events = population.batch.select(np.ones(len(population.batch), dtype=bool))  # `generate`'s log: users with events
     _log(f"  B seed {spec.seed}: {len(events)} purchases by {len(events.user_ids)} users; training")
     model, manifest = _train_until(events, cut, spec, work)
     reported = evaluate(model, events, cut, spec.horizon_days, data_end=end)
@@ -159,8 +165,12 @@ def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
     p_model = model.predict_proba(data.features)
     p_best = _baseline_predictions(model, events, data, best, end)
     model_auc = auc(data.labels, p_model)
+    _log(f"  B seed {spec.seed}: ceilings ({CEILING_FOLDS}-fold boosting on the scoring date's own users)")
+    persona = population.persona[[int(user_id[1:]) - 1 for user_id in data.user_ids]]  # ids are u<index + 1>
     return _run_record(spec.seed, manifest, reported, data) | {
         "model_auc": round(model_auc, 6),
+        "in_time_ceiling_auc": round(in_time_ceiling(data, spec.seed), 6),
+        "persona_known_auc": round(in_time_ceiling(data, spec.seed, np.eye(len(PERSONAS))[persona]), 6),
         "baselines_auc": baselines,
         "best_baseline": best,
         # the same baseline refitted here for the bootstrap: it must reproduce what evaluate reported
@@ -169,6 +179,25 @@ def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
         "gap_se": round(gap_standard_error(data.labels, p_model, p_best, spec.bootstrap_draws, spec.seed), 6),
         "passed": bool(model_auc >= baselines[best] + MARGIN),
     }
+
+
+def in_time_ceiling(data: Any, seed: int, hidden: np.ndarray | None = None) -> float:
+    """Return the AUC of boosting fitted on `data`'s own users and labels, cross-fitted over CEILING_FOLDS folds,
+    from the model's features and buy-till-you-die columns (and `hidden`, per-user truth no log holds, if given).
+
+    Scored in time, on the very users and date it is judged on, it shows the most those inputs can say; a model
+    trained at an earlier date can only come near it.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    X = BtydFeatures(data.horizon_days).fit(data.features).transform(data.features)
+    if hidden is not None:
+        X = np.column_stack([X, hidden])
+    folds = StratifiedKFold(CEILING_FOLDS, shuffle=True, random_state=seed)
+    booster = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, random_state=seed)
+    p = cross_val_predict(booster, X, data.labels, cv=folds, method="predict_proba")[:, 1]
+    return auc(data.labels, p)
 
 
 def _baseline_predictions(model: Any, events: EventBatch, data: Any, name: str, end: float) -> np.ndarray:
@@ -196,14 +225,17 @@ def _compared(name: str, run: dict[str, Any]) -> str:
 def _table(name: str, runs: list[dict[str, Any]]) -> str:
     """Return one scenario's runs as a Markdown table."""
     other = "true" if name == "pareto_nbd" else "best BTYD"
+    ceilings = name == "purchases"
     lines = [
-        f"| seed | users | churn rate | model AUC | {other} AUC | gap | gap s.e. | passed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| seed | users | churn rate | model AUC | {other} AUC | gap | gap s.e. | passed |"
+        + (" in-time ceiling | persona known |" if ceilings else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if ceilings else ""),
     ]
     for run in runs:
         lines.append(
             f"| {run['seed']} | {run['n']} | {run['churn_rate']:.3f} | {run['model_auc']:.4f} | "
             f"{_compared(name, run)} | {run['gap']:+.4f} | {run['gap_se']:.4f} | {'yes' if run['passed'] else 'NO'} |"
+            + (f" {run['in_time_ceiling_auc']:.4f} | {run['persona_known_auc']:.4f} |" if ceilings else "")
         )
     return "\n".join(lines)
 

@@ -166,9 +166,10 @@ def btyd_from_features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 PARETO_FIT_ROWS = 10_000
-# BtydFeatures remembers the columns of at most this many distinct rows; larger calls (offline scoring of a
-# whole log) compute them straight away.
-MEMO_ROWS = 16_384
+# BtydFeatures remembers the columns of this many distinct rows before it starts afresh (at most twice this many,
+# about 330 bytes a row: 42 MiB); larger calls compute them straight away. It covers the offline `score` command's
+# chunk of 50,000 users, so their reason effects reuse the columns of their scores, as a Lambda's chunks do.
+MEMO_ROWS = 65_536
 
 
 def pareto_fit_rows(n: int) -> np.ndarray:

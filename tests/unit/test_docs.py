@@ -133,3 +133,21 @@ def test_every_example_is_valid_against_the_schema_it_names():
             f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(json.loads(body))
         ]
         assert not errors, f"{page.relative_to(ROOT)}: example of {schema} is invalid: {errors}"
+
+
+def _floats(text: str) -> list[float]:
+    return [float(number) for number in re.findall(r"[-+]?\d+\.\d+", text.replace("−", "-"))]
+
+
+def test_the_model_cards_proof_states_the_figures_measured_in_docs():
+    from churnguard_offline.model_card import _PROOF
+
+    # GIVEN the three-seed proof table of docs/model.md, whose sixth column is each run's gap
+    rows = [line for line in (ROOT / "docs" / "model.md").read_text().splitlines() if re.match(r"\| [AB] \|", line)]
+    card = [line for line in _PROOF if line.startswith("| ")][1:]  # the card's table below its header: a row a scenario
+    # THEN the card gives, per scenario, the lowest and highest gap the docs measured
+    assert len(rows) == 6 and len(card) == 2
+    for scenario, line in zip("AB", card, strict=True):
+        gaps = [_floats(row.split("|")[6])[0] for row in rows if row.startswith(f"| {scenario} |")]
+        stated = _floats(line.split("|")[5])
+        assert stated == [min(gaps), max(gaps)], (scenario, stated, gaps)

@@ -31,6 +31,27 @@ def test_gap_standard_error_is_zero_for_identical_scores_and_positive_for_differ
     assert np.isnan(prove_model.gap_standard_error(y, p, p, 0, 1))
 
 
+def test_the_in_time_ceiling_learns_what_its_inputs_hold_and_no_more():
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from chalicelib.scoring.features import compute_features
+    from chalicelib.scoring.state import build_state
+    from churnguard_offline.generate import generate_events
+
+    # GIVEN users whose labels are coin flips that only a hidden per-user column knows
+    end = datetime(2026, 6, 1, tzinfo=UTC)
+    features = compute_features(build_state(generate_events(300, 120, 5, end)).values, end.timestamp())
+    labels = np.random.default_rng(2).integers(0, 2, len(features))
+    data = SimpleNamespace(features=features, labels=labels, horizon_days=30.0)
+    # WHEN the ceiling is measured from the features alone, then knowing the hidden column
+    blind = prove_model.in_time_ceiling(data, seed=1)
+    knowing = prove_model.in_time_ceiling(data, seed=1, hidden=labels[:, None].astype(float))
+    # THEN the features say nothing (cross-fitted: no fold sees its own labels) and the hidden truth says all
+    assert abs(blind - 0.5) < 0.1
+    assert knowing > 0.99
+
+
 def test_a_window_too_short_for_two_horizons_exits_2_saying_why(tmp_path, capsys):
     out = tmp_path / "figures.json"
     argv = ["--scenarios", "pareto_nbd", "--users-pareto", "300", "--days", "100", "--seeds", "1", "--out", str(out)]
@@ -63,8 +84,9 @@ def test_proof_runs_end_to_end_on_tiny_logs_and_writes_every_figure(tmp_path, ca
     assert a["runs"][0]["gap"] == pytest.approx(a["runs"][0]["model_auc"] - a["runs"][0]["true_auc"], abs=1e-6)
     b_run = b["runs"][0]
     assert set(b_run["baselines_auc"]) == {"bg_nbd", "pareto_nbd"}
+    assert 0.5 < b_run["in_time_ceiling_auc"] <= 1 and 0.5 < b_run["persona_known_auc"] <= 1
     assert b_run["best_baseline_auc_refitted"] == pytest.approx(
         b_run["baselines_auc"][b_run["best_baseline"]], abs=1e-6
     )
     printed = capsys.readouterr().out
-    assert "| seed |" in printed and "overall: " in printed
+    assert "| seed |" in printed and "overall: " in printed and "| in-time ceiling | persona known |" in printed

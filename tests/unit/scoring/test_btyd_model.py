@@ -162,6 +162,10 @@ def test_the_memo_is_never_pickled_and_stays_bounded(features, monkeypatch):
     # THEN the artifact's bytes are those of the unused step, and the copy predicts the same
     assert pickle.dumps(step) == unused
     np.testing.assert_array_equal(pickle.loads(unused).transform(features), step.transform(features))
+    # AND a chunk of the offline `score` command fits in the memo, so its reason effects reuse its scores' columns
+    from churnguard_offline.cli import SCORE_CHUNK_USERS
+
+    assert SCORE_CHUNK_USERS <= btyd.MEMO_ROWS
     # AND calls beyond the memo's size are computed straight away, while the memo is cleared when it fills
     monkeypatch.setattr(btyd, "MEMO_ROWS", 50)
     step.__dict__.pop("_memo", None)
