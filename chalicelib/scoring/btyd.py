@@ -166,10 +166,6 @@ def btyd_from_features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 PARETO_FIT_ROWS = 10_000
-# BtydFeatures remembers the columns of this many distinct rows before it starts afresh (at most twice this many,
-# about 330 bytes a row: 42 MiB); larger calls compute them straight away. It covers the offline `score` command's
-# chunk of 50,000 users, so their reason effects reuse the columns of their scores, as a Lambda's chunks do.
-MEMO_ROWS = 65_536
 
 
 def pareto_fit_rows(n: int) -> np.ndarray:
@@ -241,36 +237,13 @@ class BtydFeatures(BaseEstimator, TransformerMixin):
         # A degenerate log (say, every user seen once) gives no usable fit: the columns are then constant.
         fit = self.fitted if self.fitted is not None else BtydFit.on(X)
         self.bgnbd_, self.paretonbd_ = fit.bgnbd, fit.paretonbd
-        self.__dict__.pop("_memo", None)  # columns of the models fitted before are no longer this step's
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """Return X with len(COLUMNS) more columns, in COLUMNS order.
-
-        The columns depend on three inputs only (events, tenure, recency), so rows seen by a recent call are
-        answered from a memo: reason effects predict the same users once per reason, most of them changing none
-        of the three, and a calibrated model predicts the same rows once per fold. Pareto/NBD costs tens of
-        microseconds a row, most of a scoring run's CPU without the memo.
-        """
+        """Return X with len(COLUMNS) more columns, in COLUMNS order."""
         X = np.asarray(X, dtype=np.float64)
+        n = len(X)
         x, t_x, T = btyd_from_features(X)
-        if len(X) > MEMO_ROWS:
-            return np.column_stack([X, self._columns(x, t_x, T)])
-        memo = self.__dict__.get("_memo")
-        if memo is None or len(memo) > MEMO_ROWS:
-            memo = self._memo = {}
-        keys = list(zip(x.tolist(), t_x.tolist(), T.tolist(), strict=True))
-        missing = [i for i, key in enumerate(keys) if key not in memo]
-        if missing:
-            computed = self._columns(x[missing], t_x[missing], T[missing])
-            for i, row in zip(missing, computed, strict=True):
-                memo[keys[i]] = row
-        extra = np.array([memo[key] for key in keys]).reshape(len(X), len(self.COLUMNS))
-        return np.column_stack([X, extra])
-
-    def _columns(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
-        """Return the [rows, COLUMNS] that BG/NBD and Pareto/NBD give for the inputs (x, t_x, T)."""
-        n = x.size
         if self.bgnbd_ is None:
             bg = [np.ones(n), np.full(n, 0.5)]
         else:
@@ -280,10 +253,4 @@ class BtydFeatures(BaseEstimator, TransformerMixin):
         else:
             alive, none, expected = self.paretonbd_.horizon_view(x, t_x, T, self.horizon_days)
             pareto = [alive, none, np.log1p(expected)]
-        return np.column_stack([*bg, *pareto])
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle the fitted step without its memo: an artifact's bytes do not depend on what it predicted."""
-        state = super().__getstate__()
-        state.pop("_memo", None)
-        return state
+        return np.column_stack([X, *bg, *pareto])

@@ -135,3 +135,40 @@ def test_one_rate_far_above_the_other_stays_finite_for_heavy_buyers():
     for p in (model.p_alive(x, t_x, T), model.p_no_event(x, t_x, T, 30.0)):
         assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
     assert np.all(np.isfinite(model.log_likelihood(x, t_x, T)))
+
+
+def _cases(rng: np.random.Generator, n: int) -> list[tuple[float, float, float, float]]:
+    """Return (B, C, low + t, top + t) of 2F1(1, B; C; z), z = 1 - (low + t)/(top + t), as Pareto/NBD makes them."""
+    cases = []
+    for _ in range(n):
+        r, s = rng.uniform(0.05, 5.0), 10 ** rng.uniform(-1.5, 2.5)
+        x = float(rng.integers(0, 300) if rng.random() < 0.7 else rng.integers(0, 5))
+        low, top = sorted((10 ** rng.uniform(-1, 3), 10 ** rng.uniform(-1, 6)))
+        b = r + x if rng.random() < 0.7 else s + 1.0  # β above α, or α above β
+        t = rng.uniform(0.0, 1000.0)
+        cases.append((r + s + x + 1.0 - b, r + s + x + 1.0, low + t, top + t))
+    return cases
+
+
+def test_the_series_near_z_1_is_2f1_to_the_last_digits_where_scipy_is_slow_or_overflows():
+    import mpmath
+
+    from chalicelib.scoring import pareto_nbd
+
+    # GIVEN 2F1's arguments as Pareto/NBD's customers make them, most of them near z = 1, and some where
+    # c - a - b is an integer or nearly (left to scipy) or below zero (x = 0, r < 1)
+    rng = np.random.default_rng(11)
+    edges = [(63.4, 64.9, 6.3, 73220.0), (63.4, 64.4 + 1e-3, 6.3, 73220.0), (2.0, 2.5, 1.0, 5e4)]
+    cases = [*_cases(rng, 400), *edges]
+    B, C, near, far = (np.array(column) for column in zip(*cases, strict=True))
+    # WHEN the series is taken as training and scoring take it
+    got = pareto_nbd._log_euler_series(B, C, (far - near) / far, np.log(near) - np.log(far))
+    # THEN it is mpmath's at 40 digits within 1e-12 (relative to the log, or absolute below 1)
+    mpmath.mp.dps = 40
+    want = np.array(
+        [float(mpmath.log(mpmath.hyp2f1(1, b, c, 1 - mpmath.mpf(lo) / mpmath.mpf(hi)))) for b, c, lo, hi in cases]
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # AND most of these cases took the series near 1, not scipy
+    y = near / far
+    assert np.mean((y * np.maximum(B, 1.0) < pareto_nbd._NEAR_ONE) & (y < 0.1)) > 0.2
