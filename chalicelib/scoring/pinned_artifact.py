@@ -6,4 +6,4 @@ writes it after training into model_artifacts/, `scripts/package.py` writes it i
 that the staged artifact matches it, and a test checks that it matches the committed model_artifacts/.
 """
 
-MODEL_SHA256 = "dfb1bf4c9db5329c35412f8f01873f5b3a0e306764fe8d9c004189efb0ce9e5f"
+MODEL_SHA256 = "3231b53321b106a6d842047452600904a53a9aeb6681d5fdb046884ab314bdcb"
