@@ -100,8 +100,11 @@ def generate_events(
         from churnguard_offline.btyd_logs import simulate_pareto_nbd
 
         return simulate_pareto_nbd(n_users, days, seed, as_of, progress=progress)[0]
-    population = simulate_population(n_users, days, seed, as_of, kind=kind, progress=progress)
-    batch = population.batch
+    return users_with_events(simulate_population(n_users, days, seed, as_of, kind=kind, progress=progress).batch)
+
+
+def users_with_events(batch: EventBatch) -> EventBatch:
+    """Return a simulated population's events as a log holds them: only the users who have any."""
     if np.bincount(batch.user_index, minlength=len(batch.user_ids)).all():
         return batch
     return batch.select(np.ones(len(batch), dtype=bool))

@@ -38,7 +38,7 @@ from chalicelib.scoring.btyd import BtydFeatures  # noqa: E402
 from chalicelib.scoring.events import SECONDS_PER_DAY, EventBatch  # noqa: E402
 from churnguard_offline.baselines import Baselines  # noqa: E402
 from churnguard_offline.btyd_logs import CDNOW, simulate_pareto_nbd, true_p_no_event  # noqa: E402
-from churnguard_offline.generate import PERSONAS, simulate_population  # noqa: E402
+from churnguard_offline.generate import PERSONAS, simulate_population, users_with_events  # noqa: E402
 from churnguard_offline.training import evaluate, labelled_set, population_lookback, train  # noqa: E402
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
@@ -153,7 +153,7 @@ def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
     end = END.timestamp()
     cut = end - spec.horizon_days * SECONDS_PER_DAY
     population = simulate_population(spec.users, spec.days, spec.seed, END, kind="purchases")
-    events = population.batch.select(np.ones(len(population.batch), dtype=bool))  # `generate`'s log: users with events
+    events = users_with_events(population.batch)  # the log `generate` writes
     _log(f"  B seed {spec.seed}: {len(events)} purchases by {len(events.user_ids)} users; training")
     model, manifest = _train_until(events, cut, spec, work)
     reported = evaluate(model, events, cut, spec.horizon_days, data_end=end)
@@ -166,11 +166,13 @@ def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
     p_best = _baseline_predictions(model, events, data, best, end)
     model_auc = auc(data.labels, p_model)
     _log(f"  B seed {spec.seed}: ceilings ({CEILING_FOLDS}-fold boosting on the scoring date's own users)")
-    persona = population.persona[[int(user_id[1:]) - 1 for user_id in data.user_ids]]  # ids are u<index + 1>
+    index = {user_id: i for i, user_id in enumerate(population.batch.user_ids)}
+    persona = np.eye(len(PERSONAS))[population.persona[[index[user_id] for user_id in data.user_ids]]]
+    inputs = ceiling_inputs(data)
     return _run_record(spec.seed, manifest, reported, data) | {
         "model_auc": round(model_auc, 6),
-        "in_time_ceiling_auc": round(in_time_ceiling(data, spec.seed), 6),
-        "persona_known_auc": round(in_time_ceiling(data, spec.seed, np.eye(len(PERSONAS))[persona]), 6),
+        "in_time_ceiling_auc": round(in_time_ceiling(inputs, data.labels, spec.seed), 6),
+        "persona_known_auc": round(in_time_ceiling(np.column_stack([inputs, persona]), data.labels, spec.seed), 6),
         "baselines_auc": baselines,
         "best_baseline": best,
         # the same baseline refitted here for the bootstrap: it must reproduce what evaluate reported
@@ -181,23 +183,25 @@ def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
     }
 
 
-def in_time_ceiling(data: Any, seed: int, hidden: np.ndarray | None = None) -> float:
-    """Return the AUC of boosting fitted on `data`'s own users and labels, cross-fitted over CEILING_FOLDS folds,
-    from the model's features and buy-till-you-die columns (and `hidden`, per-user truth no log holds, if given).
+def ceiling_inputs(data: Any) -> np.ndarray:
+    """Return what the model reads of `data`'s users: their features and the buy-till-you-die columns."""
+    return BtydFeatures(data.horizon_days).fit(data.features).transform(data.features)
 
-    Scored in time, on the very users and date it is judged on, it shows the most those inputs can say; a model
-    trained at an earlier date can only come near it.
+
+def in_time_ceiling(X: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """Return the AUC of boosting fitted on rows X and their own labels, cross-fitted over CEILING_FOLDS folds.
+
+    On the model's inputs (`ceiling_inputs`) at the very users and date it is judged on, scored in time, it shows the
+    most those inputs can say; a model trained at an earlier date can only come near it. Columns of per-user truth
+    that no log holds, added to X, show what knowing them would be worth.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    X = BtydFeatures(data.horizon_days).fit(data.features).transform(data.features)
-    if hidden is not None:
-        X = np.column_stack([X, hidden])
     folds = StratifiedKFold(CEILING_FOLDS, shuffle=True, random_state=seed)
     booster = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, random_state=seed)
-    p = cross_val_predict(booster, X, data.labels, cv=folds, method="predict_proba")[:, 1]
-    return auc(data.labels, p)
+    p = cross_val_predict(booster, X, labels, cv=folds, method="predict_proba")[:, 1]
+    return auc(labels, p)
 
 
 def _baseline_predictions(model: Any, events: EventBatch, data: Any, name: str, end: float) -> np.ndarray:

@@ -136,19 +136,25 @@ def _log_f(r: float, alpha: float, s: float, beta: float, x: np.ndarray, t: np.n
     return log_series + (1.0 - b) * (log_near - log_far) - a * log_far
 
 
-# Where 1 - z is this small against the series' second parameter, and its c - a - b this far from an integer, the
-# series is summed around z = 1 (`_log_series_near_one`) instead of by scipy, which takes ~10 µs an evaluation there.
+# Where 1 - z is this small, also against the series' second parameter, and its c - a - b this far from an integer,
+# the series is summed around z = 1 (`_log_series_near_one`) instead of by scipy, which takes ~10 µs an evaluation
+# there.
 _NEAR_ONE = 0.5
+_NEAR_ONE_Y = 0.1
 _OFF_INTEGER = 0.02
 _NEAR_ONE_TERMS = 80
+
+
+def near_one(B: np.ndarray, D: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Return where 2F1(1, B; C; 1 - y), D = C - 1 - B, is summed around z = 1 rather than left to scipy."""
+    return (y * np.maximum(B, 1.0) < _NEAR_ONE) & (y < _NEAR_ONE_Y) & (np.abs(D - np.round(D)) > _OFF_INTEGER)
 
 
 def _log_euler_series(B: np.ndarray, C: np.ndarray, z: np.ndarray, log_y: np.ndarray) -> np.ndarray:
     """Return log 2F1(1, B; C; z), given log(1 - z) as `log_y` (exact where z rounds to 1)."""
     B, C, z, log_y = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (B, C, z, log_y)))
     D = C - 1.0 - B
-    y = np.exp(log_y)
-    near = (y * np.maximum(B, 1.0) < _NEAR_ONE) & (y < 0.1) & (np.abs(D - np.round(D)) > _OFF_INTEGER)
+    near = near_one(B, D, np.exp(log_y))
     out = np.full(z.shape, np.nan)
     out[near] = _log_series_near_one(B[near], C[near], D[near], log_y[near])
     far = ~np.isfinite(out)  # the rows not near 1, and any whose series did not settle in _NEAR_ONE_TERMS terms

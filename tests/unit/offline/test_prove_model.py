@@ -45,8 +45,9 @@ def test_the_in_time_ceiling_learns_what_its_inputs_hold_and_no_more():
     labels = np.random.default_rng(2).integers(0, 2, len(features))
     data = SimpleNamespace(features=features, labels=labels, horizon_days=30.0)
     # WHEN the ceiling is measured from the features alone, then knowing the hidden column
-    blind = prove_model.in_time_ceiling(data, seed=1)
-    knowing = prove_model.in_time_ceiling(data, seed=1, hidden=labels[:, None].astype(float))
+    inputs = prove_model.ceiling_inputs(data)
+    blind = prove_model.in_time_ceiling(inputs, labels, seed=1)
+    knowing = prove_model.in_time_ceiling(np.column_stack([inputs, labels]), labels, seed=1)
     # THEN the features say nothing (cross-fitted: no fold sees its own labels) and the hidden truth says all
     assert abs(blind - 0.5) < 0.1
     assert knowing > 0.99

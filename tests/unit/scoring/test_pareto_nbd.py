@@ -170,5 +170,4 @@ def test_the_series_near_z_1_is_2f1_to_the_last_digits_where_scipy_is_slow_or_ov
     )
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     # AND most of these cases took the series near 1, not scipy
-    y = near / far
-    assert np.mean((y * np.maximum(B, 1.0) < pareto_nbd._NEAR_ONE) & (y < 0.1)) > 0.2
+    assert np.mean(pareto_nbd.near_one(B, C - 1.0 - B, near / far)) > 0.2
