@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import gammaln, gammasgn, hyp2f1
+from scipy.special import gammaln, gammasgn, hyp2f1, logsumexp
 
 from chalicelib.errors import InputError
 from chalicelib.scoring.btyd_summary import checked_inputs, fit_inputs
@@ -157,9 +157,53 @@ def _log_euler_series(B: np.ndarray, C: np.ndarray, z: np.ndarray, log_y: np.nda
     near = near_one(B, D, np.exp(log_y))
     out = np.full(z.shape, np.nan)
     out[near] = _log_series_near_one(B[near], C[near], D[near], log_y[near])
-    far = ~np.isfinite(out)  # the rows not near 1, and any whose series did not settle in _NEAR_ONE_TERMS terms
-    out[far] = np.log(hyp2f1(1.0, B[far], C[far], z[far]))
+    rest = ~np.isfinite(out)  # the rows not near 1, and any whose series did not settle in _NEAR_ONE_TERMS terms
+    # Near 1 with a large B, scipy loses up to 1e-5 of the log where D is nearly an integer and overflows to NaN
+    # where B y passes ~0.5; quadrature keeps to 1e-11 there (checked against mpmath).
+    integral = rest & (B >= _INTEGRAL_B) & (np.exp(log_y) < _NEAR_ONE_Y)
+    scipy_rows = rest & ~integral
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[scipy_rows] = np.log(hyp2f1(1.0, B[scipy_rows], C[scipy_rows], z[scipy_rows]))
+    integral |= scipy_rows & ~np.isfinite(out)  # and wherever else scipy fails
+    if integral.any():
+        out[integral] = _log_integral(B[integral], C[integral], log_y[integral])
     return out
+
+
+# From this B on, rows near 1 that the series does not take go to quadrature rather than scipy.
+_INTEGRAL_B = 20.0
+
+
+# Gauss-Legendre nodes of each of `_log_integral`'s four panels.
+_PANEL_X, _PANEL_W = np.polynomial.legendre.leggauss(48)
+# How far below the bend the left panel reaches, in units of 1 / (C - 1): the integrand has fallen by e^-60 there.
+_LEFT_REACH = 60.0
+
+
+def _log_integral(B: np.ndarray, C: np.ndarray, log_y: np.ndarray) -> np.ndarray:
+    """Return log 2F1(1, B; C; 1 - y) by quadrature of Euler's integral, for any B > 0, C > 1.
+
+    2F1(1, B; C; z) = (C-1) ∫ u^(C-2) (y + (1-y)u)^-B du over (0, 1); with u = e^v that is
+    (C-1) ∫ exp((C-1)v - B log(y + (1-y)e^v)) dv over v < 0, summed in logs, so nothing overflows. The log of the
+    integrand bends at v0 = log(y / (1-y)): it falls at slope C - 1 below v0 and moves at slope D = C-1-B above it.
+    The panels follow that shape: below v0; from v0 a quarter of the way up; on to where a steep rise (large D)
+    begins; and the last stretch to 0. Where it is used it agrees with mpmath to about 1e-11; it takes ~16 µs a
+    row, scipy ~10.
+    """
+    y = np.exp(log_y)
+    rise = C - 1.0
+    bend = np.minimum(log_y - np.log1p(-y), 0.0)
+    steep = np.maximum(bend, -20.0 / np.maximum(rise - B, 1.0))
+    edges = np.stack([bend - _LEFT_REACH / rise, bend, bend + 0.25 * (steep - bend), steep, np.zeros_like(bend)], 1)
+    edges = np.sort(edges, axis=1)
+    half = (edges[:, 1:] - edges[:, :-1]) / 2.0
+    v = (edges[:, 1:] + edges[:, :-1])[:, :, None] / 2.0 + half[:, :, None] * _PANEL_X
+    log_integrand = rise[:, None, None] * v - B[:, None, None] * np.logaddexp(
+        log_y[:, None, None], np.log1p(-y)[:, None, None] + v
+    )
+    with np.errstate(divide="ignore"):  # an empty panel (two edges equal) weighs log 0
+        log_weight = np.log(half)[:, :, None] + np.log(_PANEL_W)
+    return np.log(rise) + logsumexp((log_integrand + log_weight).reshape(B.size, -1), axis=1)
 
 
 def _log_series_near_one(B: np.ndarray, C: np.ndarray, D: np.ndarray, log_y: np.ndarray) -> np.ndarray:

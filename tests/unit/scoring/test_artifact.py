@@ -129,3 +129,25 @@ def test_pin_model_rewrites_only_the_pin(tmp_path):
     assert [line for line in after.splitlines() if "MODEL_SHA256 =" not in line] == [
         line for line in before.splitlines() if "MODEL_SHA256 =" not in line
     ]
+
+
+def test_the_committed_model_scores_a_long_silent_user_of_any_tenure_as_it_does_at_a_shorter_one():
+    import numpy as np
+
+    # GIVEN the typical user, with one to six events in all and silent for 60% of their tenure
+    model = load_model(ARTIFACT)
+    rows = []
+    for tenure in (500.0, 583.0, 650.0, 730.0):  # all within the 730-day retention window the schedule scores
+        for events in range(1, 7):
+            row = model.reference.copy()
+            row[FEATURE_NAMES.index("tenure_days")] = tenure
+            row[FEATURE_NAMES.index("log_events_total")] = np.log1p(events)
+            row[FEATURE_NAMES.index("recency_days")] = 0.6 * tenure
+            rows.append(row)
+    # WHEN the model scores them
+    probability = model.predict_proba(np.array(rows)).reshape(4, 6)
+    # THEN longer tenure and silence never make them look safer: Pareto/NBD's columns stay finite past ~583 days,
+    # where they once fell to NaN and these users into the trees' missing-value branch (0.27 instead of 0.86)
+    assert np.all(np.isfinite(probability))
+    assert np.all(np.diff(probability, axis=0) >= -1e-9)
+    assert np.all(probability[1:] >= model.risk_thresholds["high"])

@@ -171,3 +171,67 @@ def test_the_series_near_z_1_is_2f1_to_the_last_digits_where_scipy_is_slow_or_ov
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     # AND most of these cases took the series near 1, not scipy
     assert np.mean(pareto_nbd.near_one(B, C - 1.0 - B, near / far)) > 0.2
+
+
+def test_2f1_near_z_1_with_a_large_b_is_mpmaths_where_scipy_drifts_or_overflows():
+    import mpmath
+
+    from chalicelib.scoring import pareto_nbd
+
+    # GIVEN 2F1(1, B; C; 1 - y) with B >= 20 and y < 0.1, which the series near 1 does not take: c - a - b within
+    # 0.02 of an integer (where scipy loses up to 1e-5 of the log), and B y from 0.5 to 5 (where scipy overflows)
+    rng = np.random.default_rng(5)
+    B = 10 ** rng.uniform(np.log10(20.0), 3.0, 300)
+    D = np.where(rng.random(300) < 0.5, np.round(rng.uniform(-3, 400, 300)) + rng.uniform(-0.02, 0.02, 300), 0.0)
+    D = np.where(D == 0.0, rng.uniform(-3, 400, 300), D)
+    y = np.minimum(rng.uniform(0.5, 5.0, 300) / B, 0.099)
+    C = B + 1.0 + D
+    # WHEN the series is taken as training and scoring take it
+    got = pareto_nbd._log_euler_series(B, C, 1.0 - y, np.log(y))
+    # THEN it is mpmath's at 40 digits within 1e-10 (relative to the log, or absolute below 1)
+    mpmath.mp.dps = 40
+    cases = zip(B, C, y, strict=True)
+    want = np.array(
+        [float(mpmath.log(mpmath.hyp2f1(1, mpmath.mpf(b), mpmath.mpf(c), 1 - mpmath.mpf(v)))) for b, c, v in cases]
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_long_tenure_with_few_events_has_a_probability_on_a_dropout_ridge():
+    # GIVEN the committed model's Pareto/NBD (its fit ran along the ridge where everyone drops out at about the same
+    # rate: s and β both large), where 2F1 once overflowed to NaN for tenures past ~583 days and five events or fewer
+    model = ParetoNbd()
+    model.params_ = {"r": 0.9254, "alpha": 6.3107, "s": 398.555, "beta": 470215.0}
+    T = np.repeat(np.linspace(560.0, 730.0, 171), 6)
+    x = np.tile(np.arange(6.0), 171)
+    t_x = np.where(x > 0, T * 0.4, 0.0)
+    # WHEN it reads every such user, as the schedule does over the 730-day retention window
+    alive, none, expected = model.horizon_view(x, t_x, T, 30.0)
+    # THEN every answer is a probability or an expectation, and they move smoothly with tenure (no jump at 583)
+    for p in (alive, none):
+        assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
+    assert np.all(np.isfinite(expected)) and np.all(expected >= 0)
+    log_alive = np.log(alive).reshape(171, 6)
+    steps = np.abs(np.diff(log_alive, axis=0))
+    assert steps.max() < 5 * np.median(steps, axis=0).max()
+
+
+def test_no_parameters_a_fit_may_reach_give_a_non_finite_answer():
+    # GIVEN parameters across the ranges fits reach (mean lifetimes β / s from one to 10,000 times a unit, spreads
+    # from near-uniform ridges to wide) and users of any tenure up to two years, half of them with five events or fewer
+    rng = np.random.default_rng(3)
+    T = rng.uniform(0.0, 730.0, 2000)
+    t_x = T * rng.random(2000)
+    x = np.where(t_x > 0, rng.integers(0, 60, 2000), 0).astype(float)
+    x[:1000] = np.minimum(x[:1000], 5.0)
+    bad = []
+    for _ in range(60):
+        r, alpha, s = 10 ** rng.uniform([-1.5, -1.0, -1.5], [1.0, 3.0, 3.0])
+        model = ParetoNbd()
+        model.params_ = {"r": r, "alpha": alpha, "s": s, "beta": s * 10 ** rng.uniform(0.0, 4.0)}
+        # WHEN each is asked of every user
+        answers = model.horizon_view(x, t_x, T, 182.0)
+        # THEN nothing is NaN or infinite (seven of these sixty gave NaN before quadrature took large B near 1)
+        if not all(np.all(np.isfinite(a)) for a in answers):
+            bad.append(model.params_)
+    assert not bad
