@@ -115,6 +115,7 @@ class Playbook:
             )
             for p in spec.get("promotions", [])
         ]
+        self._chosen: dict[tuple[str, str, str], Action] = {}  # `choose`'s answer per (risk, value, reason)
 
     @classmethod
     def load(cls, path: Path) -> Playbook:
@@ -156,6 +157,16 @@ class Playbook:
         if risk_tier not in self.act_on:
             return None
         reason = next((code for code in reasons if code in self.reasons), self.default_reason)
+        # Few (risk, value, reason) cells exist and a run asks for each of them thousands of times: each cell's
+        # rule is matched once (Action is frozen, so one can stand for all its users).
+        cell = (risk_tier, value_tier, reason)
+        action = self._chosen.get(cell)
+        if action is None:
+            action = self._chosen[cell] = self._action(risk_tier, value_tier, reason)
+        return action
+
+    def _action(self, risk_tier: str, value_tier: str, reason: str) -> Action:
+        """Return the action of a user of these tiers whose leading playbook reason is `reason`."""
         base = self.reasons[reason]
         then = next(r["then"] for r in self.rules if _matches(r["when"], risk_tier, value_tier, reason))
         action_type = then.get("type", base["type"])

@@ -138,3 +138,22 @@ def test_capacity_thresholds_give_the_requested_shares():
     tiers = risk_tiers(p, th)
     assert abs((tiers == "high").mean() - 0.05) < 0.002
     assert abs((tiers == "medium").mean() - 0.15) < 0.002
+
+
+def test_a_playbook_answers_each_user_as_a_fresh_one_would_whatever_it_was_asked_before():
+    import itertools
+    import random
+
+    from chalicelib.retention.playbook import DEFAULT_PLAYBOOK, Playbook
+
+    # GIVEN every risk tier, value tier and reason list of up to two codes (the playbook's, and one it lacks)
+    codes = [*load_playbook().reasons, "not_a_reason"]
+    lists = [[], *([c] for c in codes), *(list(p) for p in itertools.permutations(codes, 2))]
+    asks = [(r, v, reasons) for r in ("high", "medium", "low") for v in ("high", "medium", "low") for reasons in lists]
+    random.Random(4).shuffle(asks)
+    # WHEN one playbook answers them all, twice over, as a run asks for each user in turn
+    playbook = Playbook.load(DEFAULT_PLAYBOOK)
+    answers = [playbook.choose(*ask) for ask in asks + asks]
+    # THEN each answer is what a playbook of the same file that was never asked anything gives
+    for ask, answer in zip(asks + asks, answers, strict=True):
+        assert answer == Playbook(playbook.spec, playbook.source).choose(*ask), ask
