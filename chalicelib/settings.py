@@ -241,6 +241,9 @@ class Settings:
     )
     # Users per chunk: the unit of checkpointing and of state reads.
     chunk_users: int = setting("CHUNK_USERS", _number, 1000, minimum=1, convert=_count)
+    # Files of closed exposures one schedule moves into the archive (runs/closed_archive.py), about a GET each. A
+    # schedule writes at most one a chunk, so 20,000 keeps up with 20 M users re-scored daily; the rest wait a day.
+    closed_archive_files: int = setting("CLOSED_ARCHIVE_FILES", _number, 20_000, minimum=0, convert=_count)
     # The state machines that spread a run over many functions (infra/statemachines/); unset: not deployed, and
     # every run stays in one invocation.
     backfill_state_machine_arn: str | None = setting("BACKFILL_STATE_MACHINE_ARN", default=None)

@@ -57,6 +57,8 @@ class FakeBucket:
         self.checkpoints: dict[str, dict[str, Any]] = {}
         self.dead_letters: dict[str, dict[str, Any]] = {}
         self.closed: dict[tuple[str, frozenset[tuple[str, str]]], list[dict[str, Any]]] = {}
+        self.archive: dict[str, tuple[list[dict[str, Any]], int]] = {}  # exposures and version, by day
+        self.archive_writes = 0
         self.lift: dict[str, Any] | None = None
         self.reports: dict[str, tuple[dict[str, Any], str]] = {}  # content and page, by run id and "latest"
         self.map_items: dict[str, bytes] = {}  # what the state machines' item readers read, by key
@@ -147,8 +149,38 @@ class FakeBucket:
         self.closed[(run_id, names)] = _copy(exposures)
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
-        for exposures in self.closed.values():
-            yield from _copy(exposures)
+        for _, exposures in self.closed_files():
+            yield from exposures
+
+    def closed_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        for (run_id, names), exposures in list(self.closed.items()):
+            yield _closed_key(run_id, names), _copy(exposures)
+
+    def closed_delete(self, key: str) -> None:
+        for run_id, names in list(self.closed):
+            if _closed_key(run_id, names) == key:
+                del self.closed[(run_id, names)]
+
+    def every_closed(self) -> list[dict[str, Any]]:
+        """Return (for tests) every closed exposure kept, in files or archived, each copy."""
+        return [*self.closed_all(), *(e for exposures, _ in self.archive.values() for e in _copy(exposures))]
+
+    def archive_days(self) -> list[str]:
+        return sorted(self.archive)
+
+    def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:
+        if day not in self.archive:
+            return [], None
+        exposures, version = self.archive[day]
+        return _copy(exposures), str(version)
+
+    def archive_put(self, day: str, exposures: list[dict[str, Any]], etag: str | None) -> bool:
+        current = self.archive.get(day)
+        if (None if current is None else str(current[1])) != etag:
+            return False  # another write came first, as S3's If-Match / If-None-Match answers
+        self.archive_writes += 1
+        self.archive[day] = (_copy(exposures), self.archive_writes)
+        return True
 
     def lift_report_put(self, report: dict[str, Any]) -> str:
         self.lift = _copy(report)
@@ -529,3 +561,8 @@ def _etag(data: bytes) -> str:
 def _copy(value: Any) -> Any:
     """Return a deep copy as a store would hand it back (through JSON, numbers and strings only)."""
     return None if value is None else json.loads(json.dumps(value, default=str))
+
+
+def _closed_key(run_id: str, names: frozenset[tuple[str, str]]) -> str:
+    """Return the key of a file of closed exposures, as unique as the bucket's (a run and the exposures' names)."""
+    return f"outcomes/closed/{run_id}/{sorted(names)}"

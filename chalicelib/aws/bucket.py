@@ -28,6 +28,11 @@ DEAD_LETTER_PREFIX = "dead-letter/"
 CHECKPOINT_PREFIX = "checkpoints/"
 ATTEMPTS_PREFIX = "attempts/"
 CLOSED_PREFIX = "outcomes/closed/"
+# Closed exposures known to be final (no risk item holds them any more), one object per day of exposure
+# (retention/archive.py): the lift report reads one object a day instead of one a chunk that ever closed one.
+ARCHIVE_PREFIX = "outcomes/archive/"
+# What S3 answers a conditional write that lost a race: a changed object, or one being written at the same time.
+LOST_RACE_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 # A backfill's working objects (plan, item lists, range parts, shard parts, summaries), one folder per run:
 # the finish step deletes them, and a lifecycle rule on the prefix expires what a failed run left.
 BACKFILL_PREFIX = "backfill/"
@@ -301,9 +306,52 @@ class BehaviourBucket:
         self.put_json(f"{CLOSED_PREFIX}{run_id}/{digest}.json", exposures)
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
-        """Yield every exposure any run replaced."""
+        """Yield every exposure any run replaced and the archive does not hold yet."""
+        for _, exposures in self.closed_files():
+            yield from exposures
+
+    def closed_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """Yield (key, exposures) of each file of closed exposures; one archived and deleted meanwhile is skipped."""
         for item in self.list(CLOSED_PREFIX):
-            yield from self.get_json(item.key)
+            exposures = self.find_json(item.key)
+            if exposures is not None:  # archived before it was deleted: the archive, read after, holds them
+                yield item.key, exposures
+
+    def closed_delete(self, key: str) -> None:
+        """Delete a file of closed exposures that the archive holds."""
+        self.delete(key)
+
+    def archive_days(self) -> list[str]:
+        """Return the days (YYYY-MM-DD) the archive holds exposures of, oldest first."""
+        keys = (item.key for item in self.list(ARCHIVE_PREFIX))
+        return sorted(k[len(ARCHIVE_PREFIX) : -len(".json")] for k in keys if k.endswith(".json"))
+
+    def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:
+        """Return the archived exposures of one day and the object's ETag, or ([], None) when there are none."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=f"{ARCHIVE_PREFIX}{day}.json")
+        except self.client.exceptions.NoSuchKey:
+            return [], None
+        return json.loads(resp["Body"].read()), resp["ETag"]
+
+    def archive_put(self, day: str, exposures: list[dict[str, Any]], etag: str | None) -> bool:
+        """Write one day's archive over the version read (`etag`; None: over none); False when another write came
+        first, and nothing was written."""
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        body = json.dumps(exposures, separators=(",", ":")).encode()
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=f"{ARCHIVE_PREFIX}{day}.json",
+                Body=body,
+                ContentType="application/json",
+                **condition,
+            )
+        except self.client.exceptions.ClientError as exc:
+            if error_code(exc) in LOST_RACE_CODES:
+                return False
+            raise
+        return True
 
     def lift_report_put(self, report: dict[str, Any]) -> str:
         """Write the latest lift report to reports/lift.json; return its address."""

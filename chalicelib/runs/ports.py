@@ -220,7 +220,22 @@ class Bucket(Protocol):
         """Keep exposures a run is about to replace, for the lift report; the same exposures land in the same place."""
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
-        """Yield every exposure any run replaced."""
+        """Yield every exposure any run replaced and the archive does not hold yet."""
+
+    def closed_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """Yield (key, exposures) of each file of closed exposures; one deleted meanwhile is skipped."""
+
+    def closed_delete(self, key: str) -> None:
+        """Delete a file of closed exposures that the archive holds."""
+
+    def archive_days(self) -> list[str]:
+        """Return the days (YYYY-MM-DD) the archive holds exposures of, oldest first."""
+
+    def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:
+        """Return the archived exposures of one day and their version, or ([], None) when there are none."""
+
+    def archive_put(self, day: str, exposures: list[dict[str, Any]], etag: str | None) -> bool:
+        """Write one day's archive over the version read (None: over none); False when another write came first."""
 
     def lift_report_put(self, report: dict[str, Any]) -> str:
         """Write the latest lift report; return its address."""

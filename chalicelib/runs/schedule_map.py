@@ -26,6 +26,7 @@ from chalicelib.retention.outcomes import (
     lift_cells,
     report_from_cells,
 )
+from chalicelib.runs.closed_archive import archive_for_run, closed_for_report
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline
 from chalicelib.runs.lease import UNBOUNDED_LEASE_SECONDS, LeasedDeadline, Leases
@@ -334,6 +335,8 @@ class ScheduleMap:
         cells: Cells = {}
         for part in parts:
             add_cells(cells, part["lift_cells"])
+        # What the day closed is archived first (a redo archives it again to the same effect).
+        archive_for_run(self.ctx, summary["run_id"])
         horizon = self.ctx.scorer.model.horizon_days
         report = report_from_cells(self._with_closed(cells, horizon, at), horizon, at)
         summary["lift_report"] = self.ctx.bucket.lift_report_put(report)
@@ -345,11 +348,12 @@ class ScheduleMap:
         An exposure is kept as closed before the write that replaces it, so one may be both closed and still open
         on its user's risk item: that open copy, counted by its segment, is taken out and counted with the closed.
         """
-        closed = distinct_exposures(self.ctx.bucket.closed_all())
+        closed, archived = closed_for_report(self.ctx.bucket, horizon, at)
         keys = {(e["user_id"], e["exposed_at"]) for e in closed}
         stored = self.ctx.tables.get_risks(sorted({user for user, _ in keys}))
         still_open = [exposure_from_item(i) for i in stored.values() if (i["user_id"], i.get("exposed_at")) in keys]
         add_cells(cells, lift_cells(still_open, horizon, at), sign=-1)
+        add_cells(cells, archived)  # final: no risk item holds them, so no segment counted them
         return add_cells(cells, lift_cells(distinct_exposures([*closed, *still_open]), horizon, at))
 
 

@@ -7,8 +7,15 @@ from typing import Any
 
 from chalicelib.observability import COUNT, SCHEDULE_USERS_NOT_COVERED
 from chalicelib.reporting.publish import publish_report
-from chalicelib.retention.outcomes import exposure_from_item, lift_report
+from chalicelib.retention.outcomes import (
+    add_cells,
+    distinct_exposures,
+    exposure_from_item,
+    lift_cells,
+    report_from_cells,
+)
 from chalicelib.runs.chunk import ChunkWorker
+from chalicelib.runs.closed_archive import archive_for_run, closed_for_report
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.deadline import Deadline, RunInterrupted
 from chalicelib.runs.file_run import FileRun
@@ -149,7 +156,9 @@ class ScheduleRun:
         deadline.lease.renew()  # an attempt overtaken after its last page leaves the bookkeeping to the taker
         self.records.summarise(run, summary, at, ("users_scored",))
         self.records.settle(run, summary)
-        # Once a day is enough for the lift report: it scans the whole risk table.
+        # Once a day is enough for the lift report: it scans the whole risk table. What the day closed is
+        # archived first (a redo archives it again to the same effect).
+        archive_for_run(self.ctx, run_id)
         lift = self.lift_report(as_of=at)
         summary["lift_report"] = self.ctx.bucket.lift_report_put(lift)
         publish_report(self.ctx, summary, lift)
@@ -220,7 +229,9 @@ class ScheduleRun:
         self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None
     ) -> dict[str, Any]:
         """Return win-back rates of treated and holdout users, per risk tier and action, with the lift."""
-        exposures = list(self.ctx.bucket.closed_all())
-        exposures += [exposure_from_item(item) for item in self.ctx.tables.scan_exposures()]
         horizon = horizon_days if horizon_days is not None else self.ctx.scorer.model.horizon_days
-        return lift_report(exposures, horizon, self.ctx.clock() if as_of is None else as_of, since)
+        at = self.ctx.clock() if as_of is None else as_of
+        closed, archived = closed_for_report(self.ctx.bucket, horizon, at, since)
+        exposures = closed + [exposure_from_item(item) for item in self.ctx.tables.scan_exposures()]
+        cells = add_cells(lift_cells(distinct_exposures(exposures), horizon, at, since), archived)
+        return report_from_cells(cells, horizon, at, since)

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from chalicelib.aws.bucket import (
+    ARCHIVE_PREFIX,
     BACKFILL_PREFIX,
     CHECKPOINT_PREFIX,
     CLOSED_PREFIX,
@@ -140,7 +141,8 @@ PROBED = {
     "checkpoints/": "an unfinished run's checkpoint: absent on every first attempt",
     "runs/": "a schedule's run record: absent until its first attempt finishes",
     "dead-letter/": "what a run left to replay: absent when nothing was left",
-    "outcomes/closed/": "the exposures a run replaced: absent when it replaced none",
+    "outcomes/closed/": "the exposures a run replaced: absent when it replaced none, or archived meanwhile",
+    "outcomes/archive/": "a day's archived exposures: absent until the first of that day is archived",
     "suppression/": "the opt-out list: absent until an operator uploads one",
     "backfill/": "a backfill's plan, range and shard summaries, checkpoints: absent until each step has run",
 }
@@ -150,7 +152,7 @@ def test_every_prefix_the_code_probes_answers_404_for_a_missing_key(stage):
     _, config, document = stage
     env = config["environment_variables"]
     bucket = env["BEHAVIOUR_BUCKET"]
-    probed = {CHECKPOINT_PREFIX, RUNS_PREFIX, DEAD_LETTER_PREFIX, CLOSED_PREFIX, BACKFILL_PREFIX}
+    probed = {CHECKPOINT_PREFIX, RUNS_PREFIX, DEAD_LETTER_PREFIX, CLOSED_PREFIX, ARCHIVE_PREFIX, BACKFILL_PREFIX}
     probed |= {env.get("INCOMING_PREFIX", "incoming/"), Settings.from_env(env).opt_out_key.rsplit("/", 1)[0] + "/"}
     assert probed == set(PROBED), "a new probe needs its reason here"
     policy = IamPolicy(document)

@@ -110,7 +110,9 @@ def outcome(aws, run_id: str, redone_chunk: bool = False) -> dict[str, Any]:
     for attempt in record.get("attempts", []):  # each finished attempt, as the record lists them
         for name in ATTEMPT_FIELDS + (REDONE_CHUNK_FIELDS if redone_chunk else ()):
             attempt.pop(name, None)
-    closed = [e for key in aws.keys("outcomes/closed/") for e in json.loads(aws.get(key))]
+    # Closed exposures in files or archived: a file the archive holds is deleted, so each is kept once
+    kept = [key for prefix in ("outcomes/closed/", "outcomes/archive/") for key in aws.keys(prefix)]
+    closed = [e for key in kept for e in json.loads(aws.get(key))]
     risks = sorted(aws.items(aws.settings.risk_table), key=lambda i: i["user_id"])
     return {
         "record": record,
@@ -202,6 +204,8 @@ def sweep(aws, batch, tmp_path, scenario) -> None:
     assert expected["messages"] and expected["left"] == []
     assert expected["closed"] or scenario is file_run
     calls = clean.order
+    # the schedule archives what it closed (and is killed before each of those calls too)
+    assert (("s3", "DeleteObject", "outcomes") in calls) == (scenario is not file_run)
     # Kills after the last chunk's checkpoint are in the bookkeeping: the redo must write the very record.
     last_chunk = max(i for i, call in enumerate(calls) if call == ("s3", "PutObject", "checkpoints"))
     failures = []

@@ -33,6 +33,7 @@ SAMPLES = {
     "OPT_OUT_KEY": ("opt_out_key", "lists/opt-out.csv", "lists/opt-out.csv"),
     "RETENTION_DAYS": ("retention_seconds", "365", 365 * 86400),
     "CHUNK_USERS": ("chunk_users", "250", 250),
+    "CLOSED_ARCHIVE_FILES": ("closed_archive_files", "500", 500),
     "BACKFILL_STATE_MACHINE_ARN": (
         "backfill_state_machine_arn",
         "arn:aws:states:eu-west-1:123456789012:stateMachine:churnguard-dev-backfill",
@@ -186,6 +187,7 @@ def test_the_decompression_limit_must_be_a_whole_number_of_bytes(text):
         ("PLAYBOOK_FILE", "playbook_file", None),
         ("OPT_OUT_KEY", "opt_out_key", "suppression/opt-out.csv"),
         ("CHUNK_USERS", "chunk_users", 1000),
+        ("CLOSED_ARCHIVE_FILES", "closed_archive_files", 20000),
         ("RETENTION_DAYS", "retention_seconds", 730 * 86400),
     ],
 )

@@ -53,11 +53,12 @@ def test_no_risk_item_ever_says_holdout_unless_its_current_exposure_is_the_holdo
 
 
 def test_the_lift_reports_groups_are_the_holdout_draw_of_each_exposure(runs):
-    # GIVEN every exposure the month made, closed or current
+    # GIVEN every exposure the month made, closed (in files or archived) or current
     world, _ = runs
     playbook = world.pipeline.scorer.playbook
+    assert world.bucket.archive, "the month's schedules archived the exposures they closed"
     exposures = distinct_exposures(
-        [*world.bucket.closed_all(), *(exposure_from_item(i) for i in world.tables.scan_exposures())]
+        [*world.bucket.every_closed(), *(exposure_from_item(i) for i in world.tables.scan_exposures())]
     )
     # THEN each is in the group the holdout draw of its user and tier puts it in
     assert exposures and all(

@@ -56,7 +56,7 @@ def test_a_schedule_killed_after_re_exposing_users_keeps_every_exposure_it_close
     # GIVEN the closed exposures of a clean schedule that re-exposes users
     clean = World(replace(SETTINGS, chunk_users=40))
     exposed_then_rescored(clean, population, tmp_path)
-    closed = sorted((e["user_id"], e["exposed_at"]) for e in clean.bucket.closed_all())
+    closed = sorted((e["user_id"], e["exposed_at"]) for e in clean.bucket.every_closed())
     assert len(closed) > 10
 
     # WHEN the same schedule dies at its first checkpoint, after its first page's risk writes, and comes again
@@ -69,7 +69,7 @@ def test_a_schedule_killed_after_re_exposing_users_keeps_every_exposure_it_close
     world.pipeline.run_schedule(at=LATER)
 
     # THEN every exposure it replaced is kept, each once in the lift report
-    assert sorted({(e["user_id"], e["exposed_at"]) for e in world.bucket.closed_all()}) == closed
+    assert sorted({(e["user_id"], e["exposed_at"]) for e in world.bucket.every_closed()}) == closed
     assert world.bucket.lift == clean.bucket.lift
 
 

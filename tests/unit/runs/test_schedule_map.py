@@ -131,9 +131,12 @@ def test_a_schedule_over_8_segments_gives_the_single_invocation_risk_items_and_m
     single_record = single.bucket.runs[schedule_run_id(LATER)]
     assert summary["users_scored"] == single_record["users_scored"] == len(single.tables.states)
     assert summary["risk_tier"] == single_record["risk_tier"]
-    # AND the lift report from the segments' partial sums is the single-invocation one
+    # AND the lift report from the segments' partial sums is the single-invocation one, both having archived the
+    # exposures they replaced
     single_lift = single.pipeline.lift_report(as_of=LATER)
     assert mapped.bucket.lift == single_lift
+    assert mapped.bucket.archive == single.bucket.archive != {}
+    assert not mapped.bucket.closed
     # AND nothing of the segments is left to resume
     assert not mapped.bucket.checkpoints
 

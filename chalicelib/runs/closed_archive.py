@@ -1,0 +1,130 @@
+"""Closed exposures, archived: one object a day of exposure instead of one a chunk that ever closed one.
+
+A run keeps the exposures it replaces in outcomes/closed/ before the writes that replace them (runs/chunk.py), one
+file a chunk. Every lift report reads them all, and checks each one's user for an open copy: left alone, that is a
+GET a file and a read a user, more every day, until the report outgrows its invocation. Once no risk item holds an
+exposure any more (the write that replaced it has landed), nothing about it changes again: it is final.
+`archive_closed` moves final exposures into outcomes/archive/<day>.json, by the day they were exposed, and deletes
+the files whose exposures are all archived; `closed_for_report` reads what is left of the files, then the archive.
+
+Safe at every step, whatever crashes or runs at the same time:
+- an exposure is archived before its file is deleted, and a redo archives it again to the same effect;
+- a day's archive is rewritten only over the version read (S3's If-Match, or If-None-Match for a new day), so two
+  archivers never lose each other's exposures;
+- a reader reads the files before the archive, so one deleted in between is in the archive it reads next, and it
+  takes each exposure once, by its identity, wherever it finds it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from itertools import islice
+from typing import Any
+
+from chalicelib.errors import RetryableError
+from chalicelib.retention.outcomes import Cells, add_cells, distinct_exposures, lift_cells
+from chalicelib.runs.context import RunContext
+from chalicelib.runs.ports import Bucket, Tables
+from chalicelib.scoring.scorer import iso_time
+
+# Rounds of re-reading a day's archive after another write came first, before the step fails (and is redone).
+ARCHIVE_WRITE_ROUNDS = 5
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class ArchiveRaceError(RetryableError):
+    """A day's archive kept changing under this write: the step is redone with the next attempt."""
+
+
+def identity(exposure: dict[str, Any]) -> tuple[str, str]:
+    """Return what names an exposure: its user and when they were exposed."""
+    return exposure["user_id"], exposure["exposed_at"]
+
+
+def archive_for_run(ctx: RunContext, run_id: str) -> dict[str, Any]:
+    """Archive what the schedule's day closed (`CLOSED_ARCHIVE_FILES` files at most) and log what it did.
+
+    The counts go to the log, not the run record: a redo after a crash finds the files already archived, and its
+    record stays the clean run's. Files left over wait for the next run; the report counts them meanwhile.
+    """
+    done = archive_closed(ctx.bucket, ctx.tables, ctx.settings.closed_archive_files)
+    extra = {"run_id": run_id, **done}
+    if done["files_left"]:
+        ctx.logger.warning("closed exposures left to archive", extra=extra)
+    else:
+        ctx.logger.info("closed exposures archived", extra=extra)
+    return done
+
+
+def archive_closed(bucket: Bucket, tables: Tables, max_files: int) -> dict[str, Any]:
+    """Archive the final exposures of up to `max_files` files of closed exposures; delete the files so archived.
+
+    Returns counts for the run record: files read and deleted, exposures archived and kept (still open on their
+    user's risk item, or the item unread), days written, and whether files were left for the next run.
+    """
+    files = list(islice(bucket.closed_files(), max_files + 1))
+    left = len(files) > max_files
+    files = files[:max_files]
+    exposures = distinct_exposures(e for _, found in files for e in found)
+    stored = tables.get_risks(sorted({e["user_id"] for e in exposures}))
+    still_open = {(item["user_id"], item.get("exposed_at")) for item in stored.values()}
+    unread = set(stored.unread)
+    by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in exposures:
+        day = str(e["exposed_at"])[:10]
+        if identity(e) not in still_open and e["user_id"] not in unread and _DAY.fullmatch(day):
+            by_day[day].append(e)
+    for day, final in sorted(by_day.items()):
+        _merge_day(bucket, day, final)
+    archived = {identity(e) for final in by_day.values() for e in final}
+    deleted = 0
+    for key, found in files:
+        if all(identity(e) in archived for e in found):
+            bucket.closed_delete(key)
+            deleted += 1
+    return {
+        "files_read": len(files),
+        "files_deleted": deleted,
+        "exposures_archived": len(archived),
+        "exposures_kept": len(exposures) - len(archived),
+        "days_written": len(by_day),
+        "files_left": left,
+    }
+
+
+def _merge_day(bucket: Bucket, day: str, exposures: list[dict[str, Any]]) -> None:
+    """Add exposures to one day's archive, each once (the earliest return any copy saw), over the version read."""
+    for _ in range(ARCHIVE_WRITE_ROUNDS):
+        current, version = bucket.archive_get(day)
+        merged = sorted(distinct_exposures([*current, *exposures]), key=identity)  # the same bytes for the same day
+        if bucket.archive_put(day, merged, version):
+            return
+    raise ArchiveRaceError(f"the archive of {day} changed under {ARCHIVE_WRITE_ROUNDS} writes in a row")
+
+
+def closed_for_report(
+    bucket: Bucket, horizon_days: float, as_of: float, since: float | None = None
+) -> tuple[list[dict[str, Any]], Cells]:
+    """Return the closed exposures still in files (each once), and the outcome counts of the archived rest.
+
+    The files' exposures may also be open on a risk item, which the caller settles; an archived exposure never is.
+    One found in both a file and the archive (a crash between archiving it and deleting its file) is returned with
+    the files', with the earliest return of either copy, and left out of the counts.
+    """
+    in_files = {identity(e): e for e in distinct_exposures(bucket.closed_all())}
+    cells: Cells = {}
+    first_day = iso_time(since)[:10] if since is not None else ""
+    for day in bucket.archive_days():
+        if day < first_day:
+            continue  # exposed before `since`: the report leaves them out
+        archived, _ = bucket.archive_get(day)
+        alone = []
+        for e in archived:
+            copy = in_files.get(identity(e))
+            if copy is None:
+                alone.append(e)
+            else:
+                copy["returned_at"] = distinct_exposures([copy, e])[0]["returned_at"]
+        add_cells(cells, lift_cells(alone, horizon_days, as_of, since))
+    return list(in_files.values()), cells

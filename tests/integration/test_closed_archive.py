@@ -1,0 +1,81 @@
+"""The closed exposures' archive on S3 (moto, with the stage's IAM policy): conditional writes, and the schedule's
+archiving end to end."""
+
+from __future__ import annotations
+
+import json
+
+from chalicelib.aws.bucket import ARCHIVE_PREFIX, CLOSED_PREFIX
+from chalicelib.retention.outcomes import distinct_exposures, exposure_from_item, lift_report
+from chalicelib.scoring.events import SECONDS_PER_DAY
+from churnguard_offline.cli import main
+from tests.integration.conftest import AS_OF, csv_bytes, make_pipeline
+
+T0 = AS_OF.timestamp()
+
+
+def _exposure(user: str, day: str) -> dict:
+    return {
+        "user_id": user,
+        "exposed_at": f"{day}T08:00:00Z",
+        "group": "treated",
+        "risk_tier": "high",
+        "action": "winback_email",
+        "returned_at": None,
+    }
+
+
+def test_a_days_archive_is_written_only_over_the_version_read(aws):
+    bucket = make_pipeline(aws.settings).bucket
+    day = "2026-06-01"
+    one, two, three = (_exposure(u, day) for u in ("a", "b", "c"))
+    # GIVEN no archive of the day: it reads as empty, and only a write over none lands
+    assert bucket.archive_get(day) == ([], None)
+    assert bucket.archive_put(day, [one], None)
+    assert not bucket.archive_put(day, [two], None), "a second writer over none must lose"
+    # WHEN one writer writes over the version it read
+    current, version = bucket.archive_get(day)
+    assert current == [one]
+    assert bucket.archive_put(day, [one, two], version)
+    # THEN a writer holding the older version loses, and the archive keeps what the winner wrote
+    assert not bucket.archive_put(day, [one, three], version)
+    assert bucket.archive_get(day)[0] == [one, two]
+    assert bucket.archive_days() == [day]
+
+
+def test_a_closed_file_deleted_between_listing_and_reading_is_skipped(aws, monkeypatch):
+    # GIVEN two files of closed exposures, one deleted (archived) after the listing saw it
+    bucket = make_pipeline(aws.settings).bucket
+    bucket.closed_put("run-1", [_exposure("a", "2026-06-01")])
+    bucket.closed_put("run-2", [_exposure("b", "2026-06-02")])
+    listed = list(bucket.list(CLOSED_PREFIX))
+    bucket.closed_delete(listed[0].key)
+    monkeypatch.setattr(bucket, "list", lambda prefix: iter(listed) if prefix == CLOSED_PREFIX else iter([]))
+    # WHEN the files are read, THEN the one left is, and the one gone is not an error
+    assert [key for key, _ in bucket.closed_files()] == [listed[1].key]
+
+
+def test_the_schedule_archives_what_it_closed_and_its_report_counts_every_exposure_once(
+    aws, population, tmp_path, no_sleep, capsys
+):
+    # GIVEN users exposed by a file, and a schedule after their cooldowns that exposes them anew
+    pipeline = make_pipeline(aws.settings)
+    aws.land("incoming/history.csv", csv_bytes(population, tmp_path))
+    pipeline.process_object("incoming/history.csv", None, T0)
+    first = {(i["user_id"], i["exposed_at"]) for i in aws.items(aws.settings.risk_table) if "exposed_at" in i}
+    pipeline.run_schedule(T0 + 40 * SECONDS_PER_DAY)
+    # THEN the exposures it replaced are in the archive, by day, and no file of them is left
+    assert aws.keys(CLOSED_PREFIX) == []
+    archived = [e for key in aws.keys(ARCHIVE_PREFIX) for e in json.loads(aws.get(key))]
+    replaced = {(e["user_id"], e["exposed_at"]) for e in archived}
+    assert replaced and replaced <= first
+    for key in aws.keys(ARCHIVE_PREFIX):
+        day = key[len(ARCHIVE_PREFIX) : -len(".json")]
+        assert all(e["exposed_at"].startswith(day) for e in json.loads(aws.get(key))), key
+    # AND the report it wrote, and the command line's, count every exposure once, archived or current
+    current = [exposure_from_item(i) for i in aws.items(aws.settings.risk_table) if "exposed_at" in i]
+    at = T0 + 40 * SECONDS_PER_DAY
+    want = lift_report(distinct_exposures([*archived, *current]), 30.0, at)
+    assert json.loads(aws.get("reports/lift.json"))["rows"] == want["rows"]
+    assert main(["report", "--as-of", "2026-07-11"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == want["rows"]
