@@ -120,7 +120,8 @@ def schedule_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @app.lambda_function(name="schedule_finish")
 def schedule_finish(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The schedule state machine's last step: the run's record, metrics and lift report from its segments'."""
-    return runtime.get_pipeline().finish_schedule(event)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return runtime.get_pipeline().finish_schedule(event, None if remaining is None else lambda: remaining() / 1000.0)
 
 
 @app.route("/users/{user_id}", methods=["GET"], authorizer=iam)

@@ -28,6 +28,7 @@ from chalicelib.runs.ports import (
     FAILED,
     SENT,
     WRITTEN,
+    ClosedFile,
     LeaseHolder,
     Listed,
     Missed,
@@ -59,6 +60,10 @@ class FakeBucket:
         self.closed: dict[tuple[str, frozenset[tuple[str, str]]], list[dict[str, Any]]] = {}
         self.archive: dict[str, tuple[list[dict[str, Any]], int]] = {}  # exposures and version, by day
         self.archive_writes = 0
+        self.closed_versions: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}  # versions by key, oldest first
+        self.versions_written = 0
+        self.archive_cursor: str | None = None
+        self.conditional_writes = True  # False: as a botocore that predates S3's conditional writes
         self.lift: dict[str, Any] | None = None
         self.reports: dict[str, tuple[dict[str, Any], str]] = {}  # content and page, by run id and "latest"
         self.map_items: dict[str, bytes] = {}  # what the state machines' item readers read, by key
@@ -147,19 +152,49 @@ class FakeBucket:
     def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
         names = frozenset((e["user_id"], e["exposed_at"]) for e in exposures)
         self.closed[(run_id, names)] = _copy(exposures)
+        self.closed_versions.setdefault(_closed_key(run_id, names), []).append((self._next_version(), _copy(exposures)))
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
-        for _, exposures in self.closed_files():
-            yield from exposures
+        for item in self.closed_listed():
+            found = self.closed_read(item.key)
+            if found is not None:
+                yield from found.exposures
 
-    def closed_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        for (run_id, names), exposures in list(self.closed.items()):
-            yield _closed_key(run_id, names), _copy(exposures)
+    def closed_listed(self, start_after: str | None = None) -> Iterator[Listed]:
+        self.list_calls += 1
+        for key in sorted(self.closed_versions):
+            if start_after is None or key > start_after:
+                yield Listed(key, "etag", datetime(2026, 5, 31, tzinfo=UTC))
 
-    def closed_delete(self, key: str) -> None:
+    def closed_read(self, key: str) -> ClosedFile | None:
+        versions = self.closed_versions.get(key)
+        if not versions:
+            return None
+        version, exposures = versions[-1]
+        return ClosedFile(key, version, _copy(exposures))
+
+    def closed_delete(self, file: ClosedFile) -> bool:
+        versions = self.closed_versions.get(file.key)
+        if versions and versions[-1][0] != file.version:
+            return False  # written again since it was read, as S3's If-Match answers
+        self.closed_versions.pop(file.key, None)
         for run_id, names in list(self.closed):
-            if _closed_key(run_id, names) == key:
+            if _closed_key(run_id, names) == file.key:
                 del self.closed[(run_id, names)]
+        return True
+
+    def archive_cursor_get(self) -> str | None:
+        return self.archive_cursor
+
+    def archive_cursor_put(self, after: str | None) -> None:
+        self.archive_cursor = after
+
+    def makes_conditional_writes(self) -> bool:
+        return self.conditional_writes
+
+    def _next_version(self) -> str:
+        self.versions_written += 1
+        return f"v{self.versions_written}"
 
     def every_closed(self) -> list[dict[str, Any]]:
         """Return (for tests) every closed exposure kept, in files or archived, each copy."""

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 
 from chalicelib.aws.boto import BOTO_CONFIG, error_code
-from chalicelib.runs.ports import Listed, ObjectGoneError, S3Object
+from chalicelib.runs.ports import ClosedFile, Listed, ObjectGoneError, S3Object
 from chalicelib.settings import ConfigError
 
 # The bucket's layout: every prefix a run writes under is named here and nowhere else.
@@ -45,6 +45,8 @@ FILE_RUNS_PREFIX = f"{RUNS_PREFIX}obj-"
 # When the latest re-score of every user began (see runs/chunk.py): beside the run records, named as no run is.
 RESCORE_MARK_KEY = f"{RUNS_PREFIX}_rescored-through.json"
 SCHEDULE_WRITES_KEY = f"{RUNS_PREFIX}_schedule-writes.json"
+# Where the archiving of closed exposures (runs/closed_archive.py) goes on from, so files kept back do not stop it.
+ARCHIVE_CURSOR_KEY = f"{RUNS_PREFIX}_closed-archive-cursor.json"
 # The item lists the state machines' Distributed Maps read (ItemReader), one folder per run.
 MAP_ITEMS_PREFIX = "map-items/"
 REASON_SUFFIX = ".reason.json"
@@ -307,19 +309,55 @@ class BehaviourBucket:
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
         """Yield every exposure any run replaced and the archive does not hold yet."""
-        for _, exposures in self.closed_files():
-            yield from exposures
+        for item in self.closed_listed():
+            found = self.closed_read(item.key)
+            if found is not None:  # archived before it was deleted: the archive, read after, holds them
+                yield from found.exposures
 
-    def closed_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        """Yield (key, exposures) of each file of closed exposures; one archived and deleted meanwhile is skipped."""
-        for item in self.list(CLOSED_PREFIX):
-            exposures = self.find_json(item.key)
-            if exposures is not None:  # archived before it was deleted: the archive, read after, holds them
-                yield item.key, exposures
+    def closed_listed(self, start_after: str | None = None) -> Iterator[Listed]:
+        """Yield the files of closed exposures in key order, from after `start_after` when given."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        start = {"StartAfter": start_after} if start_after else {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=CLOSED_PREFIX, **start):
+            for item in page.get("Contents", []):
+                yield Listed(item["Key"], item["ETag"].strip('"'), item["LastModified"])
 
-    def closed_delete(self, key: str) -> None:
-        """Delete a file of closed exposures that the archive holds."""
-        self.delete(key)
+    def closed_read(self, key: str) -> ClosedFile | None:
+        """Return a file of closed exposures and the version read, or None when it is gone (archived meanwhile)."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return ClosedFile(key, resp["ETag"], json.loads(resp["Body"].read()))
+
+    def closed_delete(self, file: ClosedFile) -> bool:
+        """Delete a file of closed exposures if it is still the version read (S3's If-Match); False when a redo has
+        written it again since, and it stays."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=file.key, IfMatch=file.version)
+        except self.client.exceptions.ClientError as exc:
+            code = error_code(exc)
+            if code in LOST_RACE_CODES:
+                return False
+            if code not in ("NoSuchKey", "404"):  # gone already: another archiver deleted it
+                raise
+        return True
+
+    def archive_cursor_get(self) -> str | None:
+        """Return the file of closed exposures the last archiving stopped at, or None to start at the first."""
+        mark = self.find_json(ARCHIVE_CURSOR_KEY)
+        return None if mark is None else mark.get("after")
+
+    def archive_cursor_put(self, after: str | None) -> None:
+        """Record where the next archiving starts (None: at the first file)."""
+        self.put_json(ARCHIVE_CURSOR_KEY, {"after": after})
+
+    def makes_conditional_writes(self) -> bool:
+        """Return whether this botocore sends S3's If-Match and If-None-Match (the Lambda runtime's may be older)."""
+        model = self.client.meta.service_model
+        put = set(model.operation_model("PutObject").input_shape.members)
+        delete = set(model.operation_model("DeleteObject").input_shape.members)
+        return {"IfMatch", "IfNoneMatch"} <= put and "IfMatch" in delete
 
     def archive_days(self) -> list[str]:
         """Return the days (YYYY-MM-DD) the archive holds exposures of, oldest first."""

@@ -17,20 +17,23 @@ Safe at every step, whatever crashes or runs at the same time:
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
 from chalicelib.errors import RetryableError
+from chalicelib.ingest import parse_timestamp
 from chalicelib.retention.outcomes import Cells, add_cells, distinct_exposures, lift_cells
 from chalicelib.runs.context import RunContext
-from chalicelib.runs.ports import Bucket, Tables
+from chalicelib.runs.ports import Bucket, ClosedFile, Listed, Tables
 from chalicelib.scoring.scorer import iso_time
 
 # Rounds of re-reading a day's archive after another write came first, before the step fails (and is redone).
 ARCHIVE_WRITE_ROUNDS = 5
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The archiving reads no further file once its invocation has less than this left: the merges, the deletes, the
+# lift report and the run record come after it.
+ARCHIVE_RESERVE_SECONDS = 120.0
 
 
 class ArchiveRaceError(RetryableError):
@@ -42,13 +45,35 @@ def identity(exposure: dict[str, Any]) -> tuple[str, str]:
     return exposure["user_id"], exposure["exposed_at"]
 
 
-def archive_for_run(ctx: RunContext, run_id: str) -> dict[str, Any]:
+def exposure_day(exposure: dict[str, Any]) -> str | None:
+    """Return the UTC day (YYYY-MM-DD) an exposure was made, as `since` compares it; None when it does not parse."""
+    try:
+        return iso_time(parse_timestamp(str(exposure["exposed_at"])))[:10]
+    except ValueError:
+        return None
+
+
+def archive_for_run(
+    ctx: RunContext, run_id: str, seconds_left: Callable[[], float] | None = None
+) -> dict[str, Any] | None:
     """Archive what the schedule's day closed (`CLOSED_ARCHIVE_FILES` files at most) and log what it did.
 
     The counts go to the log, not the run record: a redo after a crash finds the files already archived, and its
-    record stays the clean run's. Files left over wait for the next run; the report counts them meanwhile.
+    record stays the clean run's. Archiving is housekeeping: where it cannot be done (a botocore too old for
+    conditional writes) or keeps losing races, the run goes on, and its report counts the files still there. An
+    error S3 gives after botocore's own retries (access denied, say) fails the run as any other call's would.
     """
-    done = archive_closed(ctx.bucket, ctx.tables, ctx.settings.closed_archive_files)
+    if not ctx.bucket.makes_conditional_writes():
+        ctx.logger.warning(
+            "closed exposures not archived",
+            extra={"run_id": run_id, "why": "this botocore makes no conditional writes"},
+        )
+        return None
+    try:
+        done = archive_closed(ctx.bucket, ctx.tables, ctx.settings.closed_archive_files, seconds_left)
+    except RetryableError as exc:  # a day that kept changing, a read that kept failing: the next run tries again
+        ctx.logger.warning("closed exposures not archived", extra={"run_id": run_id, "why": str(exc)})
+        return None
     extra = {"run_id": run_id, **done}
     if done["files_left"]:
         ctx.logger.warning("closed exposures left to archive", extra=extra)
@@ -57,49 +82,78 @@ def archive_for_run(ctx: RunContext, run_id: str) -> dict[str, Any]:
     return done
 
 
-def archive_closed(bucket: Bucket, tables: Tables, max_files: int) -> dict[str, Any]:
+def archive_closed(
+    bucket: Bucket, tables: Tables, max_files: int, seconds_left: Callable[[], float] | None = None
+) -> dict[str, Any]:
     """Archive the final exposures of up to `max_files` files of closed exposures; delete the files so archived.
 
-    Returns counts for the run record: files read and deleted, exposures archived and kept (still open on their
-    user's risk item, or the item unread), days written, and whether files were left for the next run.
+    Files are taken in turn, from where the last archiving stopped, so files kept back (an exposure still open)
+    never stop the ones behind them. Returns counts: files read, deleted, kept back and written again since read;
+    exposures archived and kept; days written; and whether files were left for the next run.
     """
-    files = list(islice(bucket.closed_files(), max_files + 1))
-    left = len(files) > max_files
-    files = files[:max_files]
-    exposures = distinct_exposures(e for _, found in files for e in found)
+    cursor = bucket.archive_cursor_get()
+    listed = list(islice(_in_turn(bucket, cursor), max_files + 1))
+    files: list[ClosedFile] = []
+    taken = 0
+    for item in listed[:max_files]:
+        if seconds_left is not None and seconds_left() < ARCHIVE_RESERVE_SECONDS:
+            break
+        found = bucket.closed_read(item.key)  # None: archived and deleted meanwhile
+        if found is not None:
+            files.append(found)
+        cursor, taken = item.key, taken + 1
+    left = taken < len(listed)
+    exposures = distinct_exposures(e for f in files for e in f.exposures)
     stored = tables.get_risks(sorted({e["user_id"] for e in exposures}))
     still_open = {(item["user_id"], item.get("exposed_at")) for item in stored.values()}
     unread = set(stored.unread)
     by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in exposures:
-        day = str(e["exposed_at"])[:10]
-        if identity(e) not in still_open and e["user_id"] not in unread and _DAY.fullmatch(day):
+        day = exposure_day(e)
+        if identity(e) not in still_open and e["user_id"] not in unread and day is not None:
             by_day[day].append(e)
-    for day, final in sorted(by_day.items()):
-        _merge_day(bucket, day, final)
+    written = sum(_merge_day(bucket, day, final) for day, final in sorted(by_day.items()))
     archived = {identity(e) for final in by_day.values() for e in final}
-    deleted = 0
-    for key, found in files:
-        if all(identity(e) in archived for e in found):
-            bucket.closed_delete(key)
-            deleted += 1
+    deleted = rewritten = 0
+    for f in files:
+        if all(identity(e) in archived for e in f.exposures):
+            if bucket.closed_delete(f):
+                deleted += 1
+            else:
+                rewritten += 1  # written again since it was read: the next run archives the newer copy
+    bucket.archive_cursor_put(cursor if left else None)
     return {
         "files_read": len(files),
         "files_deleted": deleted,
+        "files_kept": len(files) - deleted - rewritten,
+        "files_written_again": rewritten,
         "exposures_archived": len(archived),
         "exposures_kept": len(exposures) - len(archived),
-        "days_written": len(by_day),
+        "days_written": written,
         "files_left": left,
     }
 
 
-def _merge_day(bucket: Bucket, day: str, exposures: list[dict[str, Any]]) -> None:
-    """Add exposures to one day's archive, each once (the earliest return any copy saw), over the version read."""
+def _in_turn(bucket: Bucket, cursor: str | None) -> Iterator[Listed]:
+    """Yield the files of closed exposures from after `cursor` to the last, then from the first up to `cursor`."""
+    yield from bucket.closed_listed(cursor)
+    if cursor is not None:
+        for item in bucket.closed_listed():
+            if item.key > cursor:
+                return
+            yield item
+
+
+def _merge_day(bucket: Bucket, day: str, exposures: list[dict[str, Any]]) -> bool:
+    """Add exposures to one day's archive, each once (the earliest return any copy saw), over the version read;
+    return whether it was written (not when it held them all already)."""
     for _ in range(ARCHIVE_WRITE_ROUNDS):
         current, version = bucket.archive_get(day)
         merged = sorted(distinct_exposures([*current, *exposures]), key=identity)  # the same bytes for the same day
+        if version is not None and merged == sorted(current, key=identity):
+            return False
         if bucket.archive_put(day, merged, version):
-            return
+            return True
     raise ArchiveRaceError(f"the archive of {day} changed under {ARCHIVE_WRITE_ROUNDS} writes in a row")
 
 
@@ -114,7 +168,7 @@ def closed_for_report(
     """
     in_files = {identity(e): e for e in distinct_exposures(bucket.closed_all())}
     cells: Cells = {}
-    first_day = iso_time(since)[:10] if since is not None else ""
+    first_day = iso_time(since)[:10] if since is not None else ""  # exposure_day's UTC days
     for day in bucket.archive_days():
         if day < first_day:
             continue  # exposed before `since`: the report leaves them out

@@ -104,9 +104,9 @@ class ScoringPipeline:
         """The schedule state machine's child: re-score one segment of the state table to its end."""
         return self.schedule_map.segment(item, deadline)
 
-    def finish_schedule(self, event: dict[str, Any]) -> dict[str, Any]:
+    def finish_schedule(self, event: dict[str, Any], seconds_left: Callable[[], float] | None = None) -> dict[str, Any]:
         """The schedule state machine's last step: the run's record and lift report from its segments'."""
-        return self.schedule_map.finish(event)
+        return self.schedule_map.finish(event, seconds_left)
 
     def lift_report(
         self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None

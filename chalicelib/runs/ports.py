@@ -52,6 +52,15 @@ class Listed:
     last_modified: datetime
 
 
+@dataclass(frozen=True)
+class ClosedFile:
+    """One file of closed exposures, as read: its key, the version read (its ETag) and its exposures."""
+
+    key: str
+    version: str
+    exposures: list[dict[str, Any]]
+
+
 @dataclass
 class StoredStates:
     """Stored state of some users, with each one's version and recently merged runs."""
@@ -222,11 +231,23 @@ class Bucket(Protocol):
     def closed_all(self) -> Iterator[dict[str, Any]]:
         """Yield every exposure any run replaced and the archive does not hold yet."""
 
-    def closed_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        """Yield (key, exposures) of each file of closed exposures; one deleted meanwhile is skipped."""
+    def closed_listed(self, start_after: str | None = None) -> Iterator[Listed]:
+        """Yield the files of closed exposures in key order, from after `start_after` when given."""
 
-    def closed_delete(self, key: str) -> None:
-        """Delete a file of closed exposures that the archive holds."""
+    def closed_read(self, key: str) -> ClosedFile | None:
+        """Return a file of closed exposures and the version read, or None when it is gone."""
+
+    def closed_delete(self, file: ClosedFile) -> bool:
+        """Delete a file of closed exposures if it is still the version read; False when it was written again."""
+
+    def archive_cursor_get(self) -> str | None:
+        """Return the file of closed exposures the last archiving stopped at, or None to start at the first."""
+
+    def archive_cursor_put(self, after: str | None) -> None:
+        """Record where the next archiving starts (None: at the first file)."""
+
+    def makes_conditional_writes(self) -> bool:
+        """Return whether conditional writes (If-Match, If-None-Match) can be made."""
 
     def archive_days(self) -> list[str]:
         """Return the days (YYYY-MM-DD) the archive holds exposures of, oldest first."""

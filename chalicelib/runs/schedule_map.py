@@ -13,6 +13,7 @@ a segment that did not finish makes the run `incomplete`, and its users not cove
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from chalicelib.errors import ChurnGuardError, InputError, RetryableError
@@ -233,8 +234,11 @@ class ScheduleMap:
         return {"run_id": run_id, "segment": seg, "status": "succeeded", "exposures": len(open_exposures)}
 
     # ---- finish ------------------------------------------------------------------------------------
-    def finish(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Sum the segments into the run's record and lift report; name what did not finish; return the summary."""
+    def finish(self, event: dict[str, Any], seconds_left: Callable[[], float] | None = None) -> dict[str, Any]:
+        """Sum the segments into the run's record and lift report; name what did not finish; return the summary.
+
+        `seconds_left` is the invocation's time left, which bounds the archiving of closed exposures.
+        """
         run_id, at = str(event["run_id"]), float(event["at"])
         started = self.ctx.clock()
         summary: dict[str, Any] = {"run_id": run_id, "trigger": "schedule", "source": "schedule", "execution": "map"}
@@ -252,7 +256,7 @@ class ScheduleMap:
             self.ctx.bucket.dead_letters_delete(run_id)  # an earlier finish's, now redone by the segments
         if failed or planned is None:
             self._incomplete(run, summary, event, failed)
-        publish_report(self.ctx, summary, self._lift_report(summary, planned, at))
+        publish_report(self.ctx, summary, self._lift_report(summary, planned, at, seconds_left))
         self.records.finish(summary, started, write=False)
         self.ctx.bucket.run_record_put(run_id, {**summary, "attempts": _attempts(previous, summary)})
         if (measured := measured_writes(summary, self.ctx.scorer.playbook.version)) is not None:
@@ -322,7 +326,13 @@ class ScheduleMap:
         extra = {"run_id": run.run_id, "not_covered": summary["not_covered"]}
         self.ctx.logger.warning("schedule incomplete", extra=extra)
 
-    def _lift_report(self, summary: dict[str, Any], planned: dict[str, Any] | None, at: float) -> dict[str, Any] | None:
+    def _lift_report(
+        self,
+        summary: dict[str, Any],
+        planned: dict[str, Any] | None,
+        at: float,
+        seconds_left: Callable[[], float] | None = None,
+    ) -> dict[str, Any] | None:
         """Write the lift report from the segments' partial sums and return it; without all of them, keep the last
         one and return None."""
         total = int((planned or {}).get("total_segments", 0))
@@ -336,7 +346,7 @@ class ScheduleMap:
         for part in parts:
             add_cells(cells, part["lift_cells"])
         # What the day closed is archived first (a redo archives it again to the same effect).
-        archive_for_run(self.ctx, summary["run_id"])
+        archive_for_run(self.ctx, summary["run_id"], seconds_left)
         horizon = self.ctx.scorer.model.horizon_days
         report = report_from_cells(self._with_closed(cells, horizon, at), horizon, at)
         summary["lift_report"] = self.ctx.bucket.lift_report_put(report)

@@ -158,7 +158,7 @@ class ScheduleRun:
         self.records.settle(run, summary)
         # Once a day is enough for the lift report: it scans the whole risk table. What the day closed is
         # archived first (a redo archives it again to the same effect).
-        archive_for_run(self.ctx, run_id)
+        archive_for_run(self.ctx, run_id, deadline.seconds_left)
         lift = self.lift_report(as_of=at)
         summary["lift_report"] = self.ctx.bucket.lift_report_put(lift)
         publish_report(self.ctx, summary, lift)

@@ -43,16 +43,31 @@ def test_a_days_archive_is_written_only_over_the_version_read(aws):
     assert bucket.archive_days() == [day]
 
 
-def test_a_closed_file_deleted_between_listing_and_reading_is_skipped(aws, monkeypatch):
-    # GIVEN two files of closed exposures, one deleted (archived) after the listing saw it
+def test_a_closed_file_is_deleted_only_as_read_and_one_gone_is_no_error(aws):
+    # GIVEN a file of closed exposures read, then written again under the same key (a redo)
     bucket = make_pipeline(aws.settings).bucket
+    assert bucket.makes_conditional_writes()
     bucket.closed_put("run-1", [_exposure("a", "2026-06-01")])
-    bucket.closed_put("run-2", [_exposure("b", "2026-06-02")])
-    listed = list(bucket.list(CLOSED_PREFIX))
-    bucket.closed_delete(listed[0].key)
-    monkeypatch.setattr(bucket, "list", lambda prefix: iter(listed) if prefix == CLOSED_PREFIX else iter([]))
-    # WHEN the files are read, THEN the one left is, and the one gone is not an error
-    assert [key for key, _ in bucket.closed_files()] == [listed[1].key]
+    (listed,) = list(bucket.closed_listed())
+    read = bucket.closed_read(listed.key)
+    bucket.closed_put("run-1", [dict(_exposure("a", "2026-06-01"), returned_at="2026-06-03T00:00:00Z")])
+    # WHEN the archiver deletes what it read, THEN the newer version stays
+    assert not bucket.closed_delete(read)
+    assert bucket.closed_read(listed.key).exposures[0]["returned_at"] == "2026-06-03T00:00:00Z"
+    # AND the newer one, read, is deleted; reading or deleting it again finds it gone, which is no error
+    newer = bucket.closed_read(listed.key)
+    assert bucket.closed_delete(newer)
+    assert bucket.closed_read(listed.key) is None
+    assert bucket.closed_delete(newer)
+    assert list(bucket.closed_all()) == []
+    # AND the listing goes on from after a key, in key order
+    for run in ("run-2", "run-3", "run-4"):
+        bucket.closed_put(run, [_exposure(run, "2026-06-02")])
+    keys = [item.key for item in bucket.closed_listed()]
+    assert [item.key for item in bucket.closed_listed(keys[0])] == keys[1:]
+    assert bucket.archive_cursor_get() is None
+    bucket.archive_cursor_put(keys[1])
+    assert bucket.archive_cursor_get() == keys[1]
 
 
 def test_the_schedule_archives_what_it_closed_and_its_report_counts_every_exposure_once(
@@ -66,6 +81,7 @@ def test_the_schedule_archives_what_it_closed_and_its_report_counts_every_exposu
     pipeline.run_schedule(T0 + 40 * SECONDS_PER_DAY)
     # THEN the exposures it replaced are in the archive, by day, and no file of them is left
     assert aws.keys(CLOSED_PREFIX) == []
+    assert json.loads(aws.get("runs/_closed-archive-cursor.json")) == {"after": None}
     archived = [e for key in aws.keys(ARCHIVE_PREFIX) for e in json.loads(aws.get(key))]
     replaced = {(e["user_id"], e["exposed_at"]) for e in archived}
     assert replaced and replaced <= first

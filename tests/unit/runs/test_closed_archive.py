@@ -168,3 +168,122 @@ def test_a_report_since_a_day_reads_no_archive_of_an_earlier_day(monkeypatch):
     # THEN it counts what a report over every exposure counts from then, reading no earlier day
     assert got == lift_cells(distinct_exposures(every), HORIZON, AT, since)
     assert read and min(read) == iso(since)[:10]
+
+
+def test_a_file_written_again_after_it_was_read_stays_and_its_newer_copy_counts():
+    # GIVEN a file read by the archiver, written again by a redo (the same key: the same exposures, now with a
+    # return seen meanwhile) whose risk write then lands, all before the archiver's risk reads
+    bucket, tables = FakeBucket(), FakeTables()
+    first = exposure("u", 40, None)
+    bucket.closed_put("run-A", [first])
+    tables.risks["u"] = {"user_id": "u", "exposed_at": first["exposed_at"]}
+    redo = exposure("u", 40, 3)
+    real = tables.get_risks
+
+    def redo_lands_meanwhile(user_ids):
+        bucket.closed_put("run-A", [redo])
+        tables.risks["u"] = {"user_id": "u", "exposed_at": iso(AT - DAY)}
+        return real(user_ids)
+
+    tables.get_risks = redo_lands_meanwhile
+    # WHEN the archiver archives what it read and deletes the file
+    done = archive_closed(bucket, tables, max_files=100)
+    # THEN the file, written again since, stays (S3 deletes only the version read), and the report counts the
+    # user as come back, as the newer copy says
+    assert done["files_written_again"] == 1 and bucket.closed
+    tables.get_risks = real
+    assert counted(bucket) == lift_cells([redo], HORIZON, AT)
+    # AND the next archiving takes the newer copy
+    archive_closed(bucket, tables, max_files=100)
+    assert not bucket.closed and counted(bucket) == lift_cells([redo], HORIZON, AT)
+
+
+def test_files_kept_back_do_not_stop_the_files_behind_them():
+    # GIVEN two files listed first whose exposures stay open (a write that never landed, for a user never exposed
+    # again), then three files of final exposures
+    bucket, tables = FakeBucket(), FakeTables()
+    for n in range(2):
+        stuck = exposure(f"stuck-{n}", 20, None)
+        tables.risks[stuck["user_id"]] = {"user_id": stuck["user_id"], "exposed_at": stuck["exposed_at"]}
+        bucket.closed_put(f"run-0{n}", [stuck])
+    for n in range(3):
+        final = exposure(f"final-{n}", 20, None)
+        tables.risks[final["user_id"]] = {"user_id": final["user_id"], "exposed_at": iso(AT)}
+        bucket.closed_put(f"run-1{n}", [final])
+    # WHEN each archiving may take no more files than are stuck, day after day
+    done = [archive_closed(bucket, tables, max_files=2) for _ in range(4)]
+    # THEN they take the files in turn, and the final ones are archived within a round
+    assert sum(d["files_deleted"] for d in done) == 3
+    assert sorted(run for run, _ in bucket.closed) == ["run-00", "run-01"]
+
+
+def test_a_day_that_gains_nothing_is_not_written_again():
+    # GIVEN a file kept back by one exposure still open, its other exposure archived
+    bucket, tables = FakeBucket(), FakeTables()
+    still, final = exposure("open", 10, None), exposure("final", 10, None)
+    tables.risks["open"] = {"user_id": "open", "exposed_at": still["exposed_at"]}
+    tables.risks["final"] = {"user_id": "final", "exposed_at": iso(AT)}
+    bucket.closed_put("run-1", [still, final])
+    archive_closed(bucket, tables, max_files=100)
+    writes = bucket.archive_writes
+    # WHEN the next schedules archive again, with nothing new
+    done = [archive_closed(bucket, tables, max_files=100) for _ in range(3)]
+    # THEN the day's object is not written again (each write would leave a noncurrent version behind)
+    assert bucket.archive_writes == writes and [d["days_written"] for d in done] == [0, 0, 0]
+
+
+def test_an_exposure_is_archived_under_its_utc_day_which_since_compares():
+    # GIVEN an exposure whose time carries an offset: 2026-01-01T23:30-02:00 is 2026-01-02T01:30Z
+    bucket, tables = FakeBucket(), FakeTables()
+    e = dict(exposure("u", 0, None), exposed_at="2026-01-01T23:30:00-02:00")
+    tables.risks["u"] = {"user_id": "u", "exposed_at": iso(AT)}
+    bucket.closed_put("run-1", [e])
+    since = 1767312000.0  # 2026-01-02T00:00:00Z
+    before = counted(bucket, since)
+    assert before != {}
+    # WHEN it is archived, THEN it is under 2026-01-02, and a report since that day still counts it
+    archive_closed(bucket, tables, max_files=100)
+    assert bucket.archive_days() == ["2026-01-02"]
+    assert counted(bucket, since) == before
+
+
+def test_archiving_stops_reading_files_when_the_invocation_runs_short():
+    # GIVEN more files than an invocation with little time left can read
+    bucket, tables, _ = world()
+    before = counted(bucket)
+    left = iter([300.0, 300.0, 300.0] + [10.0] * 100)
+    # WHEN it archives with three files' worth of time
+    done = archive_closed(bucket, tables, max_files=1000, seconds_left=lambda: next(left))
+    # THEN it read three, left the rest for the next run (which starts after them), and no count moved
+    assert done["files_read"] == 3 and done["files_left"]
+    assert counted(bucket) == before
+    remaining = len(bucket.closed_versions)
+    assert archive_closed(bucket, tables, max_files=1000)["files_read"] == remaining
+    assert sorted(run for run, _ in bucket.closed) == ["run-open", "run-unread"]
+
+
+@pytest.mark.parametrize("trouble", ["every_write_loses", "no_conditional_writes"])
+def test_a_schedule_that_cannot_archive_still_finishes_and_reports_every_exposure(
+    population, tmp_path, monkeypatch, caplog, trouble
+):
+    from chalicelib.runs.schedule_run import schedule_run_id
+    from tests.unit.runs.test_run_completion import LATER, exposed_then_rescored
+    from tests.unit.runs.test_runs_on_fakes import World
+
+    # GIVEN the lift report of a schedule that re-exposes users and archives what it closed
+    clean = World()
+    exposed_then_rescored(clean, population, tmp_path)
+    assert clean.bucket.archive and not clean.bucket.closed
+    # AND the same schedule where every archive write loses a race, or where botocore makes no conditional writes
+    world = World()
+    if trouble == "every_write_loses":
+        monkeypatch.setattr(world.bucket, "archive_put", lambda day, exposures, etag: False)
+    else:
+        world.bucket.conditional_writes = False
+    # WHEN it runs
+    exposed_then_rescored(world, population, tmp_path)
+    # THEN it finishes, with its record and the same lift report, counting the files it could not archive
+    assert world.bucket.runs[schedule_run_id(LATER)]["status"] == "succeeded"
+    assert world.bucket.lift == clean.bucket.lift
+    assert world.bucket.closed and not world.bucket.archive
+    assert "closed exposures not archived" in caplog.text
