@@ -61,7 +61,6 @@ class FakeBucket:
         self.archive: dict[str, tuple[list[dict[str, Any]], int]] = {}  # exposures and version, by day
         self.archive_writes = 0
         self.closed_versions: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}  # versions by key, oldest first
-        self.versions_written = 0
         self.archive_cursor: str | None = None
         self.conditional_writes = True  # False: as a botocore that predates S3's conditional writes
         self.lift: dict[str, Any] | None = None
@@ -152,7 +151,9 @@ class FakeBucket:
     def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
         names = frozenset((e["user_id"], e["exposed_at"]) for e in exposures)
         self.closed[(run_id, names)] = _copy(exposures)
-        self.closed_versions.setdefault(_closed_key(run_id, names), []).append((self._next_version(), _copy(exposures)))
+        # As S3's ETag, the version is the content's digest: the same bytes written again keep it
+        version = _etag(json.dumps(exposures, sort_keys=True).encode())
+        self.closed_versions.setdefault(_closed_key(run_id, names), []).append((version, _copy(exposures)))
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
         for item in self.closed_listed():
@@ -183,6 +184,12 @@ class FakeBucket:
                 del self.closed[(run_id, names)]
         return True
 
+    def closed_read_many(self, keys: list[str]) -> list[ClosedFile | None]:
+        return [self.closed_read(k) for k in keys]
+
+    def closed_delete_many(self, files: list[ClosedFile]) -> list[bool]:
+        return [self.closed_delete(f) for f in files]
+
     def archive_cursor_get(self) -> str | None:
         return self.archive_cursor
 
@@ -191,10 +198,6 @@ class FakeBucket:
 
     def makes_conditional_writes(self) -> bool:
         return self.conditional_writes
-
-    def _next_version(self) -> str:
-        self.versions_written += 1
-        return f"v{self.versions_written}"
 
     def every_closed(self) -> list[dict[str, Any]]:
         """Return (for tests) every closed exposure kept, in files or archived, each copy."""

@@ -7,9 +7,11 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 import boto3
 
@@ -31,6 +33,9 @@ CLOSED_PREFIX = "outcomes/closed/"
 # Closed exposures known to be final (no risk item holds them any more), one object per day of exposure
 # (retention/archive.py): the lift report reads one object a day instead of one a chunk that ever closed one.
 ARCHIVE_PREFIX = "outcomes/archive/"
+# Files of closed exposures read (or deleted) at once, and how many a batch: well within BOTO_CONFIG's 32 connections.
+CLOSED_READ_CONCURRENCY = 16
+CLOSED_READ_BATCH = 256
 # What S3 answers a conditional write that lost a race: a changed object, or one being written at the same time.
 LOST_RACE_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 # A backfill's working objects (plan, item lists, range parts, shard parts, summaries), one folder per run:
@@ -55,6 +60,8 @@ SOURCE_SUFFIX = ".source.json"
 # gets a hashed name instead: as much of the key as fits, then the SHA-256 of the whole key.
 MAX_KEY_BYTES = 1024
 HASH_MARK = "~sha256-"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def derived_key(prefix: str, key: str, suffix: str = "") -> str:
@@ -108,6 +115,7 @@ class BehaviourBucket:
         self.client = client
         self.bucket = bucket
         self._versioned = False  # checked once per container, on the first read
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def create(cls, bucket: str) -> BehaviourBucket:
@@ -309,10 +317,26 @@ class BehaviourBucket:
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
         """Yield every exposure any run replaced and the archive does not hold yet."""
-        for item in self.closed_listed():
-            found = self.closed_read(item.key)
-            if found is not None:  # archived before it was deleted: the archive, read after, holds them
-                yield from found.exposures
+        listed = self.closed_listed()
+        while keys := [item.key for item in islice(listed, CLOSED_READ_BATCH)]:
+            for found in self.closed_read_many(keys):
+                if found is not None:  # archived before it was deleted: the archive, read after, holds them
+                    yield from found.exposures
+
+    def closed_read_many(self, keys: list[str]) -> list[ClosedFile | None]:
+        """Return `closed_read` of each key, CLOSED_READ_CONCURRENCY at a time (a GET is mostly waiting)."""
+        return self._in_parallel(self.closed_read, keys)
+
+    def closed_delete_many(self, files: list[ClosedFile]) -> list[bool]:
+        """Return `closed_delete` of each file, CLOSED_READ_CONCURRENCY at a time."""
+        return self._in_parallel(self.closed_delete, files)
+
+    def _in_parallel(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        if len(items) < 2:
+            return [fn(i) for i in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(CLOSED_READ_CONCURRENCY, thread_name_prefix="s3-closed")
+        return list(self._pool.map(fn, items))
 
     def closed_listed(self, start_after: str | None = None) -> Iterator[Listed]:
         """Yield the files of closed exposures in key order, from after `start_after` when given."""

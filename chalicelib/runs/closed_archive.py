@@ -17,6 +17,7 @@ Safe at every step, whatever crashes or runs at the same time:
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -31,9 +32,11 @@ from chalicelib.scoring.scorer import iso_time
 
 # Rounds of re-reading a day's archive after another write came first, before the step fails (and is redone).
 ARCHIVE_WRITE_ROUNDS = 5
-# The archiving reads no further file once its invocation has less than this left: the merges, the deletes, the
-# lift report and the run record come after it.
+# The archiving reads no further file once its invocation has less than this left, besides as long again as its
+# reads took (for the deletes): the merges, the lift report and the run record come after it.
 ARCHIVE_RESERVE_SECONDS = 120.0
+# Files read at once (the bucket reads a batch in parallel), and between looks at the time left.
+CLOSED_READ_BATCH = 256
 
 
 class ArchiveRaceError(RetryableError):
@@ -91,17 +94,17 @@ def archive_closed(
     never stop the ones behind them. Returns counts: files read, deleted, kept back and written again since read;
     exposures archived and kept; days written; and whether files were left for the next run.
     """
-    cursor = bucket.archive_cursor_get()
-    listed = list(islice(_in_turn(bucket, cursor), max_files + 1))
+    started_at = cursor = bucket.archive_cursor_get()
+    listed = [item.key for item in islice(_in_turn(bucket, cursor), max_files + 1)]
     files: list[ClosedFile] = []
-    taken = 0
-    for item in listed[:max_files]:
-        if seconds_left is not None and seconds_left() < ARCHIVE_RESERVE_SECONDS:
+    taken, reading, clock = 0, 0.0, time.monotonic()
+    for at in range(0, min(len(listed), max_files), CLOSED_READ_BATCH):
+        # The deletes after take about as long as the reads: keep room for them, and the reserve, before a batch.
+        if seconds_left is not None and seconds_left() < ARCHIVE_RESERVE_SECONDS + reading:
             break
-        found = bucket.closed_read(item.key)  # None: archived and deleted meanwhile
-        if found is not None:
-            files.append(found)
-        cursor, taken = item.key, taken + 1
+        keys = listed[at : min(at + CLOSED_READ_BATCH, max_files)]
+        files += [f for f in bucket.closed_read_many(keys) if f is not None]  # None: archived and deleted meanwhile
+        cursor, taken, reading = keys[-1], taken + len(keys), time.monotonic() - clock
     left = taken < len(listed)
     exposures = distinct_exposures(e for f in files for e in f.exposures)
     stored = tables.get_risks(sorted({e["user_id"] for e in exposures}))
@@ -114,14 +117,11 @@ def archive_closed(
             by_day[day].append(e)
     written = sum(_merge_day(bucket, day, final) for day, final in sorted(by_day.items()))
     archived = {identity(e) for final in by_day.values() for e in final}
-    deleted = rewritten = 0
-    for f in files:
-        if all(identity(e) in archived for e in f.exposures):
-            if bucket.closed_delete(f):
-                deleted += 1
-            else:
-                rewritten += 1  # written again since it was read: the next run archives the newer copy
-    bucket.archive_cursor_put(cursor if left else None)
+    done = [f for f in files if all(identity(e) in archived for e in f.exposures)]
+    deleted = sum(bucket.closed_delete_many(done))  # False: written again since read; the next run takes it
+    rewritten = len(done) - deleted
+    if (cursor if left else None) != started_at:
+        bucket.archive_cursor_put(cursor if left else None)
     return {
         "files_read": len(files),
         "files_deleted": deleted,

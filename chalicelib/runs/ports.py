@@ -240,6 +240,12 @@ class Bucket(Protocol):
     def closed_delete(self, file: ClosedFile) -> bool:
         """Delete a file of closed exposures if it is still the version read; False when it was written again."""
 
+    def closed_read_many(self, keys: list[str]) -> list[ClosedFile | None]:
+        """Return `closed_read` of each key (several at once)."""
+
+    def closed_delete_many(self, files: list[ClosedFile]) -> list[bool]:
+        """Return `closed_delete` of each file (several at once)."""
+
     def archive_cursor_get(self) -> str | None:
         """Return the file of closed exposures the last archiving stopped at, or None to start at the first."""
 

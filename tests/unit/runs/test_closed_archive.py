@@ -7,7 +7,7 @@ import random
 import pytest
 
 from chalicelib.retention.outcomes import HOLDOUT, TREATED, add_cells, distinct_exposures, lift_cells
-from chalicelib.runs.closed_archive import ArchiveRaceError, archive_closed, closed_for_report
+from chalicelib.runs.closed_archive import CLOSED_READ_BATCH, ArchiveRaceError, archive_closed, closed_for_report
 from tests.fakes import FakeBucket, FakeTables
 
 DAY = 86400.0
@@ -248,18 +248,31 @@ def test_an_exposure_is_archived_under_its_utc_day_which_since_compares():
 
 
 def test_archiving_stops_reading_files_when_the_invocation_runs_short():
-    # GIVEN more files than an invocation with little time left can read
-    bucket, tables, _ = world()
+    # GIVEN more files than an invocation with little time left can read (they are read 256 at a time)
+    bucket, tables, _ = world(n_files=600)
     before = counted(bucket)
-    left = iter([300.0, 300.0, 300.0] + [10.0] * 100)
-    # WHEN it archives with three files' worth of time
+    left = iter([300.0, 300.0] + [10.0] * 100)
+    # WHEN it archives with two batches' worth of time
     done = archive_closed(bucket, tables, max_files=1000, seconds_left=lambda: next(left))
-    # THEN it read three, left the rest for the next run (which starts after them), and no count moved
-    assert done["files_read"] == 3 and done["files_left"]
+    # THEN it read two batches, left the rest for the next run (which starts after them), and no count moved
+    assert done["files_read"] == 2 * CLOSED_READ_BATCH and done["files_left"]
     assert counted(bucket) == before
     remaining = len(bucket.closed_versions)
     assert archive_closed(bucket, tables, max_files=1000)["files_read"] == remaining
     assert sorted(run for run, _ in bucket.closed) == ["run-open", "run-unread"]
+
+
+def test_archiving_keeps_as_long_again_as_its_reads_took_for_the_deletes(monkeypatch):
+    # GIVEN reads that take 100 s a batch, and an invocation with 400 s left
+    bucket, tables, _ = world(n_files=600)
+    clock = iter([0.0, 100.0, 200.0, 300.0])
+    monkeypatch.setattr("chalicelib.runs.closed_archive.time.monotonic", lambda: next(clock))
+    left = iter([400.0, 300.0, 200.0])
+    # WHEN it archives
+    done = archive_closed(bucket, tables, max_files=1000, seconds_left=lambda: next(left))
+    # THEN the first look (400 s >= the 120 s reserve) and the second (300 >= 120 + 100 s of reads) read on, and
+    # the third (200 < 120 + 200) stops: two batches
+    assert done["files_read"] == 2 * CLOSED_READ_BATCH and done["files_left"]
 
 
 @pytest.mark.parametrize("trouble", ["every_write_loses", "no_conditional_writes"])
