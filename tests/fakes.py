@@ -57,10 +57,10 @@ class FakeBucket:
         self.runs: dict[str, dict[str, Any]] = {}
         self.checkpoints: dict[str, dict[str, Any]] = {}
         self.dead_letters: dict[str, dict[str, Any]] = {}
-        self.closed: dict[tuple[str, frozenset[tuple[str, str]]], list[dict[str, Any]]] = {}
+        # Each file of closed exposures (by run and the exposures' names): its current version and exposures
+        self.closed: dict[tuple[str, frozenset[tuple[str, str]]], tuple[str, list[dict[str, Any]]]] = {}
         self.archive: dict[str, tuple[list[dict[str, Any]], int]] = {}  # exposures and version, by day
         self.archive_writes = 0
-        self.closed_versions: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}  # versions by key, oldest first
         self.archive_cursor: str | None = None
         self.conditional_writes = True  # False: as a botocore that predates S3's conditional writes
         self.lift: dict[str, Any] | None = None
@@ -150,39 +150,37 @@ class FakeBucket:
 
     def closed_put(self, run_id: str, exposures: list[dict[str, Any]]) -> None:
         names = frozenset((e["user_id"], e["exposed_at"]) for e in exposures)
-        self.closed[(run_id, names)] = _copy(exposures)
         # As S3's ETag, the version is the content's digest: the same bytes written again keep it
-        version = _etag(json.dumps(exposures, sort_keys=True).encode())
-        self.closed_versions.setdefault(_closed_key(run_id, names), []).append((version, _copy(exposures)))
+        self.closed[(run_id, names)] = (_etag(json.dumps(exposures, sort_keys=True).encode()), _copy(exposures))
 
     def closed_all(self) -> Iterator[dict[str, Any]]:
-        for item in self.closed_listed():
-            found = self.closed_read(item.key)
+        for found in self.closed_read_many([item.key for item in self.closed_listed()]):
             if found is not None:
                 yield from found.exposures
 
     def closed_listed(self, start_after: str | None = None) -> Iterator[Listed]:
         self.list_calls += 1
-        for key in sorted(self.closed_versions):
+        for key in sorted(self._closed_by_key()):
             if start_after is None or key > start_after:
                 yield Listed(key, "etag", datetime(2026, 5, 31, tzinfo=UTC))
 
     def closed_read(self, key: str) -> ClosedFile | None:
-        versions = self.closed_versions.get(key)
-        if not versions:
+        name = self._closed_by_key().get(key)
+        if name is None:
             return None
-        version, exposures = versions[-1]
+        version, exposures = self.closed[name]
         return ClosedFile(key, version, _copy(exposures))
 
     def closed_delete(self, file: ClosedFile) -> bool:
-        versions = self.closed_versions.get(file.key)
-        if versions and versions[-1][0] != file.version:
-            return False  # written again since it was read, as S3's If-Match answers
-        self.closed_versions.pop(file.key, None)
-        for run_id, names in list(self.closed):
-            if _closed_key(run_id, names) == file.key:
-                del self.closed[(run_id, names)]
+        name = self._closed_by_key().get(file.key)
+        if name is not None:
+            if self.closed[name][0] != file.version:
+                return False  # written again since it was read, as S3's If-Match answers
+            del self.closed[name]
         return True
+
+    def _closed_by_key(self) -> dict[str, tuple[str, frozenset[tuple[str, str]]]]:
+        return {_closed_key(*name): name for name in self.closed}
 
     def closed_read_many(self, keys: list[str]) -> list[ClosedFile | None]:
         return [self.closed_read(k) for k in keys]

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import boto3
 
 from chalicelib.aws.boto import BOTO_CONFIG, error_code
-from chalicelib.runs.ports import ClosedFile, Listed, ObjectGoneError, S3Object
+from chalicelib.runs.ports import CLOSED_READ_BATCH, ClosedFile, Listed, ObjectGoneError, S3Object
 from chalicelib.settings import ConfigError
 
 # The bucket's layout: every prefix a run writes under is named here and nowhere else.
@@ -31,11 +31,11 @@ CHECKPOINT_PREFIX = "checkpoints/"
 ATTEMPTS_PREFIX = "attempts/"
 CLOSED_PREFIX = "outcomes/closed/"
 # Closed exposures known to be final (no risk item holds them any more), one object per day of exposure
-# (retention/archive.py): the lift report reads one object a day instead of one a chunk that ever closed one.
+# (runs/closed_archive.py): the lift report reads one object a day instead of one a chunk that ever closed one.
 ARCHIVE_PREFIX = "outcomes/archive/"
-# Files of closed exposures read (or deleted) at once, and how many a batch: well within BOTO_CONFIG's 32 connections.
+# Files of closed exposures read (or deleted) at once, CLOSED_READ_BATCH a batch: well within BOTO_CONFIG's 32
+# connections.
 CLOSED_READ_CONCURRENCY = 16
-CLOSED_READ_BATCH = 256
 # What S3 answers a conditional write that lost a race: a changed object, or one being written at the same time.
 LOST_RACE_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 # A backfill's working objects (plan, item lists, range parts, shard parts, summaries), one folder per run:
@@ -166,10 +166,11 @@ class BehaviourBucket:
             identity=content_identity(resp),
         )
 
-    def list(self, prefix: str) -> Iterator[Listed]:
-        """Yield every object under `prefix`."""
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[Listed]:
+        """Yield every object under `prefix`, in key order (from after `start_after` when given)."""
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        start = {"StartAfter": start_after} if start_after else {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **start):
             for item in page.get("Contents", []):
                 yield Listed(item["Key"], item["ETag"].strip('"'), item["LastModified"])
 
@@ -197,6 +198,14 @@ class BehaviourBucket:
         """Read a JSON object, or return None when there is none."""
         data = self.find_bytes(key)
         return None if data is None else json.loads(data)
+
+    def find_json_tagged(self, key: str) -> tuple[Any, str] | None:
+        """Read a JSON object and its ETag (for a conditional write or delete over it), or None when there is none."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return json.loads(resp["Body"].read()), resp["ETag"]
 
     def find_bytes(self, key: str) -> bytes | None:
         """Read an object, or return None when there is none."""
@@ -340,19 +349,12 @@ class BehaviourBucket:
 
     def closed_listed(self, start_after: str | None = None) -> Iterator[Listed]:
         """Yield the files of closed exposures in key order, from after `start_after` when given."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        start = {"StartAfter": start_after} if start_after else {}
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=CLOSED_PREFIX, **start):
-            for item in page.get("Contents", []):
-                yield Listed(item["Key"], item["ETag"].strip('"'), item["LastModified"])
+        return self.list(CLOSED_PREFIX, start_after)
 
     def closed_read(self, key: str) -> ClosedFile | None:
         """Return a file of closed exposures and the version read, or None when it is gone (archived meanwhile)."""
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key)
-        except self.client.exceptions.NoSuchKey:
-            return None
-        return ClosedFile(key, resp["ETag"], json.loads(resp["Body"].read()))
+        found = self.find_json_tagged(key)
+        return None if found is None else ClosedFile(key, found[1], found[0])
 
     def closed_delete(self, file: ClosedFile) -> bool:
         """Delete a file of closed exposures if it is still the version read (S3's If-Match); False when a redo has
@@ -390,11 +392,7 @@ class BehaviourBucket:
 
     def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:
         """Return the archived exposures of one day and the object's ETag, or ([], None) when there are none."""
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=f"{ARCHIVE_PREFIX}{day}.json")
-        except self.client.exceptions.NoSuchKey:
-            return [], None
-        return json.loads(resp["Body"].read()), resp["ETag"]
+        return self.find_json_tagged(f"{ARCHIVE_PREFIX}{day}.json") or ([], None)
 
     def archive_put(self, day: str, exposures: list[dict[str, Any]], etag: str | None) -> bool:
         """Write one day's archive over the version read (`etag`; None: over none); False when another write came

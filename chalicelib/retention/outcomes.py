@@ -69,6 +69,11 @@ def exposure_from_item(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def identity(exposure: dict[str, Any]) -> tuple[str, str]:
+    """Return what names an exposure: its user and when they were exposed."""
+    return exposure["user_id"], exposure["exposed_at"]
+
+
 def distinct_exposures(exposures: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return each exposure once, by its identity (user and time), with the earliest return any copy saw.
 
@@ -77,8 +82,7 @@ def distinct_exposures(exposures: Iterable[dict[str, Any]]) -> list[dict[str, An
     """
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for e in exposures:
-        key = (e["user_id"], e["exposed_at"])
-        kept = seen.setdefault(key, dict(e))
+        kept = seen.setdefault(identity(e), dict(e))
         returns = [r for r in (kept.get("returned_at"), e.get("returned_at")) if r]
         kept["returned_at"] = min(returns, key=parse_timestamp) if returns else None
     return list(seen.values())

@@ -25,9 +25,9 @@ from typing import Any
 
 from chalicelib.errors import RetryableError
 from chalicelib.ingest import parse_timestamp
-from chalicelib.retention.outcomes import Cells, add_cells, distinct_exposures, lift_cells
+from chalicelib.retention.outcomes import Cells, add_cells, distinct_exposures, identity, lift_cells
 from chalicelib.runs.context import RunContext
-from chalicelib.runs.ports import Bucket, ClosedFile, Listed, Tables
+from chalicelib.runs.ports import CLOSED_READ_BATCH, Bucket, ClosedFile, Listed, Tables
 from chalicelib.scoring.scorer import iso_time
 
 # Rounds of re-reading a day's archive after another write came first, before the step fails (and is redone).
@@ -35,17 +35,10 @@ ARCHIVE_WRITE_ROUNDS = 5
 # The archiving reads no further file once its invocation has less than this left, besides as long again as its
 # reads took (for the deletes): the merges, the lift report and the run record come after it.
 ARCHIVE_RESERVE_SECONDS = 120.0
-# Files read at once (the bucket reads a batch in parallel), and between looks at the time left.
-CLOSED_READ_BATCH = 256
 
 
 class ArchiveRaceError(RetryableError):
-    """A day's archive kept changing under this write: the step is redone with the next attempt."""
-
-
-def identity(exposure: dict[str, Any]) -> tuple[str, str]:
-    """Return what names an exposure: its user and when they were exposed."""
-    return exposure["user_id"], exposure["exposed_at"]
+    """A day's archive kept changing under this write: the files stay, for the next run to archive."""
 
 
 def exposure_day(exposure: dict[str, Any]) -> str | None:
@@ -74,7 +67,7 @@ def archive_for_run(
         return None
     try:
         done = archive_closed(ctx.bucket, ctx.tables, ctx.settings.closed_archive_files, seconds_left)
-    except RetryableError as exc:  # a day that kept changing, a read that kept failing: the next run tries again
+    except ArchiveRaceError as exc:  # a day that kept changing: the next run tries again
         ctx.logger.warning("closed exposures not archived", extra={"run_id": run_id, "why": str(exc)})
         return None
     extra = {"run_id": run_id, **done}

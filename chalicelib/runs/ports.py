@@ -52,6 +52,10 @@ class Listed:
     last_modified: datetime
 
 
+# Files of closed exposures read at once (the bucket reads a batch in parallel), and between looks at the time left.
+CLOSED_READ_BATCH = 256
+
+
 @dataclass(frozen=True)
 class ClosedFile:
     """One file of closed exposures, as read: its key, the version read (its ETag) and its exposures."""
@@ -234,17 +238,11 @@ class Bucket(Protocol):
     def closed_listed(self, start_after: str | None = None) -> Iterator[Listed]:
         """Yield the files of closed exposures in key order, from after `start_after` when given."""
 
-    def closed_read(self, key: str) -> ClosedFile | None:
-        """Return a file of closed exposures and the version read, or None when it is gone."""
-
-    def closed_delete(self, file: ClosedFile) -> bool:
-        """Delete a file of closed exposures if it is still the version read; False when it was written again."""
-
     def closed_read_many(self, keys: list[str]) -> list[ClosedFile | None]:
-        """Return `closed_read` of each key (several at once)."""
+        """Return each file of closed exposures and the version read, None for one gone (several read at once)."""
 
     def closed_delete_many(self, files: list[ClosedFile]) -> list[bool]:
-        """Return `closed_delete` of each file (several at once)."""
+        """Delete each file of closed exposures that is still the version read; False for one written again since."""
 
     def archive_cursor_get(self) -> str | None:
         """Return the file of closed exposures the last archiving stopped at, or None to start at the first."""

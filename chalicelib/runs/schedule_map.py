@@ -24,6 +24,7 @@ from chalicelib.retention.outcomes import (
     add_cells,
     distinct_exposures,
     exposure_from_item,
+    identity,
     lift_cells,
     report_from_cells,
 )
@@ -359,7 +360,7 @@ class ScheduleMap:
         on its user's risk item: that open copy, counted by its segment, is taken out and counted with the closed.
         """
         closed, archived = closed_for_report(self.ctx.bucket, horizon, at)
-        keys = {(e["user_id"], e["exposed_at"]) for e in closed}
+        keys = {identity(e) for e in closed}
         stored = self.ctx.tables.get_risks(sorted({user for user, _ in keys}))
         still_open = [exposure_from_item(i) for i in stored.values() if (i["user_id"], i.get("exposed_at")) in keys]
         add_cells(cells, lift_cells(still_open, horizon, at), sign=-1)

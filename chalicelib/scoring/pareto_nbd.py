@@ -154,13 +154,14 @@ def _log_euler_series(B: np.ndarray, C: np.ndarray, z: np.ndarray, log_y: np.nda
     """Return log 2F1(1, B; C; z), given log(1 - z) as `log_y` (exact where z rounds to 1)."""
     B, C, z, log_y = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (B, C, z, log_y)))
     D = C - 1.0 - B
-    near = near_one(B, D, np.exp(log_y))
+    y = np.exp(log_y)
+    near = near_one(B, D, y)
     out = np.full(z.shape, np.nan)
     out[near] = _log_series_near_one(B[near], C[near], D[near], log_y[near])
     rest = ~np.isfinite(out)  # the rows not near 1, and any whose series did not settle in _NEAR_ONE_TERMS terms
     # Near 1 with a large B, scipy loses up to 1e-5 of the log where D is nearly an integer and overflows to NaN
     # where B y passes ~0.5; quadrature keeps to 1e-11 there (checked against mpmath).
-    integral = rest & (B >= _INTEGRAL_B) & (np.exp(log_y) < _NEAR_ONE_Y)
+    integral = rest & (B >= _INTEGRAL_B) & (y < _NEAR_ONE_Y)
     scipy_rows = rest & ~integral
     with np.errstate(divide="ignore", invalid="ignore"):
         out[scipy_rows] = np.log(hyp2f1(1.0, B[scipy_rows], C[scipy_rows], z[scipy_rows]))

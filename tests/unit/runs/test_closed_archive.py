@@ -257,7 +257,7 @@ def test_archiving_stops_reading_files_when_the_invocation_runs_short():
     # THEN it read two batches, left the rest for the next run (which starts after them), and no count moved
     assert done["files_read"] == 2 * CLOSED_READ_BATCH and done["files_left"]
     assert counted(bucket) == before
-    remaining = len(bucket.closed_versions)
+    remaining = len(bucket.closed)
     assert archive_closed(bucket, tables, max_files=1000)["files_read"] == remaining
     assert sorted(run for run, _ in bucket.closed) == ["run-open", "run-unread"]
 
