@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from chalicelib.scoring.events import TYPE_CODE
 from tests.conftest import load_script
 
 prove_model = load_script("prove_model")
@@ -71,7 +72,8 @@ def test_hostile_arguments_are_usage_errors(argv):
 @pytest.mark.slow  # trains four models
 def test_proof_runs_end_to_end_on_tiny_logs_and_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "figures.json"
-    argv = f"--seeds 1 --users-pareto 1500 --users-purchases 1500 --bootstrap 5 --out {out}".split()
+    sizes = "--users-pareto 1500 --users-purchases 1500"
+    argv = f"--scenarios pareto_nbd purchases --seeds 1 {sizes} --bootstrap 5 --out {out}".split()
     code = prove_model.main(argv)
     figures = json.loads(out.read_text())
     assert code == (0 if figures["passed"] else 1)
@@ -91,3 +93,89 @@ def test_proof_runs_end_to_end_on_tiny_logs_and_writes_every_figure(tmp_path, ca
     )
     printed = capsys.readouterr().out
     assert "| seed |" in printed and "overall: " in printed and "| in-time ceiling | persona known |" in printed
+
+
+_MASTER_HEADER = " customer_id  date number_of_cds  dollar_value\n"
+
+
+def _master_log(path, lines):
+    path.write_text(_MASTER_HEADER + "".join(f" {c} {d}  {n}   {v}\n" for c, d, n, v in lines))
+    return path
+
+
+def test_every_line_of_cdnows_master_log_becomes_one_accepted_purchase(tmp_path):
+    from datetime import UTC, datetime
+
+    # GIVEN a master log in CDNOW's layout, two purchases of one customer on one day among them
+    lines = [("00001", "19970101", 1, "11.77"), ("00002", "19970112", 1, "12.00"), ("00002", "19970112", 5, "77.00")]
+    source = _master_log(tmp_path / "master.txt", lines)
+    # WHEN it is read as a behaviour file
+    events, rows = prove_model.cdnow_log(source, None, tmp_path)
+    # THEN every line is a purchase at its date's midnight, UTC, for its dollars, and none is rejected
+    assert rows == {"read": 3, "scored": 3, "rejected": 0, "rejected_by_reason": {}}
+    assert sorted(events.user_ids) == ["00001", "00002"]
+    assert set(events.type_code.tolist()) == {TYPE_CODE["purchase"]}
+    jan12 = datetime(1997, 1, 12, tzinfo=UTC).timestamp()
+    assert sorted(events.time.tolist()) == [datetime(1997, 1, 1, tzinfo=UTC).timestamp(), jan12, jan12]
+    assert sorted(events.value.tolist()) == [11.77, 12.0, 77.0]
+
+
+def test_a_file_not_in_cdnows_layout_is_refused_naming_it(tmp_path):
+    source = tmp_path / "master.txt"
+    source.write_text("user_id,event_time,event_type\nu1,2026-01-01,purchase\n")
+    with pytest.raises(prove_model.InputError, match=r"master\.txt: not CDNOW's master log"):
+        prove_model.cdnow_log(source, None, tmp_path)
+
+
+def test_a_smaller_cdnow_draws_the_same_customers_whole_every_time(tmp_path):
+    # GIVEN 40 customers of three purchases each
+    lines = [(f"{c:05d}", f"199701{d:02d}", 1, "10.00") for c in range(1, 41) for d in (3, 9, 27)]
+    source = _master_log(tmp_path / "master.txt", lines)
+    # WHEN 10 are drawn, twice
+    first, _ = prove_model.cdnow_log(source, 10, tmp_path)
+    again, _ = prove_model.cdnow_log(source, 10, tmp_path)
+    # THEN the same 10 come back, each with all of their purchases
+    assert len(first.user_ids) == 10 and sorted(first.user_ids) == sorted(again.user_ids)
+    assert np.bincount(first.user_index).tolist() == [3] * 10
+
+
+def test_without_the_reference_implementation_scenario_cdnow_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(prove_model.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(prove_model.InputError, match="needs the lifetimes package"):
+        prove_model.cdnow_source()
+
+
+@pytest.mark.slow  # trains a model on 3,000 of CDNOW's customers
+def test_scenario_cdnow_judges_the_model_against_the_strongest_buy_till_you_die_fit(tmp_path, capsys):
+    out = tmp_path / "figures.json"
+    code = prove_model.main(f"--scenarios cdnow --users-cdnow 3000 --seeds 1 --bootstrap 5 --out {out}".split())
+    scenario = json.loads(out.read_text())["scenarios"]["cdnow"]
+    (run,) = scenario["runs"]
+    assert code == (0 if scenario["passed"] else 1)
+    assert run["rows"]["rejected"] == 0 and run["n"] == 3000 and run["population"]["name"] == "all"
+    # the yardstick is the best of six fits, evaluate's two among them exactly as it reported them
+    baselines = run["baselines_auc"]
+    fits = ("", "_at_cutoff", "_days_at_cutoff")
+    assert set(baselines) == {f"{name}{fit}" for name in ("bg_nbd", "pareto_nbd") for fit in fits}
+    for name in ("bg_nbd", "pareto_nbd"):
+        assert baselines[name] == pytest.approx(run["baselines_auc_reported"][name], abs=1e-6)
+    assert run["best_baseline"] == max(baselines, key=baselines.get)
+    assert run["gap"] == pytest.approx(run["model_auc"] - baselines[run["best_baseline"]], abs=1e-6)
+    assert run["passed"] == (run["gap"] >= prove_model.MARGIN - 1e-9)
+    assert run["model_auc"] == pytest.approx(run["model_auc_reported"], abs=1e-6)
+    assert "| in-time ceiling |" in capsys.readouterr().out
+
+
+def test_purchase_days_counts_a_customers_purchases_of_one_day_once(tmp_path):
+    from types import SimpleNamespace
+
+    # GIVEN customer 1 buying twice on 1997-01-01 and once on 01-11, customer 2 once on 01-05, one more after the cut
+    lines = [("00001", "19970101", 1, "5.00"), ("00001", "19970101", 2, "9.00"), ("00001", "19970111", 1, "4.00")]
+    lines += [("00002", "19970105", 1, "7.00"), ("00002", "19970201", 1, "7.00")]
+    events, _ = prove_model.cdnow_log(_master_log(tmp_path / "master.txt", lines), None, tmp_path)
+    cutoff = 9_882 * 86_400.0  # 1997-01-21, in days since 1970
+    data = SimpleNamespace(cutoff=cutoff, user_ids=["00002", "00001"])
+    # WHEN their buy-till-you-die inputs are taken in purchase days
+    x, t_x, T = prove_model.purchase_days(events, data)
+    # THEN the same day counts once, the purchase after the cutoff not at all, and the order is the judged users'
+    assert x.tolist() == [0.0, 1.0] and t_x.tolist() == [0.0, 10.0] and T.tolist() == [16.0, 20.0]
