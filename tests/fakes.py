@@ -61,6 +61,9 @@ class FakeBucket:
         self.closed: dict[tuple[str, frozenset[tuple[str, str]]], tuple[str, list[dict[str, Any]]]] = {}
         self.archive: dict[str, tuple[list[dict[str, Any]], int]] = {}  # exposures and version, by day
         self.archive_writes = 0
+        self.archive_reads = 0
+        self.archive_counts: tuple[Any, int] | None = None  # saved counts of settled days, and their version
+        self.archive_counts_writes = 0
         self.archive_cursor: str | None = None
         self.conditional_writes = True  # False: as a botocore that predates S3's conditional writes
         self.lift: dict[str, Any] | None = None
@@ -205,10 +208,28 @@ class FakeBucket:
         return sorted(self.archive)
 
     def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:
+        self.archive_reads += 1
         if day not in self.archive:
             return [], None
         exposures, version = self.archive[day]
         return _copy(exposures), str(version)
+
+    def archive_versions(self) -> dict[str, str]:
+        return {day: str(version) for day, (_, version) in self.archive.items()}
+
+    def archive_counts_get(self) -> tuple[Any, str | None]:
+        if self.archive_counts is None:
+            return None, None
+        counts, version = self.archive_counts
+        return _copy(counts), f"counts-{version}"
+
+    def archive_counts_put(self, counts: dict[str, Any], etag: str | None) -> bool:
+        current = None if self.archive_counts is None else f"counts-{self.archive_counts[1]}"
+        if current != etag:
+            return False
+        self.archive_counts_writes += 1
+        self.archive_counts = (_copy(counts), self.archive_counts_writes)
+        return True
 
     def archive_put(self, day: str, exposures: list[dict[str, Any]], etag: str | None) -> bool:
         current = self.archive.get(day)

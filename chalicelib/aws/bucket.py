@@ -52,6 +52,8 @@ RESCORE_MARK_KEY = f"{RUNS_PREFIX}_rescored-through.json"
 SCHEDULE_WRITES_KEY = f"{RUNS_PREFIX}_schedule-writes.json"
 # Where the archiving of closed exposures (runs/closed_archive.py) goes on from, so files kept back do not stop it.
 ARCHIVE_CURSOR_KEY = f"{RUNS_PREFIX}_closed-archive-cursor.json"
+# The lift report's outcome counts of each settled day of the archive, so a report reads only the days still open.
+ARCHIVE_COUNTS_KEY = f"{RUNS_PREFIX}_closed-archive-counts.json"
 # The item lists the state machines' Distributed Maps read (ItemReader), one folder per run.
 MAP_ITEMS_PREFIX = "map-items/"
 REASON_SUFFIX = ".reason.json"
@@ -387,8 +389,15 @@ class BehaviourBucket:
 
     def archive_days(self) -> list[str]:
         """Return the days (YYYY-MM-DD) the archive holds exposures of, oldest first."""
-        keys = (item.key for item in self.list(ARCHIVE_PREFIX))
-        return sorted(k[len(ARCHIVE_PREFIX) : -len(".json")] for k in keys if k.endswith(".json"))
+        return sorted(self.archive_versions())
+
+    def archive_versions(self) -> dict[str, str]:
+        """Return each day the archive holds and its object's ETag, as a GET gives it, from one listing."""
+        return {
+            item.key[len(ARCHIVE_PREFIX) : -len(".json")]: f'"{item.etag}"'
+            for item in self.list(ARCHIVE_PREFIX)
+            if item.key.endswith(".json")
+        }
 
     def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:
         """Return the archived exposures of one day and the object's ETag, or ([], None) when there are none."""
@@ -397,15 +406,32 @@ class BehaviourBucket:
     def archive_put(self, day: str, exposures: list[dict[str, Any]], etag: str | None) -> bool:
         """Write one day's archive over the version read (`etag`; None: over none); False when another write came
         first, and nothing was written."""
+        return self._put_over(f"{ARCHIVE_PREFIX}{day}.json", json.dumps(exposures, separators=(",", ":")), etag)
+
+    def archive_counts_get(self) -> tuple[Any, str | None]:
+        """Return the saved outcome counts of the archive's settled days and their ETag; (None, None) when there
+        are none, (None, ETag) when the object is not JSON (it is then written over)."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=ARCHIVE_COUNTS_KEY)
+        except self.client.exceptions.NoSuchKey:
+            return None, None
+        try:
+            return json.loads(resp["Body"].read()), resp["ETag"]
+        except ValueError:
+            return None, resp["ETag"]
+
+    def archive_counts_put(self, counts: dict[str, Any], etag: str | None) -> bool:
+        """Write the outcome counts of the settled days over the version read (None: over none); False when
+        another write came first, and nothing was written."""
+        return self._put_over(ARCHIVE_COUNTS_KEY, json.dumps(counts, separators=(",", ":")), etag)
+
+    def _put_over(self, key: str, body: str, etag: str | None) -> bool:
+        """Write a JSON object only over the version read (If-Match; If-None-Match when `etag` is None); False
+        when another write came first."""
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
-        body = json.dumps(exposures, separators=(",", ":")).encode()
         try:
             self.client.put_object(
-                Bucket=self.bucket,
-                Key=f"{ARCHIVE_PREFIX}{day}.json",
-                Body=body,
-                ContentType="application/json",
-                **condition,
+                Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json", **condition
             )
         except self.client.exceptions.ClientError as exc:
             if error_code(exc) in LOST_RACE_CODES:

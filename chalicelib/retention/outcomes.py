@@ -21,6 +21,8 @@ from chalicelib.scoring.events import EventBatch
 from chalicelib.scoring.scorer import iso_time
 
 TREATED, HOLDOUT = "treated", "holdout"
+# What became of an exposure (`outcome`): a return within the horizon, none by its end, or not known yet.
+OUTCOMES: tuple[str, ...] = ("returned", "lost", "pending")
 Z95 = 1.959963984540054
 
 
@@ -187,4 +189,4 @@ def _order(item: tuple[tuple[str, str], Any]) -> tuple[int, str, str]:
 
 
 def _zero() -> dict[str, int]:
-    return {"returned": 0, "lost": 0, "pending": 0}
+    return dict.fromkeys(OUTCOMES, 0)

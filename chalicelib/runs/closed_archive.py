@@ -5,7 +5,8 @@ file a chunk. Every lift report reads them all, and checks each one's user for a
 GET a file and a read a user, more every day, until the report outgrows its invocation. Once no risk item holds an
 exposure any more (the write that replaced it has landed), nothing about it changes again: it is final.
 `archive_closed` moves final exposures into outcomes/archive/<day>.json, by the day they were exposed, and deletes
-the files whose exposures are all archived; `closed_for_report` reads what is left of the files, then the archive.
+the files whose exposures are all archived; `closed_for_report` reads what is left of the files, then the archive,
+whose settled days it counts once and saves (runs/_closed-archive-counts.json), so a report reads one horizon of it.
 
 Safe at every step, whatever crashes or runs at the same time:
 - an exposure is archived before its file is deleted, and a redo archives it again to the same effect;
@@ -25,11 +26,23 @@ from typing import Any
 
 from chalicelib.errors import RetryableError
 from chalicelib.ingest import parse_timestamp
-from chalicelib.retention.outcomes import Cells, add_cells, distinct_exposures, identity, lift_cells
+from chalicelib.retention.outcomes import (
+    HOLDOUT,
+    OUTCOMES,
+    TREATED,
+    Cells,
+    add_cells,
+    distinct_exposures,
+    identity,
+    lift_cells,
+)
 from chalicelib.runs.context import RunContext
 from chalicelib.runs.ports import CLOSED_READ_BATCH, Bucket, ClosedFile, Listed, Tables
+from chalicelib.scoring.events import SECONDS_PER_DAY
 from chalicelib.scoring.scorer import iso_time
 
+# The layout of the saved counts of settled days; counts of another layout, or another horizon, are counted anew.
+COUNTS_FORMAT = 1
 # Rounds of re-reading a day's archive after another write came first, before the step fails (and is redone).
 ARCHIVE_WRITE_ROUNDS = 5
 # The archiving reads no further file once its invocation has less than this left, besides as long again as its
@@ -158,20 +171,95 @@ def closed_for_report(
     The files' exposures may also be open on a risk item, which the caller settles; an archived exposure never is.
     One found in both a file and the archive (a crash between archiving it and deleting its file) is returned with
     the files', with the earliest return of either copy, and left out of the counts.
+
+    A day of the archive whose every exposure is settled (its last one's horizon has passed) counts the same in
+    every later report until its object changes, so its counts are saved (`ARCHIVE_COUNTS_KEY`) with the version
+    of the object they were counted from, and a later report reads only the days still open, those that changed,
+    and those some file also holds: its work grows with the days of one horizon, not with the archive's age.
     """
     in_files = {identity(e): e for e in distinct_exposures(bucket.closed_all())}
-    cells: Cells = {}
+    file_days = {exposure_day(e) for e in in_files.values()}
     first_day = iso_time(since)[:10] if since is not None else ""  # exposure_day's UTC days
-    for day in bucket.archive_days():
+    saved, saved_version = bucket.archive_counts_get()
+    saved_days = _saved_days(saved, horizon_days)
+    versions = bucket.archive_versions()
+    counts = {day: entry for day, entry in saved_days.items() if versions.get(day) == entry["version"]}
+    cells: Cells = {}
+    for day in sorted(versions):
         if day < first_day:
             continue  # exposed before `since`: the report leaves them out
-        archived, _ = bucket.archive_get(day)
-        alone = []
-        for e in archived:
-            copy = in_files.get(identity(e))
-            if copy is None:
-                alone.append(e)
-            else:
-                copy["returned_at"] = distinct_exposures([copy, e])[0]["returned_at"]
-        add_cells(cells, lift_cells(alone, horizon_days, as_of, since))
+        whole = since is None or day > first_day  # the report takes every exposure of the day
+        entry = counts.get(day)
+        if whole and entry is not None and day not in file_days:
+            add_cells(cells, entry["cells"])
+            continue
+        day_cells, read_version = _day_cells(bucket, day, in_files, horizon_days, as_of, since)
+        add_cells(cells, day_cells)
+        if whole and day not in file_days and read_version is not None and _settled(day, horizon_days, as_of):
+            counts[day] = {"version": read_version, "cells": day_cells}
+    if counts != saved_days and bucket.makes_conditional_writes():
+        # Lost to another report's write: that one saved counts as good, and the next report saves these.
+        bucket.archive_counts_put(
+            {"format": COUNTS_FORMAT, "horizon_days": horizon_days, "days": counts}, saved_version
+        )
     return list(in_files.values()), cells
+
+
+def _day_cells(
+    bucket: Bucket,
+    day: str,
+    in_files: dict[tuple[str, str], dict[str, Any]],
+    horizon_days: float,
+    as_of: float,
+    since: float | None,
+) -> tuple[Cells, str | None]:
+    """Return the outcome counts of one day's archived exposures that no file holds, and the version read; an
+    exposure some file holds too lends that copy its return, if earlier."""
+    archived, version = bucket.archive_get(day)
+    alone = []
+    for e in archived:
+        copy = in_files.get(identity(e))
+        if copy is None:
+            alone.append(e)
+        else:
+            copy["returned_at"] = distinct_exposures([copy, e])[0]["returned_at"]
+    return lift_cells(alone, horizon_days, as_of, since), version
+
+
+def _settled(day: str, horizon_days: float, as_of: float) -> bool:
+    """Return whether every exposure of a UTC day has passed its horizon at `as_of`, so its outcome is final."""
+    try:
+        day_end = parse_timestamp(f"{day}T00:00:00Z") + SECONDS_PER_DAY
+    except ValueError:
+        return False  # not a day's object: read every time, never saved
+    return as_of >= day_end + horizon_days * SECONDS_PER_DAY
+
+
+def _saved_days(saved: Any, horizon_days: float) -> dict[str, dict[str, Any]]:
+    """Return the saved counts by day, as {"version", "cells"}; none when they are of another layout or horizon,
+    and without any day whose entry is not well formed (it is then counted again)."""
+    if not isinstance(saved, dict) or saved.get("format") != COUNTS_FORMAT or saved.get("horizon_days") != horizon_days:
+        return {}
+    days = saved.get("days")
+    if not isinstance(days, dict):
+        return {}
+    return {
+        day: entry
+        for day, entry in days.items()
+        if isinstance(entry, dict) and isinstance(entry.get("version"), str) and _well_formed(entry.get("cells"))
+    }
+
+
+def _well_formed(cells: Any) -> bool:
+    """Return whether `cells` has the shape lift_cells gives: per cell, per group, a count of each outcome."""
+    if not isinstance(cells, dict):
+        return False
+    for groups in cells.values():
+        if not isinstance(groups, dict) or set(groups) != {TREATED, HOLDOUT}:
+            return False
+        for results in groups.values():
+            if not isinstance(results, dict) or set(results) != set(OUTCOMES):
+                return False
+            if not all(type(n) is int and n >= 0 for n in results.values()):
+                return False
+    return True

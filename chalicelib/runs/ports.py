@@ -262,6 +262,16 @@ class Bucket(Protocol):
     def archive_put(self, day: str, exposures: list[dict[str, Any]], etag: str | None) -> bool:
         """Write one day's archive over the version read (None: over none); False when another write came first."""
 
+    def archive_versions(self) -> dict[str, str]:
+        """Return each day the archive holds and the version of its object, as archive_get returns it."""
+
+    def archive_counts_get(self) -> tuple[Any, str | None]:
+        """Return the saved outcome counts of the archive's settled days and their version; (None, None) when
+        there are none, (None, version) when they do not parse."""
+
+    def archive_counts_put(self, counts: dict[str, Any], etag: str | None) -> bool:
+        """Write the counts over the version read (None: over none); False when another write came first."""
+
     def lift_report_put(self, report: dict[str, Any]) -> str:
         """Write the latest lift report; return its address."""
 

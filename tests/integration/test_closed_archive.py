@@ -95,3 +95,40 @@ def test_the_schedule_archives_what_it_closed_and_its_report_counts_every_exposu
     assert json.loads(aws.get("reports/lift.json"))["rows"] == want["rows"]
     assert main(["report", "--as-of", "2026-07-11"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == want["rows"]
+
+
+def test_saved_counts_match_the_archive_by_etag_so_a_second_report_reads_only_the_open_days(aws):
+    from chalicelib.aws.bucket import ARCHIVE_COUNTS_KEY
+    from chalicelib.runs.closed_archive import closed_for_report
+
+    # GIVEN an archive of two settled days and one still open, on S3
+    bucket = make_pipeline(aws.settings).bucket
+    at = T0
+    days = ["2026-04-01", "2026-04-02", AS_OF.strftime("%Y-%m-%d")]
+    for day in days:
+        assert bucket.archive_put(day, [_exposure(f"user-{day}", day)], None)
+    gets: list[str] = []
+
+    def count_get(params, **_):
+        if params["Key"].startswith(ARCHIVE_PREFIX):
+            gets.append(params["Key"])
+
+    bucket.client.meta.events.register("provide-client-params.s3.GetObject", count_get)
+    # WHEN a report counts it twice
+    _, first = closed_for_report(bucket, 30.0, at)
+    read_first = list(gets)
+    _, second = closed_for_report(bucket, 30.0, at)
+    # THEN the first reads every day, the second only the open one: S3's listing and its GET name one version alike
+    assert len(read_first) == 3 and gets[3:] == [f"{ARCHIVE_PREFIX}{days[2]}.json"]
+    assert first == second
+    saved = json.loads(aws.get(ARCHIVE_COUNTS_KEY))
+    assert set(saved["days"]) == set(days[:2])
+    # AND a day written again is read again
+    current, version = bucket.archive_get(days[0])
+    assert bucket.archive_put(days[0], [*current, _exposure("late", days[0])], version)
+    del gets[:]
+    _, third = closed_for_report(bucket, 30.0, at)
+    assert sorted(gets) == sorted([f"{ARCHIVE_PREFIX}{days[0]}.json", f"{ARCHIVE_PREFIX}{days[2]}.json"])
+    assert (
+        sum(g["lost"] for g in third["all\x1fall"].values()) == sum(g["lost"] for g in first["all\x1fall"].values()) + 1
+    )
