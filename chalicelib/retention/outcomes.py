@@ -112,7 +112,7 @@ def lift_report(
 # Partial sums of the lift report: outcome counts per group, by "tier<US>action". Sums of disjoint sets of
 # exposures add up (add_cells), so workers that each see some users can each give their part.
 Cells = dict[str, dict[str, dict[str, int]]]
-_CELL_SEP = "\x1f"
+CELL_SEP = "\x1f"
 
 
 def lift_cells(
@@ -125,7 +125,7 @@ def lift_cells(
             continue
         result = outcome(e, horizon_days, as_of)
         for tier, action in (("all", "all"), (e["risk_tier"], e["action"])):
-            key = f"{tier}{_CELL_SEP}{action}"
+            key = f"{tier}{CELL_SEP}{action}"
             group = cells.setdefault(key, {TREATED: _zero(), HOLDOUT: _zero()})[e["group"]]
             group[result] += 1
     return cells
@@ -143,7 +143,7 @@ def add_cells(total: Cells, part: Cells, sign: int = 1) -> Cells:
 
 def report_from_cells(cells: Cells, horizon_days: float, as_of: float, since: float | None = None) -> dict[str, Any]:
     """Return the lift report of summed outcome counts."""
-    keyed = {tuple(key.split(_CELL_SEP, 1)): groups for key, groups in cells.items()}
+    keyed = {tuple(key.split(CELL_SEP, 1)): groups for key, groups in cells.items()}
     rows = [_row(tier, action, groups) for (tier, action), groups in sorted(keyed.items(), key=_order)]
     since_iso = iso_time(since) if since is not None else None
     return {"horizon_days": horizon_days, "as_of": iso_time(as_of), "since": since_iso, "rows": rows}

@@ -27,6 +27,7 @@ from typing import Any
 from chalicelib.errors import RetryableError
 from chalicelib.ingest import parse_timestamp
 from chalicelib.retention.outcomes import (
+    CELL_SEP,
     HOLDOUT,
     OUTCOMES,
     TREATED,
@@ -164,7 +165,7 @@ def _merge_day(bucket: Bucket, day: str, exposures: list[dict[str, Any]]) -> boo
 
 
 def closed_for_report(
-    bucket: Bucket, horizon_days: float, as_of: float, since: float | None = None
+    bucket: Bucket, horizon_days: float, as_of: float, since: float | None = None, *, save: bool = False
 ) -> tuple[list[dict[str, Any]], Cells]:
     """Return the closed exposures still in files (each once), and the outcome counts of the archived rest.
 
@@ -174,8 +175,10 @@ def closed_for_report(
 
     A day of the archive whose every exposure is settled (its last one's horizon has passed) counts the same in
     every later report until its object changes, so its counts are saved (`ARCHIVE_COUNTS_KEY`) with the version
-    of the object they were counted from, and a later report reads only the days still open, those that changed,
-    and those some file also holds: its work grows with the days of one horizon, not with the archive's age.
+    of the object they were counted from, and a later report reads only the days still open at its `as_of`, those
+    that changed, and those some file also holds: its work grows with the days of one horizon, not with the
+    archive's age. Only a schedule's report saves them (`save`): one on demand (`report`, perhaps with read-only
+    credentials, another horizon or a date in the past) only reads them.
     """
     in_files = {identity(e): e for e in distinct_exposures(bucket.closed_all())}
     file_days = {exposure_day(e) for e in in_files.values()}
@@ -188,16 +191,17 @@ def closed_for_report(
     for day in sorted(versions):
         if day < first_day:
             continue  # exposed before `since`: the report leaves them out
-        whole = since is None or day > first_day  # the report takes every exposure of the day
+        # the report takes every exposure of the day, each final at `as_of` (saved counts hold no pending one)
+        whole = (since is None or day > first_day) and day not in file_days and _settled(day, horizon_days, as_of)
         entry = counts.get(day)
-        if whole and entry is not None and day not in file_days:
+        if whole and entry is not None:
             add_cells(cells, entry["cells"])
             continue
         day_cells, read_version = _day_cells(bucket, day, in_files, horizon_days, as_of, since)
         add_cells(cells, day_cells)
-        if whole and day not in file_days and read_version is not None and _settled(day, horizon_days, as_of):
+        if whole and read_version is not None:
             counts[day] = {"version": read_version, "cells": day_cells}
-    if counts != saved_days and bucket.makes_conditional_writes():
+    if save and counts != saved_days and bucket.makes_conditional_writes():
         # Lost to another report's write: that one saved counts as good, and the next report saves these.
         bucket.archive_counts_put(
             {"format": COUNTS_FORMAT, "horizon_days": horizon_days, "days": counts}, saved_version
@@ -252,7 +256,7 @@ def _saved_days(saved: Any, horizon_days: float) -> dict[str, dict[str, Any]]:
 
 def _well_formed(cells: Any) -> bool:
     """Return whether `cells` has the shape lift_cells gives: per cell, per group, a count of each outcome."""
-    if not isinstance(cells, dict):
+    if not isinstance(cells, dict) or not all(isinstance(key, str) and CELL_SEP in key for key in cells):
         return False
     for groups in cells.values():
         if not isinstance(groups, dict) or set(groups) != {TREATED, HOLDOUT}:

@@ -359,7 +359,7 @@ class ScheduleMap:
         An exposure is kept as closed before the write that replaces it, so one may be both closed and still open
         on its user's risk item: that open copy, counted by its segment, is taken out and counted with the closed.
         """
-        closed, archived = closed_for_report(self.ctx.bucket, horizon, at)
+        closed, archived = closed_for_report(self.ctx.bucket, horizon, at, save=True)
         keys = {identity(e) for e in closed}
         stored = self.ctx.tables.get_risks(sorted({user for user, _ in keys}))
         still_open = [exposure_from_item(i) for i in stored.values() if (i["user_id"], i.get("exposed_at")) in keys]

@@ -159,7 +159,7 @@ class ScheduleRun:
         # Once a day is enough for the lift report: it scans the whole risk table. What the day closed is
         # archived first (a redo archives it again to the same effect).
         archive_for_run(self.ctx, run_id, deadline.seconds_left)
-        lift = self.lift_report(as_of=at)
+        lift = self.lift_report(as_of=at, save_counts=True)
         summary["lift_report"] = self.ctx.bucket.lift_report_put(lift)
         publish_report(self.ctx, summary, lift)
         # The checkpoint goes only once the record is there: a redo without either would start the scan over.
@@ -226,12 +226,18 @@ class ScheduleRun:
         return self.sweeper.run(now, deadline)
 
     def lift_report(
-        self, since: float | None = None, as_of: float | None = None, horizon_days: float | None = None
+        self,
+        since: float | None = None,
+        as_of: float | None = None,
+        horizon_days: float | None = None,
+        *,
+        save_counts: bool = False,
     ) -> dict[str, Any]:
-        """Return win-back rates of treated and holdout users, per risk tier and action, with the lift."""
+        """Return win-back rates of treated and holdout users, per risk tier and action, with the lift; the
+        schedule's own report saves the archive's settled days' counts for the next (`save_counts`)."""
         horizon = horizon_days if horizon_days is not None else self.ctx.scorer.model.horizon_days
         at = self.ctx.clock() if as_of is None else as_of
-        closed, archived = closed_for_report(self.ctx.bucket, horizon, at, since)
+        closed, archived = closed_for_report(self.ctx.bucket, horizon, at, since, save=save_counts)
         exposures = closed + [exposure_from_item(item) for item in self.ctx.tables.scan_exposures()]
         cells = add_cells(lift_cells(distinct_exposures(exposures), horizon, at, since), archived)
         return report_from_cells(cells, horizon, at, since)

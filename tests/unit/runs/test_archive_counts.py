@@ -19,10 +19,16 @@ def archived_world() -> FakeBucket:
     return bucket
 
 
-def truth(bucket: FakeBucket, since: float | None = None) -> dict:
+def truth(bucket: FakeBucket, since: float | None = None, at: float = AT) -> dict:
     """Return the lift cells of every closed exposure, counted from scratch, each once."""
     archived = [e for exposures, _ in bucket.archive.values() for e in exposures]
-    return lift_cells(distinct_exposures([*bucket.closed_all(), *archived]), HORIZON, AT, since)
+    return lift_cells(distinct_exposures([*bucket.closed_all(), *archived]), HORIZON, at, since)
+
+
+def report_at(bucket: FakeBucket, at: float, save: bool) -> dict:
+    """Return the lift cells of a report as of `at`, which saves the settled days' counts when `save`."""
+    closed, archived = closed_for_report(bucket, HORIZON, at, save=save)
+    return add_cells(lift_cells(distinct_exposures(closed), HORIZON, at), archived)
 
 
 def open_days(bucket: FakeBucket) -> set[str]:
@@ -122,6 +128,10 @@ def _bad_counts(bucket: FakeBucket, case: str) -> object:
                 }
             },
         },
+        "a cell not named tier and action": {
+            **good,
+            "days": {day: {**good["days"][day], "cells": {"all": cells[key]}}},
+        },
         "a count as text": {
             **good,
             "days": {day: {**good["days"][day], "cells": {key: {g: dict(r, lost="9") for g, r in cells[key].items()}}}},
@@ -141,6 +151,7 @@ def _bad_counts(bucket: FakeBucket, case: str) -> object:
         "no version",
         "a group missing",
         "a negative count",
+        "a cell not named tier and action",
         "a count as text",
     ],
 )
@@ -231,7 +242,7 @@ def test_counts_saved_earlier_hold_as_time_passes_and_open_days_settle():
     assert truth(bucket)["all\x1fall"]["treated"]["pending"] > 0
     # WHEN a report counts 40 days later, when every exposure has passed its horizon
     later = AT + 40 * DAY
-    closed, archived = closed_for_report(bucket, HORIZON, later)
+    closed, archived = closed_for_report(bucket, HORIZON, later, save=True)
     cells = add_cells(lift_cells(distinct_exposures(closed), HORIZON, later), archived)
     # THEN it counts as counting from scratch then does: the pending ones are now lost or returned
     archived_all = [e for exposures, _ in bucket.archive.values() for e in exposures]
@@ -240,3 +251,28 @@ def test_counts_saved_earlier_hold_as_time_passes_and_open_days_settle():
     # AND every day whose exposures no file holds is saved now
     in_files = {e["exposed_at"][:10] for e in bucket.closed_all()}
     assert set(bucket.archive_counts[0]["days"]) == set(bucket.archive) - in_files
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_counts_saved_later_are_not_taken_by_a_report_as_of_an_earlier_date(save):
+    # GIVEN counts saved by a report 40 days ahead (a `report --as-of` in the future, or the newer of two runs),
+    # when every day is settled
+    bucket = archived_world()
+    report_at(bucket, AT + 40 * DAY, save=True)
+    # WHEN reports count as of AT, and 20 days before, THEN each counts as counting from scratch then does: a day
+    # not settled at its date is read, its exposures pending, whatever the saved counts say
+    for at in (AT, AT - 20 * DAY):
+        assert report_at(bucket, at, save) == truth(bucket, at=at)
+
+
+def test_a_report_that_does_not_save_takes_the_saved_counts_and_writes_none():
+    # GIVEN counts a schedule saved; WHEN a report on demand counts (`report`, perhaps with read-only credentials)
+    bucket = archived_world()
+    counted(bucket)
+    writes, reads = bucket.archive_counts_writes, bucket.archive_reads
+    bucket.archive_counts_put = None  # a write would fail: this report must not make one
+    # THEN it reads only the days still open, counts right, and writes nothing, even 40 days later
+    assert report_at(bucket, AT, save=False) == truth(bucket)
+    assert bucket.archive_reads - reads == len(read_each_time(bucket))
+    assert report_at(bucket, AT + 40 * DAY, save=False) == truth(bucket, at=AT + 40 * DAY)
+    assert bucket.archive_counts_writes == writes

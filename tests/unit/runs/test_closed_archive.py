@@ -67,7 +67,7 @@ def world(n_files: int = 40, seed: int = 3) -> tuple[FakeBucket, FakeTables, lis
 
 def counted(bucket: FakeBucket, since: float | None = None) -> dict:
     """Return the lift cells a report makes of the closed exposures (none open: the test's items hold newer ones)."""
-    closed, archived = closed_for_report(bucket, HORIZON, AT, since)
+    closed, archived = closed_for_report(bucket, HORIZON, AT, since, save=True)
     return add_cells(lift_cells(distinct_exposures(closed), HORIZON, AT, since), archived)
 
 
