@@ -13,8 +13,9 @@ C. On a real purchase log, CDNOW's (23,570 customers of an online music shop, 19
    through the contract's CSV reader: the same split as B, twelve months of history and a six-month horizon, one
    run per training seed. Criterion: model >= the best of bg_nbd and pareto_nbd + 0.005, each fitted as
    `evaluate` fits it (one horizon earlier) and at the scoring cutoff itself (they need no labels), there on the
-   state's counts and on purchase days (one a day at most): six fits, the strongest yardstick. No truth is known
-   here: C shows on a real shop's purchases what B's generated ones cannot hold.
+   state's counts and on purchase days (one a day at most), ranking by P(no purchase) and, for Pareto/NBD, by the
+   purchases expected: eight rankings. No truth is known here: C asks of a real shop's purchases what B asks of
+   generated ones.
 
 Each figure comes with a paired bootstrap standard error of the gap (users resampled, the models held fixed):
 the noise of the measurement on one log, not of training. Prints a table per scenario, a verdict per
@@ -230,19 +231,24 @@ def _baseline_predictions(model: Any, events: EventBatch, data: Any, end: float)
 
 
 def _fitted_at_cutoff(events: EventBatch, data: Any) -> dict[str, np.ndarray]:
-    """Return BG/NBD's and Pareto/NBD's predictions for `data`, each fitted on those very users at their cutoff.
+    """Return BG/NBD's and Pareto/NBD's churn scores for `data`, each fitted on those very users at their cutoff.
 
     They learn no label, so fitting them on the history up to the scoring date is fair, and it is how they are
     used in practice: a stronger yardstick than a fit one horizon earlier. Each is fitted twice: on the
     (x, t_x, T) the behaviour state keeps, where two purchases on one day are two, and on the raw log with a
-    customer's purchases of one day taken as one, as the buy-till-you-die papers count CDNOW.
+    customer's purchases of one day taken as one, as the buy-till-you-die papers count CDNOW. Each ranks users by
+    P(no purchase in the horizon); Pareto/NBD also by its other standard answer, the purchases expected in the
+    horizon (fewer first), which on real logs may rank better than the probability it was asked for.
     """
     inputs = {"at_cutoff": btyd_inputs(data.values, data.cutoff), "days_at_cutoff": purchase_days(events, data)}
-    return {
-        f"{name}_{variant}": model().fit(*x).p_no_event(*x, data.horizon_days)
-        for variant, x in inputs.items()
-        for name, model in _AT_CUTOFF.items()
-    }
+    scores = {}
+    for variant, x in inputs.items():
+        for name, model_class in _AT_CUTOFF.items():
+            fitted = model_class().fit(*x)
+            scores[f"{name}_{variant}"] = fitted.p_no_event(*x, data.horizon_days)
+            if isinstance(fitted, ParetoNbd):
+                scores[f"{name}_expected_{variant}"] = -fitted.expected_events(*x, data.horizon_days)
+    return scores
 
 
 def purchase_days(events: EventBatch, data: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -345,8 +351,8 @@ SCENARIOS: dict[str, tuple[Callable[..., dict[str, Any]], str]] = {
     "purchases": (purchases_run, "model AUC >= max(bg_nbd, pareto_nbd baseline AUC) + 0.005 on every seed"),
     "cdnow": (
         cdnow_run,
-        "model AUC >= max(bg_nbd, pareto_nbd AUC; fitted one horizon earlier, at the cutoff, on purchase days) + 0.005"
-        " on every seed",
+        "model AUC >= max(bg_nbd, pareto_nbd AUC; fitted one horizon earlier or at the cutoff, on purchase days,"
+        " by P(none) or expected purchases) + 0.005 on every seed",
     ),
 }
 
