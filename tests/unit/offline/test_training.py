@@ -112,3 +112,25 @@ def test_a_training_fits_pareto_nbd_once_to_choose_once_to_refit_and_once_for_th
     folds = [c.estimator for c in getattr(model, "calibrated_classifiers_", [])] or [model]
     pareto = [f.named_steps["btyd"].paretonbd_ if hasattr(f, "named_steps") else f.btyd_ for f in folds]
     assert len({tuple(p.params_.values()) for p in pareto}) == 1
+
+
+def test_permutation_importance_of_a_feature_the_model_never_varies_is_zero_on_a_large_validation_set():
+    from sklearn.linear_model import LogisticRegression
+
+    from chalicelib.scoring.features import FEATURE_NAMES
+    from churnguard_offline.training import IMPORTANCE_ROWS, _importance
+
+    # GIVEN a validation set larger than the rows importance shuffles, whose labels follow the first feature alone,
+    # and whose other features are constant
+    rng = np.random.default_rng(5)
+    n = 3 * IMPORTANCE_ROWS
+    X = np.zeros((n, len(FEATURE_NAMES)))
+    X[:, 0] = rng.normal(size=n)
+    y = (X[:, 0] + rng.normal(scale=1.5, size=n) > 0).astype(int)
+    model = LogisticRegression().fit(X, y)
+    # WHEN importance is measured
+    importance = _importance(model, X, y, seed=1)
+    # THEN the first feature matters and every constant one counts exactly zero: shuffled and unshuffled
+    # scores come from the same rows
+    assert importance[FEATURE_NAMES[0]] > 0.05
+    assert all(importance[name] == 0.0 for name in FEATURE_NAMES[1:])
