@@ -205,6 +205,7 @@ class FakeBucket:
         return [*self.closed_all(), *(e for exposures, _ in self.archive.values() for e in _copy(exposures))]
 
     def archive_days(self) -> list[str]:
+        """Return (for tests) the days the archive holds, oldest first."""
         return sorted(self.archive)
 
     def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:

@@ -203,18 +203,21 @@ class BehaviourBucket:
 
     def find_json_tagged(self, key: str) -> tuple[Any, str] | None:
         """Read a JSON object and its ETag (for a conditional write or delete over it), or None when there is none."""
+        found = self._find_tagged(key)
+        return None if found is None else (json.loads(found[0]), found[1])
+
+    def _find_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """Read an object's bytes and its ETag, or None when there is none."""
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.NoSuchKey:
             return None
-        return json.loads(resp["Body"].read()), resp["ETag"]
+        return resp["Body"].read(), resp["ETag"]
 
     def find_bytes(self, key: str) -> bytes | None:
         """Read an object, or return None when there is none."""
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            return None
+        found = self._find_tagged(key)
+        return None if found is None else found[0]
 
     def delete(self, key: str) -> None:
         """Delete an object."""
@@ -387,10 +390,6 @@ class BehaviourBucket:
         delete = set(model.operation_model("DeleteObject").input_shape.members)
         return {"IfMatch", "IfNoneMatch"} <= put and "IfMatch" in delete
 
-    def archive_days(self) -> list[str]:
-        """Return the days (YYYY-MM-DD) the archive holds exposures of, oldest first."""
-        return sorted(self.archive_versions())
-
     def archive_versions(self) -> dict[str, str]:
         """Return each day the archive holds and its object's ETag, as a GET gives it, from one listing."""
         return {
@@ -411,14 +410,13 @@ class BehaviourBucket:
     def archive_counts_get(self) -> tuple[Any, str | None]:
         """Return the saved outcome counts of the archive's settled days and their ETag; (None, None) when there
         are none, (None, ETag) when the object is not JSON (it is then written over)."""
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=ARCHIVE_COUNTS_KEY)
-        except self.client.exceptions.NoSuchKey:
+        found = self._find_tagged(ARCHIVE_COUNTS_KEY)
+        if found is None:
             return None, None
         try:
-            return json.loads(resp["Body"].read()), resp["ETag"]
+            return json.loads(found[0]), found[1]
         except ValueError:
-            return None, resp["ETag"]
+            return None, found[1]
 
     def archive_counts_put(self, counts: dict[str, Any], etag: str | None) -> bool:
         """Write the outcome counts of the settled days over the version read (None: over none); False when

@@ -253,9 +253,6 @@ class Bucket(Protocol):
     def makes_conditional_writes(self) -> bool:
         """Return whether conditional writes (If-Match, If-None-Match) can be made."""
 
-    def archive_days(self) -> list[str]:
-        """Return the days (YYYY-MM-DD) the archive holds exposures of, oldest first."""
-
     def archive_get(self, day: str) -> tuple[list[dict[str, Any]], str | None]:
         """Return the archived exposures of one day and their version, or ([], None) when there are none."""
 

@@ -40,7 +40,7 @@ def test_a_days_archive_is_written_only_over_the_version_read(aws):
     # THEN a writer holding the older version loses, and the archive keeps what the winner wrote
     assert not bucket.archive_put(day, [one, three], version)
     assert bucket.archive_get(day)[0] == [one, two]
-    assert bucket.archive_days() == [day]
+    assert list(bucket.archive_versions()) == [day]
 
 
 def test_a_closed_file_is_deleted_only_as_read_and_one_gone_is_no_error(aws):
