@@ -6,4 +6,4 @@ writes it after training into model_artifacts/, `scripts/package.py` writes it i
 that the staged artifact matches it, and a test checks that it matches the committed model_artifacts/.
 """
 
-MODEL_SHA256 = "3231b53321b106a6d842047452600904a53a9aeb6681d5fdb046884ab314bdcb"
+MODEL_SHA256 = "32f899d49232b19c627859c378591e641aef38a79fbec96f2957b6573eda52b9"

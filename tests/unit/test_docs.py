@@ -160,3 +160,16 @@ def test_the_committed_model_card_states_the_proof_this_code_writes():
     card = (ROOT / "model_artifacts" / "model_card.md").read_text()
     # THEN the card carries that section as it stands, so a re-measured proof reaches the shipped card too
     assert "\n".join(_PROOF) in card
+
+
+# What the docs' excerpts of scores, items and messages print as the model that made them.
+QUOTED_MODEL = re.compile(r"\"model_version\": \"(churn-[0-9a-f-]+)\"|,(churn-\d{8}-[0-9a-f]{8})$", re.MULTILINE)
+
+
+def test_every_excerpt_of_the_functions_output_names_the_committed_model():
+    # Given the committed model's version and the pages' excerpts of output (scores CSV rows, DynamoDB items, messages)
+    committed = json.loads((ROOT / "model_artifacts" / "manifest.json").read_text())["model_version"]
+    quoted = {(page.name, a or b) for page in PAGES for a, b in QUOTED_MODEL.findall(page.read_text(encoding="utf-8"))}
+    # Then there are some, and each was made by the model in model_artifacts/: a retrained model means new excerpts
+    assert {name for name, _ in quoted} >= {"README.md", "scores-and-messages.md"}
+    assert {version for _, version in quoted} == {committed}, sorted(quoted)

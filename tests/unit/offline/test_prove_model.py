@@ -54,6 +54,25 @@ def test_the_in_time_ceiling_learns_what_its_inputs_hold_and_no_more():
     assert knowing > 0.99
 
 
+def test_the_in_time_ceiling_is_the_better_of_boosting_and_logistic_regression():
+    # GIVEN few rows whose labels follow one linear score of many weak columns: shape a linear model finds and
+    # boosting, splitting one column at a time on 600 rows, only approximates
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(600, 30))
+    labels = (X.sum(axis=1) / np.sqrt(30) + rng.normal(scale=0.5, size=600) > 0).astype(int)
+    # WHEN the ceiling is measured
+    by_learner = prove_model.in_time_ceilings(X, labels, seed=1)
+    record = prove_model._ceiling_record(X, labels, seed=1)
+    # THEN each family is measured, the linear one leads here, and the ceiling is the better of the two
+    assert set(by_learner) == {"hist_gradient_boosting", "logistic_regression"}
+    assert by_learner["logistic_regression"] > by_learner["hist_gradient_boosting"] + 0.02
+    assert prove_model.in_time_ceiling(X, labels, seed=1) == max(by_learner.values())
+    assert record["in_time_ceiling_auc"] == round(by_learner["logistic_regression"], 6)
+    assert record["in_time_ceiling_by_learner"]["hist_gradient_boosting"] == round(
+        by_learner["hist_gradient_boosting"], 6
+    )
+
+
 def test_a_window_too_short_for_two_horizons_exits_2_saying_why(tmp_path, capsys):
     out = tmp_path / "figures.json"
     argv = ["--scenarios", "pareto_nbd", "--users-pareto", "300", "--days", "100", "--seeds", "1", "--out", str(out)]
