@@ -5,6 +5,10 @@ churn, P(no event of any kind in the next `horizon_days`). The recency and RFM b
 that probability with a one-feature logistic fit on the fitting origin's labels. BG/NBD is fitted without
 labels and predicts the horizon directly, so it is also a check on how far pure transaction timing goes; so is
 Pareto/NBD, whose customers may drop out at any time rather than only after a transaction.
+
+Buy-till-you-die models learn no label, so they can also be fitted on the judged users' own history at the
+scoring date itself, as they are used in practice: `at_cutoff` gives that stronger yardstick, with Pareto/NBD's
+other standard answer, the transactions it expects in the horizon, as a ranking beside its probability.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from chalicelib.scoring.events import EVENT_TYPES
 from chalicelib.scoring.features import FEATURE_NAMES
 from chalicelib.scoring.pareto_nbd import ParetoNbd
 from chalicelib.scoring.state import col
-from churnguard_offline.metrics import classification_metrics
+from churnguard_offline.metrics import classification_metrics, ranking_metrics
 
 BASELINE_NAMES: tuple[str, ...] = ("recency", "rfm", "bg_nbd", "pareto_nbd")
+# The buy-till-you-die yardsticks fitted at the scoring date; "pareto_nbd_expected" is a ranking, not a probability.
+AT_CUTOFF_NAMES: tuple[str, ...] = ("bg_nbd", "pareto_nbd", "pareto_nbd_expected")
 _RECENCY = FEATURE_NAMES.index("recency_days")
 _COUNT_COLS = [col(f"count_{t}") for t in EVENT_TYPES]
 _QUINTILES = (0.2, 0.4, 0.6, 0.8)
@@ -114,4 +120,38 @@ def evaluate_baselines(fit_set: Any, eval_set: Any) -> dict[str, dict[str, float
     for name, p in fitted.predict(eval_set.values, eval_set.features, eval_set.cutoff).items():
         m = classification_metrics(eval_set.labels, p)
         out[name] = {"auc": m["auc"], "pr_auc": m["pr_auc"], "brier": m["brier"]}
+    return out
+
+
+def at_cutoff(values: np.ndarray, as_of: float, horizon_days: float) -> dict[str, np.ndarray]:
+    """Return the churn scores of BG/NBD and Pareto/NBD fitted on these users' own (x, t_x, T) at `as_of`, by name
+    in AT_CUTOFF_NAMES order: each one's P(no transaction in the horizon), and Pareto/NBD's expected transactions
+    there, negated so that a higher score means more churn (fewer purchases expected first).
+
+    No label is read, so the fit may see the very users it scores: nothing of their future is in it.
+    """
+    return btyd_scores(btyd_inputs(values, as_of), horizon_days)
+
+
+def btyd_scores(inputs: tuple[np.ndarray, np.ndarray, np.ndarray], horizon_days: float) -> dict[str, np.ndarray]:
+    """Return `at_cutoff`'s scores for customers given as (x, t_x, T) in days, both models fitted on them."""
+    bg_nbd, pareto_nbd = BgNbd().fit(*inputs), ParetoNbd().fit(*inputs)
+    _alive, none, expected = pareto_nbd.horizon_view(*inputs, horizon_days)
+    return {
+        "bg_nbd": bg_nbd.p_no_event(*inputs, horizon_days),
+        "pareto_nbd": none,
+        "pareto_nbd_expected": -expected,
+    }
+
+
+def evaluate_at_cutoff(eval_set: Any) -> dict[str, dict[str, float]]:
+    """Return the metrics of each `at_cutoff` yardstick on `eval_set`: AUC, PR-AUC and, for the probabilities,
+    the Brier score (a ranking has none)."""
+    out = {}
+    for name, score in at_cutoff(eval_set.values, eval_set.cutoff, eval_set.horizon_days).items():
+        if name == "pareto_nbd_expected":
+            out[name] = ranking_metrics(eval_set.labels, score)
+        else:
+            m = classification_metrics(eval_set.labels, score)
+            out[name] = {"auc": m["auc"], "pr_auc": m["pr_auc"], "brier": m["brier"]}
     return out

@@ -16,18 +16,28 @@ def lift_top_decile(y: np.ndarray, p: np.ndarray) -> float:
 
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Return auc, pr_auc, brier, log_loss, lift_top_decile, n and churn_rate."""
-    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+    from sklearn.metrics import brier_score_loss, log_loss
 
     y = np.asarray(y, dtype=int)
-    both = 0 < y.sum() < y.size
     return {
-        "auc": float(roc_auc_score(y, p)) if both else float("nan"),
-        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        **ranking_metrics(y, p),
         "brier": float(brier_score_loss(y, p)),
         "log_loss": float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1])),
         "lift_top_decile": lift_top_decile(y, p),
         "n": int(y.size),
         "churn_rate": float(y.mean()) if y.size else float("nan"),
+    }
+
+
+def ranking_metrics(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """Return auc and pr_auc of a score that only ranks (higher: more likely a churner), not a probability."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.asarray(y, dtype=int)
+    both = 0 < y.sum() < y.size
+    return {
+        "auc": float(roc_auc_score(y, score)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, score)) if both else float("nan"),
     }
 
 

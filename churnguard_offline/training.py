@@ -735,8 +735,9 @@ def evaluate(
     data_end: float | None = None,
 ) -> dict[str, Any]:
     """Return the contract's metrics for `model` at `cutoff` over `population`, with baselines fitted one horizon
-    earlier on the same population."""
-    from churnguard_offline.baselines import evaluate_baselines
+    earlier on the same population, and the buy-till-you-die ones also fitted at the cutoff on the judged users'
+    own history (they read no label)."""
+    from churnguard_offline.baselines import evaluate_at_cutoff, evaluate_baselines
 
     lookback = population_lookback(model, population)
     data = labelled_set(events, cutoff, horizon_days, lookback, data_end)
@@ -757,4 +758,5 @@ def evaluate(
     else:
         out["baselines"] = {}
         out["baselines_note"] = "no history before cutoff - horizon to fit baselines on"
+    out["baselines_at_cutoff"] = {name: _clean(m) for name, m in evaluate_at_cutoff(data).items()}
     return out

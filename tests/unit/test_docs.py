@@ -163,7 +163,9 @@ def test_the_committed_model_card_states_the_proof_this_code_writes():
 
 
 # What the docs' excerpts of scores, items and messages print as the model that made them.
-QUOTED_MODEL = re.compile(r"\"model_version\": \"(churn-[0-9a-f-]+)\"|,(churn-\d{8}-[0-9a-f]{8})$", re.MULTILINE)
+QUOTED_MODEL = re.compile(
+    r"[\"']?model_version[\"']?\s*[:=]\s*[\"']?(churn-[0-9a-f-]+)|,(churn-\d{8}-[0-9a-f]{8})\r?$", re.MULTILINE
+)
 
 
 def test_every_excerpt_of_the_functions_output_names_the_committed_model():

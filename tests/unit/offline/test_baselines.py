@@ -208,3 +208,26 @@ def test_inconsistent_bg_nbd_inputs_are_refused():
         BgNbd().fit(np.array([1.0, 2.0]), np.array([3.0, 5.0]), np.array([4.0, 4.0]))
     with pytest.raises(InputError, match="not fitted"):
         BgNbd().p_alive(np.ones(1), np.ones(1), np.ones(1))
+
+
+def test_buy_till_you_die_at_the_cutoff_is_fitted_on_the_judged_users_and_reads_no_label(origins):
+    from churnguard_offline.baselines import AT_CUTOFF_NAMES, at_cutoff, evaluate_at_cutoff
+
+    # GIVEN the users judged at one cutoff
+    _, data = origins
+    # WHEN BG/NBD and Pareto/NBD are fitted on their own history there
+    scores = at_cutoff(data.values, data.cutoff, data.horizon_days)
+    figures = evaluate_at_cutoff(data)
+    # THEN each gives every user a score; the two probabilities are probabilities, the expectation only ranks
+    assert tuple(scores) == tuple(figures) == AT_CUTOFF_NAMES
+    for name in ("bg_nbd", "pareto_nbd"):
+        assert ((scores[name] >= 0) & (scores[name] <= 1)).all()
+        assert set(figures[name]) == {"auc", "pr_auc", "brier"}
+    assert set(figures["pareto_nbd_expected"]) == {"auc", "pr_auc"} and (scores["pareto_nbd_expected"] <= 0).all()
+    # AND they rank churners well above chance, fitted where they are judged
+    assert all(f["auc"] > 0.75 for f in figures.values()), figures
+    # AND the same users with other labels get the very same scores: nothing of the future is read
+    relabelled = type(data)(data.user_ids, data.features, 1 - data.labels, data.cutoff, data.horizon_days, data.values)
+    again = at_cutoff(relabelled.values, relabelled.cutoff, relabelled.horizon_days)
+    assert all(np.array_equal(scores[name], again[name]) for name in AT_CUTOFF_NAMES)
+    assert evaluate_at_cutoff(relabelled)["pareto_nbd"]["auc"] == pytest.approx(1 - figures["pareto_nbd"]["auc"])

@@ -89,6 +89,29 @@ def test_evaluate_judges_every_user_the_schedule_scores_unless_asked_for_the_act
     assert every["n"] > active["n"] > 0
     with pytest.raises(InputError, match="population"):
         population_lookback(model, "everyone")
+    # AND beside the baselines fitted one horizon earlier, buy-till-you-die fitted at the cutoff on the same users
+    for report in (every, active):
+        assert set(report["baselines"]) == {"recency", "rfm", "bg_nbd", "pareto_nbd"}
+        assert set(report["baselines_at_cutoff"]) == {"bg_nbd", "pareto_nbd", "pareto_nbd_expected"}
+    assert every["baselines_at_cutoff"] != active["baselines_at_cutoff"]
+
+
+def test_evaluate_fits_buy_till_you_die_at_the_cutoff_even_with_no_history_before_it_to_fit_baselines_on():
+    from datetime import UTC, datetime
+
+    from chalicelib.scoring.artifact import MODEL_CACHE
+    from churnguard_offline.generate import generate_events
+    from churnguard_offline.training import evaluate
+
+    # GIVEN 40 days of history, so nothing lies one 30-day horizon before a cutoff 10 days before the end
+    end = CUTOFF + 30 * DAY
+    events = generate_events(600, 40, 5, datetime.fromtimestamp(end, UTC))
+    # WHEN the committed model is evaluated there
+    report = evaluate(MODEL_CACHE.get(), events, CUTOFF, 30)
+    # THEN the baselines that need an earlier origin are left out, saying why, and the at-cutoff ones are there
+    assert report["baselines"] == {} and "no history before" in report["baselines_note"]
+    assert set(report["baselines_at_cutoff"]) == {"bg_nbd", "pareto_nbd", "pareto_nbd_expected"}
+    assert 0.5 < report["baselines_at_cutoff"]["pareto_nbd"]["auc"] <= 1
 
 
 @pytest.mark.slow  # a whole training: left to make test
