@@ -210,6 +210,7 @@ def test_inconsistent_bg_nbd_inputs_are_refused():
         BgNbd().p_alive(np.ones(1), np.ones(1), np.ones(1))
 
 
+@pytest.mark.slow  # fits Pareto/NBD on 4,000 users twice per kind of log
 def test_buy_till_you_die_at_the_cutoff_is_fitted_on_the_judged_users_and_reads_no_label(origins):
     from churnguard_offline.baselines import AT_CUTOFF_NAMES, at_cutoff, evaluate_at_cutoff
 

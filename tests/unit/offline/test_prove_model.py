@@ -55,6 +55,7 @@ def test_the_in_time_ceiling_learns_what_its_inputs_hold_and_no_more():
     assert knowing > 0.99
 
 
+@pytest.mark.slow  # fits train's three candidates five times each
 def test_the_in_time_ceiling_is_the_best_of_the_candidates_train_chooses_from():
     # GIVEN few rows whose labels follow one linear score of many weak columns: shape a linear model finds and
     # trees, splitting one column at a time on 600 rows, only approximate
