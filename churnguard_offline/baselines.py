@@ -146,9 +146,12 @@ def btyd_scores(inputs: tuple[np.ndarray, np.ndarray, np.ndarray], horizon_days:
 
 def evaluate_at_cutoff(eval_set: Any) -> dict[str, dict[str, float]]:
     """Return the metrics of each `at_cutoff` yardstick on `eval_set`: AUC, PR-AUC and, for the probabilities,
-    the Brier score (a ranking has none)."""
+    the Brier score (a ranking has none). A yardstick whose fit gave a score that is not a number for some user
+    (a fit with no finite optimum) is left out: the caller says which."""
     out = {}
     for name, score in at_cutoff(eval_set.values, eval_set.cutoff, eval_set.horizon_days).items():
+        if not np.isfinite(score).all():
+            continue
         if name == "pareto_nbd_expected":
             out[name] = ranking_metrics(eval_set.labels, score)
         else:

@@ -118,11 +118,11 @@ _PROOF = [
     "| purchases only, CDNOW (real), trained on the first 12 months | 182 days | 0.8080-0.8081 |"
     " best of the same 8 rankings | +0.0041 to +0.0043 | +0.005: not met |",
     "",
-    "On generated purchases the best ranking is Pareto/NBD fitted at the cutoff; train's own candidates fitted on",
-    "the scoring date's own users and labels (cross-fitted, no shift in time) lead it by +0.0011 to +0.0014, and",
-    "the model, trained six months earlier, comes within 0.0011 of them. On CDNOW's real purchases the best is",
-    "Pareto/NBD's expected purchases; the model's lead (s.e. 0.0013-0.0014) is mostly from what was spent, which",
-    "those models do not read, and it is above the same in-time figure (0.8075-0.8077).",
+    "On generated purchases the best ranking is Pareto/NBD fitted at the cutoff; the best of train's candidates",
+    "fitted on the scoring date's own users and labels (cross-fitted, no shift in time) leads it by +0.0011 to",
+    "+0.0014, and the model, trained six months earlier, comes within 0.0011 of that. On CDNOW's real purchases",
+    "the best is Pareto/NBD's expected purchases; the model's lead (s.e. 0.0013-0.0014) is mostly from what was",
+    "spent, which those models do not read, and it is above the same in-time figure (0.8075-0.8077).",
     "Its larger lead elsewhere comes from the other signals (sessions, complaints, coupons, tickets).",
     "",
 ]

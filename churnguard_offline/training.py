@@ -737,7 +737,7 @@ def evaluate(
     """Return the contract's metrics for `model` at `cutoff` over `population`, with baselines fitted one horizon
     earlier on the same population, and the buy-till-you-die ones also fitted at the cutoff on the judged users'
     own history (they read no label)."""
-    from churnguard_offline.baselines import evaluate_at_cutoff, evaluate_baselines
+    from churnguard_offline.baselines import AT_CUTOFF_NAMES, evaluate_at_cutoff, evaluate_baselines
 
     lookback = population_lookback(model, population)
     data = labelled_set(events, cutoff, horizon_days, lookback, data_end)
@@ -759,4 +759,7 @@ def evaluate(
         out["baselines"] = {}
         out["baselines_note"] = "no history before cutoff - horizon to fit baselines on"
     out["baselines_at_cutoff"] = {name: _clean(m) for name, m in evaluate_at_cutoff(data).items()}
+    missing = [name for name in AT_CUTOFF_NAMES if name not in out["baselines_at_cutoff"]]
+    if missing:
+        out["baselines_at_cutoff_note"] = f"no finite fit at the cutoff for {', '.join(missing)}"
     return out

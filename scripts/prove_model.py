@@ -221,10 +221,14 @@ def _against_btyd(
     """
     baselines = {name: round(auc(data.labels, p), 6) for name, p in predictions.items()}
     shown = reported_btyd(reported)
-    differ = {name: (value, baselines[name]) for name, value in shown.items() if abs(value - baselines[name]) > 1e-6}
+    unknown = sorted(set(shown) - set(baselines))
+    if unknown:
+        raise InputError(f"evaluate reported buy-till-you-die figures the proof does not compute: {unknown}")
+    # Both sides round to 6 decimals; two roundings one unit apart are 1e-6 apart, give or take a float's last bit.
+    differ = {name: (value, baselines[name]) for name, value in shown.items() if abs(value - baselines[name]) > 1.5e-6}
     if differ:
         raise InputError(f"evaluate's buy-till-you-die figures differ from the proof's (reported, here): {differ}")
-    best = max(baselines, key=baselines.get)
+    best = max((name for name in baselines if np.isfinite(baselines[name])), key=baselines.get)
     model_auc = auc(data.labels, p_model)
     gap_se = gap_standard_error(data.labels, p_model, predictions[best], spec.bootstrap_draws, spec.seed)
     return {
@@ -252,14 +256,23 @@ def in_time_ceilings(X: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, 
     than boosting, on generated logs the forest or boosting may.
     """
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import Pipeline
 
     folds = StratifiedKFold(CEILING_FOLDS, shuffle=True, random_state=seed)
-    learners = {name: Pipeline(pipeline.steps[1:]) for name, pipeline in candidates(seed).items()}
+    learners = {name: _without_btyd_step(pipeline) for name, pipeline in candidates(seed).items()}
     return {
         name: auc(labels, cross_val_predict(learner, X, labels, cv=folds, method="predict_proba")[:, 1])
         for name, learner in learners.items()
     }
+
+
+def _without_btyd_step(pipeline: Any) -> Any:
+    """Return `pipeline` without its step that adds the buy-till-you-die columns (the inputs hold them already)."""
+    from sklearn.pipeline import Pipeline
+
+    steps = [step for step in pipeline.steps if step[0] != "btyd"]
+    if len(steps) != len(pipeline.steps) - 1:
+        raise InputError(f"a candidate of train has not exactly one btyd step: {[name for name, _ in pipeline.steps]}")
+    return Pipeline(steps)
 
 
 def _best(figures: dict[str, float]) -> float:

@@ -227,8 +227,7 @@ def test_buy_till_you_die_at_the_cutoff_is_fitted_on_the_judged_users_and_reads_
     assert set(figures["pareto_nbd_expected"]) == {"auc", "pr_auc"} and (scores["pareto_nbd_expected"] <= 0).all()
     # AND they rank churners well above chance, fitted where they are judged
     assert all(f["auc"] > 0.75 for f in figures.values()), figures
-    # AND the same users with other labels get the very same scores: nothing of the future is read
-    relabelled = type(data)(data.user_ids, data.features, 1 - data.labels, data.cutoff, data.horizon_days, data.values)
-    again = at_cutoff(relabelled.values, relabelled.cutoff, relabelled.horizon_days)
-    assert all(np.array_equal(scores[name], again[name]) for name in AT_CUTOFF_NAMES)
-    assert evaluate_at_cutoff(relabelled)["pareto_nbd"]["auc"] == pytest.approx(1 - figures["pareto_nbd"]["auc"])
+    # AND the fit is the judged users' own: fitted on half of them, the other half score otherwise
+    half = data.values[::2]
+    own = at_cutoff(half, data.cutoff, data.horizon_days)["pareto_nbd"]
+    assert not np.allclose(own, scores["pareto_nbd"][::2], rtol=0, atol=1e-9)

@@ -103,7 +103,7 @@ def test_evaluate_fits_buy_till_you_die_at_the_cutoff_even_with_no_history_befor
     from churnguard_offline.generate import generate_events
     from churnguard_offline.training import evaluate
 
-    # GIVEN 40 days of history, so nothing lies one 30-day horizon before a cutoff 10 days before the end
+    # GIVEN 40 days of history and a cutoff 10 days into it: nothing lies one 30-day horizon before the cutoff
     end = CUTOFF + 30 * DAY
     events = generate_events(600, 40, 5, datetime.fromtimestamp(end, UTC))
     # WHEN the committed model is evaluated there
@@ -157,3 +157,28 @@ def test_permutation_importance_of_a_feature_the_model_never_varies_is_zero_on_a
     # scores come from the same rows
     assert importance[FEATURE_NAMES[0]] > 0.05
     assert all(importance[name] == 0.0 for name in FEATURE_NAMES[1:])
+
+
+def test_a_buy_till_you_die_fit_with_no_finite_answer_is_left_out_of_evaluate_saying_which(monkeypatch):
+    from datetime import UTC, datetime
+
+    from chalicelib.scoring.artifact import MODEL_CACHE
+    from churnguard_offline import baselines
+    from churnguard_offline.generate import generate_events
+    from churnguard_offline.training import evaluate
+
+    # GIVEN a Pareto/NBD fit at the cutoff whose P(no event) is not a number for one user
+    fitted = baselines.btyd_scores
+
+    def one_nan(inputs, horizon_days):
+        scores = fitted(inputs, horizon_days)
+        scores["pareto_nbd"][0] = np.nan
+        return scores
+
+    monkeypatch.setattr(baselines, "btyd_scores", one_nan)
+    events = generate_events(300, 90, 6, datetime.fromtimestamp(CUTOFF + 30 * DAY, UTC))
+    # WHEN the committed model is evaluated
+    report = evaluate(MODEL_CACHE.get(), events, CUTOFF, 30)
+    # THEN the others are reported, that one is left out, and the report says so instead of failing
+    assert set(report["baselines_at_cutoff"]) == {"bg_nbd", "pareto_nbd_expected"}
+    assert report["baselines_at_cutoff_note"] == "no finite fit at the cutoff for pareto_nbd"
