@@ -60,8 +60,12 @@ def reason_effects(
 
 def top_reasons(effects: np.ndarray) -> list[list[str]]:
     """Return each user's reason codes, strongest first, keeping only effects of MIN_EFFECT or more."""
+    if not effects.shape[0]:
+        return []
     order = np.argsort(-effects, axis=1)[:, :MAX_REASONS]
-    out: list[list[str]] = []
-    for i in range(effects.shape[0]):
-        out.append([REASON_CODES[g] for g in order[i] if effects[i, g] >= MIN_EFFECT])
-    return out
+    # Strongest first, so the reasons kept are a leading run of each row's order: -1 marks the rest. Few
+    # distinct lists exist among many users; each is spelled once and copied to its users.
+    kept = np.where(np.take_along_axis(effects, order, axis=1) >= MIN_EFFECT, order, -1)
+    distinct, which = np.unique(kept, axis=0, return_inverse=True)
+    spelled = [[REASON_CODES[g] for g in row if g >= 0] for row in distinct.tolist()]
+    return [spelled[k].copy() for k in which.reshape(-1).tolist()]

@@ -151,3 +151,57 @@ def test_the_committed_model_scores_a_long_silent_user_of_any_tenure_as_it_does_
     assert np.all(np.isfinite(probability))
     assert np.all(np.diff(probability, axis=0) >= -1e-9)
     assert np.all(probability[1:] >= model.risk_thresholds["high"])
+
+
+class _RowEcho:
+    """An estimator whose churn probability is each row's first feature, and which notes each call's rows."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict_proba(self, features):
+        import numpy as np
+
+        self.calls.append(features.shape[0])
+        return np.column_stack([1.0 - features[:, 0], features[:, 0]])
+
+
+def test_a_large_run_is_predicted_in_blocks_that_keep_every_row_in_its_place(monkeypatch):
+    import numpy as np
+
+    from chalicelib.scoring import artifact
+
+    # GIVEN blocks of 4 rows and an estimator that echoes each row's first feature
+    monkeypatch.setattr(artifact, "PREDICT_ROWS", 4)
+    echo = _RowEcho()
+    model = artifact.ChurnModel(echo, {})
+    features = np.arange(27.0).reshape(9, 3) / 27.0
+    # WHEN nine rows, then four, then none are predicted
+    whole = model.predict_proba(features)
+    fits, empty = model.predict_proba(features[:4]), model.predict_proba(features[:0])
+    # THEN the nine go in blocks of 4, 4 and 1, each row's probability where its row was; four go at once
+    assert echo.calls == [4, 4, 1, 4]
+    assert np.array_equal(whole, features[:, 0])
+    assert np.array_equal(fits, features[:4, 0])
+    assert empty.shape == (0,)
+
+
+def test_the_committed_model_gives_the_same_probabilities_in_blocks_as_in_one_call():
+    import numpy as np
+
+    from chalicelib.scoring.artifact import PREDICT_ROWS
+
+    # GIVEN more users than one block holds: the typical user with recency, tenure and events spread out
+    model = load_model(ARTIFACT)
+    rng = np.random.default_rng(5)
+    n = 2 * PREDICT_ROWS + 123
+    rows = np.tile(model.reference, (n, 1))
+    rows[:, FEATURE_NAMES.index("tenure_days")] = rng.uniform(1.0, 730.0, n)
+    rows[:, FEATURE_NAMES.index("recency_days")] = rows[:, FEATURE_NAMES.index("tenure_days")] * rng.uniform(0, 1, n)
+    rows[:, FEATURE_NAMES.index("log_events_total")] = np.log1p(rng.integers(1, 200, n))
+    # WHEN they are scored in blocks and in one call of the pipeline itself
+    blocks = model.predict_proba(rows)
+    one_call = model.estimator.predict_proba(rows)[:, 1]
+    # THEN every probability is the same number
+    assert np.unique(np.round(one_call, 3)).size > 50
+    assert np.array_equal(blocks, one_call)

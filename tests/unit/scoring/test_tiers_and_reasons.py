@@ -80,6 +80,27 @@ def test_reason_with_biggest_effect_comes_first():
     assert effects.shape == (2, len(REASON_CODES))
 
 
+def test_top_reasons_keep_each_users_strongest_effects_of_the_minimum_or_more_in_order():
+    from chalicelib.scoring.reasons import MAX_REASONS, MIN_EFFECT
+
+    # GIVEN many users' effects: most below the minimum, some exactly at it, negative ones and no number at all
+    rng = np.random.default_rng(3)
+    effects = rng.choice([-0.2, 0.0, 0.005, MIN_EFFECT, 0.03, 0.08, 0.3, np.nan], size=(5000, len(REASON_CODES)))
+    effects += rng.uniform(0, 1e-6, effects.shape) * (rng.random(effects.shape) < 0.5)
+    # WHEN the reasons are told
+    reasons = top_reasons(effects)
+    # THEN each user gets, strongest first, the codes of their MAX_REASONS largest effects that reach the minimum
+    assert len(reasons) == 5000
+    # (among equal effects any may be told: the effects told are what is compared)
+    for row, told in zip(effects, reasons):
+        expected = sorted((e for e in row if e >= MIN_EFFECT), reverse=True)[:MAX_REASONS]
+        assert len(set(told)) == len(told)
+        assert [row[REASON_CODES.index(code)] for code in told] == expected
+    # AND no two users share one list, so changing one user's reasons changes nobody else's
+    assert len({id(r) for r in reasons}) == len(reasons)
+    assert top_reasons(np.zeros((0, len(REASON_CODES)))) == []
+
+
 def _message(**over):
     args = dict(
         user_id="u1",
