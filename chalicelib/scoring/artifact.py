@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,55 @@ class ChurnModel:
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Return the churn probability of each feature row."""
-        if features.shape[0] == 0:
-            return np.zeros(0)
-        if features.shape[0] <= PREDICT_ROWS:
-            return self.estimator.predict_proba(features)[:, 1]
-        blocks = range(0, features.shape[0], PREDICT_ROWS)
-        return np.concatenate([self.estimator.predict_proba(features[i : i + PREDICT_ROWS])[:, 1] for i in blocks])
+        return _churn_probability(self.estimator, features)
+
+    def what_if(self, features: np.ndarray) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """Return predict(rows, cols, values): the churn probability of `features[rows]` with columns `cols` set to
+        `values`, as `predict_proba` would give it.
+
+        Reason codes ask this once a reason group for the same users. A pipeline led by the buy-till-you-die step
+        reads three columns there; for a group that holds none of them, that step's output for the users as they
+        are stands, so it is computed once for all such groups and only the rest of the pipeline runs again.
+        """
+        lead, rest = _btyd_lead(self.estimator)
+        led: list[np.ndarray] = []
+
+        def predict(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+            if lead is None or np.isin(cols, lead.INPUTS).any():
+                block = features[rows]
+                block[:, cols] = values
+                return self.predict_proba(block)
+            if not led:
+                led.append(_in_blocks(lead.transform, features))
+            block = led[0][rows]
+            block[:, cols] = values
+            return _churn_probability(rest, block)
+
+        return predict
+
+
+def _in_blocks(step: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Return `step` of `rows`, taken PREDICT_ROWS rows at a time."""
+    if rows.shape[0] <= PREDICT_ROWS:
+        return step(rows)
+    return np.concatenate([step(rows[i : i + PREDICT_ROWS]) for i in range(0, rows.shape[0], PREDICT_ROWS)])
+
+
+def _churn_probability(estimator: Any, rows: np.ndarray) -> np.ndarray:
+    """Return the estimator's probability of the churn class for each row, in blocks."""
+    if rows.shape[0] == 0:
+        return np.zeros(0)
+    return _in_blocks(lambda block: estimator.predict_proba(block)[:, 1], rows)
+
+
+def _btyd_lead(estimator: Any) -> tuple[Any, Any]:
+    """Return (the buy-till-you-die step, the pipeline after it) when a pipeline starts with one, else (None, None)."""
+    from chalicelib.scoring.btyd import BtydFeatures
+
+    steps = getattr(estimator, "steps", None)
+    if not steps or len(steps) < 2 or not isinstance(steps[0][1], BtydFeatures):
+        return None, None
+    return steps[0][1], estimator[1:]
 
 
 def load_model(model_dir: str | os.PathLike, pinned: str | None = None) -> ChurnModel:

@@ -217,6 +217,8 @@ class BtydFeatures(BaseEstimator, TransformerMixin):
     pipelines; `fit` then takes it instead of fitting again.
     """
 
+    # The feature columns `transform` reads (btyd_from_features); it copies every column unchanged before its own.
+    INPUTS = (_EVENTS, _TENURE, _RECENCY)
     COLUMNS = (
         "bg_nbd_p_alive",
         "bg_nbd_p_no_event",

@@ -36,9 +36,22 @@ def silent(features: np.ndarray) -> np.ndarray:
     return features[:, _RECENCY] >= np.maximum(SILENCE_MIN_DAYS, SILENCE_GAPS * typical_gap)
 
 
-def reason_effects(
-    features: np.ndarray, probability: np.ndarray, reference: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
+# predict(rows, cols, values): the probability of those rows of the features with columns `cols` set to `values`.
+WhatIf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def what_if(features: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> WhatIf:
+    """Return a WhatIf over `features` for any `predict` of whole rows (ChurnModel.what_if is the model's own)."""
+
+    def replaced(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+        block = features[rows]
+        block[:, cols] = values
+        return predict(block)
+
+    return replaced
+
+
+def reason_effects(features: np.ndarray, probability: np.ndarray, reference: np.ndarray, predict: WhatIf) -> np.ndarray:
     """Return [users, REASON_CODES]: how much each reason's features raise each user's probability."""
     effects = np.zeros((features.shape[0], len(REASON_CODES)))
     is_silent = silent(features)
@@ -47,9 +60,7 @@ def reason_effects(
         changed = np.flatnonzero((features[:, cols] != reference[cols]).any(axis=1))
         if not changed.size:
             continue
-        block = features[changed]
-        block[:, cols] = reference[cols]
-        effect = probability[changed] - predict(block)
+        effect = probability[changed] - predict(changed, cols, reference[cols])
         if group == "activity":
             code = np.where(is_silent[changed], REASON_CODES.index("inactivity"), REASON_CODES.index("engagement_drop"))
             effects[changed, code] = effect

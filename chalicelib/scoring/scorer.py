@@ -104,7 +104,7 @@ class Scorer:
         at_risk = np.flatnonzero(risk != "low")
         if at_risk.size:
             effects = reason_effects(
-                features[at_risk], probability[at_risk], self.model.reference, self.model.predict_proba
+                features[at_risk], probability[at_risk], self.model.reference, self.model.what_if(features[at_risk])
             )
             for i, codes in zip(at_risk, top_reasons(effects)):
                 reasons[i] = codes

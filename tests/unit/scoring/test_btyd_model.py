@@ -75,7 +75,7 @@ def test_reason_effects_of_a_btyd_model_come_from_the_recency_and_tenure_it_read
     model = ChurnModel(clf, {"reference_features": dict(zip(FEATURE_NAMES, np.median(features, axis=0)))})
     p = model.predict_proba(features)
     # WHEN reason effects re-predict with each group of features reset to the reference
-    effects = reason_effects(features, p, model.reference, model.predict_proba)
+    effects = reason_effects(features, p, model.reference, model.what_if(features))
     # THEN they are finite, and only what a BTYD model reads (recency: activity; tenure: new user) moves it
     assert effects.shape == (len(features), len(REASON_CODES)) and np.isfinite(effects).all()
     read = [REASON_CODES.index(c) for c in ("inactivity", "engagement_drop", "new_user")]

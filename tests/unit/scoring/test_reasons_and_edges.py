@@ -71,7 +71,7 @@ def _score(scorer: Scorer, users: dict[str, list]) -> dict[str, tuple[float, lis
     features = compute_features(state.values, AS_OF)
     model = scorer.model
     p = model.predict_proba(features)
-    reasons = top_reasons(reason_effects(features, p, model.reference, model.predict_proba))
+    reasons = top_reasons(reason_effects(features, p, model.reference, model.what_if(features)))
     return {uid: (float(p[i]), reasons[i]) for i, uid in enumerate(state.user_ids)}
 
 

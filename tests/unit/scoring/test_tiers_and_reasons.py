@@ -9,7 +9,7 @@ from chalicelib.errors import InvalidMessageError
 from chalicelib.retention.messages import build_message, compose, message_id, validate_message
 from chalicelib.retention.playbook import load_playbook
 from chalicelib.scoring.features import FEATURE_NAMES, REASON_CODES
-from chalicelib.scoring.reasons import reason_effects, top_reasons
+from chalicelib.scoring.reasons import reason_effects, top_reasons, what_if
 from chalicelib.scoring.tiers import fit_value_thresholds, risk_tiers, value_tiers
 
 
@@ -73,7 +73,7 @@ def test_reason_with_biggest_effect_comes_first():
     X[1, comp], X[1, rec] = 0.0, 40.0  # long silence only, for a user active every five days before
     X[1, FEATURE_NAMES.index("activity_rate_long")] = 0.2
     p = predict(X)
-    effects = reason_effects(X, p, np.zeros(len(FEATURE_NAMES)), predict)
+    effects = reason_effects(X, p, np.zeros(len(FEATURE_NAMES)), what_if(X, predict))
     reasons = top_reasons(effects)
     assert reasons[0][0] == "complaints"
     assert reasons[1] == ["inactivity"]
