@@ -17,6 +17,7 @@ from chalicelib.errors import ModelArtifactError
 from chalicelib.scoring.features import FEATURE_NAMES
 from chalicelib.scoring.model_version import check_model_version
 from chalicelib.scoring.pinned_artifact import MODEL_SHA256
+from chalicelib.scoring.reasons import WhatIf, replaced, what_if
 from chalicelib.scoring.state import LAYOUT_ID
 
 MODEL_FILE = "model.joblib"
@@ -31,8 +32,9 @@ _DEFAULT_DIRS = (
 )
 # Rows a prediction call takes at once. A tree ensemble walks every row once a tree: over a block of a few
 # MiB of features the rows stay in the CPU's cache from tree to tree, where over a whole run they come from
-# memory each time (74 boosted trees on 92,146 users: 0.31 s in blocks against 0.59 s in one call, the
-# same figures). Each row's probability is its own, so the blocks change nothing of the result.
+# memory each time (74 boosted trees on 92,146 users: 0.31 s in blocks against 0.59 s in one call). A tree's
+# probabilities are the same numbers either way; a linear model's dot products go through BLAS, whose rounding
+# may differ with the number of rows, by at most a unit in the last place.
 PREDICT_ROWS = 8192
 
 
@@ -105,27 +107,28 @@ class ChurnModel:
         """Return the churn probability of each feature row."""
         return _churn_probability(self.estimator, features)
 
-    def what_if(self, features: np.ndarray) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-        """Return predict(rows, cols, values): the churn probability of `features[rows]` with columns `cols` set to
-        `values`, as `predict_proba` would give it.
+    def what_if(self, features: np.ndarray) -> WhatIf:
+        """Return the model's WhatIf over `features` (reasons.what_if): what `predict_proba` gives for some rows
+        with some columns replaced.
 
-        Reason codes ask this once a reason group for the same users. A pipeline led by the buy-till-you-die step
-        reads three columns there; for a group that holds none of them, that step's output for the users as they
-        are stands, so it is computed once for all such groups and only the rest of the pipeline runs again.
+        Reason codes ask it once a reason group for the same users. When the estimator is a pipeline led by the
+        buy-till-you-die step (as `train` writes it uncalibrated), that step reads three columns; for a group
+        that holds none of them, its output for the users as they are stands, so it is computed once for all such
+        groups and only the rest of the pipeline runs again. Any other model, and the groups that hold one of the
+        three, are predicted whole.
         """
+        whole = what_if(features, self.predict_proba)
         lead, rest = _btyd_lead(self.estimator)
+        if lead is None:
+            return whole
         led: list[np.ndarray] = []
 
         def predict(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
-            if lead is None or np.isin(cols, lead.INPUTS).any():
-                block = features[rows]
-                block[:, cols] = values
-                return self.predict_proba(block)
+            if np.isin(cols, lead.INPUTS).any():
+                return whole(rows, cols, values)
             if not led:
                 led.append(_in_blocks(lead.transform, features))
-            block = led[0][rows]
-            block[:, cols] = values
-            return _churn_probability(rest, block)
+            return _churn_probability(rest, replaced(led[0], rows, cols, values))
 
         return predict
 
@@ -145,11 +148,12 @@ def _churn_probability(estimator: Any, rows: np.ndarray) -> np.ndarray:
 
 
 def _btyd_lead(estimator: Any) -> tuple[Any, Any]:
-    """Return (the buy-till-you-die step, the pipeline after it) when a pipeline starts with one, else (None, None)."""
+    """Return (the buy-till-you-die step, the pipeline after it) for a pipeline of two steps or more that starts
+    with that step; else (None, None)."""
     from chalicelib.scoring.btyd import BtydFeatures
 
-    steps = getattr(estimator, "steps", None)
-    if not steps or len(steps) < 2 or not isinstance(steps[0][1], BtydFeatures):
+    steps = getattr(estimator, "steps", None) or []
+    if len(steps) < 2 or not isinstance(steps[0][1], BtydFeatures):
         return None, None
     return steps[0][1], estimator[1:]
 

@@ -36,19 +36,22 @@ def silent(features: np.ndarray) -> np.ndarray:
     return features[:, _RECENCY] >= np.maximum(SILENCE_MIN_DAYS, SILENCE_GAPS * typical_gap)
 
 
-# predict(rows, cols, values): the probability of those rows of the features with columns `cols` set to `values`.
+# predict(rows, cols, values): the probability of those rows of the features (an array of their indexes) with
+# columns `cols` set to `values`.
 WhatIf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
+def replaced(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Return a copy of `matrix`'s rows `rows` (indexes or a mask; a slice, which would give a view, is refused)
+    with columns `cols` set to `values`."""
+    block = matrix[np.asarray(rows)]
+    block[:, cols] = values
+    return block
+
+
 def what_if(features: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> WhatIf:
-    """Return a WhatIf over `features` for any `predict` of whole rows (ChurnModel.what_if is the model's own)."""
-
-    def replaced(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
-        block = features[rows]
-        block[:, cols] = values
-        return predict(block)
-
-    return replaced
+    """Return a WhatIf over `features` that predicts the replaced rows whole with `predict`."""
+    return lambda rows, cols, values: predict(replaced(features, rows, cols, values))
 
 
 def reason_effects(features: np.ndarray, probability: np.ndarray, reference: np.ndarray, predict: WhatIf) -> np.ndarray:

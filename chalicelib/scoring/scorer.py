@@ -103,9 +103,8 @@ class Scorer:
         # Reasons are computed for users the playbook may act on; low-risk users need none.
         at_risk = np.flatnonzero(risk != "low")
         if at_risk.size:
-            effects = reason_effects(
-                features[at_risk], probability[at_risk], self.model.reference, self.model.what_if(features[at_risk])
-            )
+            risky = features[at_risk]
+            effects = reason_effects(risky, probability[at_risk], self.model.reference, self.model.what_if(risky))
             for i, codes in zip(at_risk, top_reasons(effects)):
                 reasons[i] = codes
         promotion = self.playbook.promotion_at(as_of)

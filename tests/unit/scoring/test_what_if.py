@@ -13,7 +13,7 @@ from chalicelib.scoring import artifact
 from chalicelib.scoring.artifact import ChurnModel, load_model
 from chalicelib.scoring.btyd import BtydFeatures
 from chalicelib.scoring.features import FEATURE_NAMES
-from chalicelib.scoring.reasons import _GROUPS, reason_effects, what_if
+from chalicelib.scoring.reasons import _GROUPS, reason_effects, top_reasons, what_if
 from tests.conftest import ROOT
 
 
@@ -35,16 +35,17 @@ def _users(model: ChurnModel, n: int, seed: int = 11) -> np.ndarray:
     return rows
 
 
-class _CountingBtyd:
-    """Counts the rows the buy-till-you-die step transforms, and transforms them as it would."""
+def _count_transforms(step: BtydFeatures, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the rows `step` transforms from now on (it transforms them as before); return the running list."""
+    seen: list[int] = []
+    transform = step.transform
 
-    def __init__(self, step: BtydFeatures) -> None:
-        self.step, self.rows = step, 0
-        self.INPUTS = step.INPUTS
+    def counted(X: np.ndarray) -> np.ndarray:
+        seen.append(X.shape[0])
+        return transform(X)
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        self.rows += X.shape[0]
-        return self.step.transform(X)
+    monkeypatch.setattr(step, "transform", counted)
+    return seen
 
 
 def test_every_group_replaced_gives_the_probabilities_predict_proba_gives(model):
@@ -71,22 +72,76 @@ def test_reason_effects_are_the_same_with_the_models_what_if_as_with_plain_re_pr
     assert np.array_equal(own, plain)
 
 
+def _groups_by_what_they_read() -> tuple[list[str], list[str]]:
+    reads = [name for name, cols in _GROUPS.items() if np.isin(cols, BtydFeatures.INPUTS).any()]
+    return reads, [name for name in _GROUPS if name not in reads]
+
+
 def test_the_buy_till_you_die_step_runs_once_for_the_groups_that_do_not_read_its_inputs(model, monkeypatch):
     # GIVEN the committed pipeline, its buy-till-you-die step counted, and more users than a prediction block
     monkeypatch.setattr(artifact, "PREDICT_ROWS", 700)
-    step = model.estimator.steps[0][1]
-    counting = _CountingBtyd(step)
-    monkeypatch.setattr(artifact, "_btyd_lead", lambda estimator: (counting, estimator[1:]))
+    seen = _count_transforms(model.estimator.steps[0][1], monkeypatch)
     features = _users(model, 2000, seed=13)
     ask = model.what_if(features)
-    reads = [c for c, cols in _GROUPS.items() if np.isin(cols, step.INPUTS).any()]
-    others = [c for c in _GROUPS if c not in reads]
+    reads, others = _groups_by_what_they_read()
     assert reads and len(others) >= 3
     # WHEN every group that does not read them is asked for all users
     for name in others:
         ask(np.arange(2000), _GROUPS[name], model.reference[_GROUPS[name]])
-    # THEN the step transformed each user once, for all of those groups together
-    assert counting.rows == 2000
+    # THEN the step transformed each user once, for all of those groups together, in blocks
+    assert seen == [700, 700, 600]
+    # AND a group that reads them is predicted whole: the step runs on the rows asked
+    ask(np.arange(50), _GROUPS[reads[0]], model.reference[_GROUPS[reads[0]]])
+    assert seen[3:] == [50]
+
+
+def test_a_scaled_linear_model_after_the_buy_till_you_die_step_takes_the_same_shortcut(model, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from chalicelib.scoring.btyd import BtydFit
+
+    # GIVEN a three-step pipeline as `train` writes its logistic regression, on the committed model's BTYD fits
+    lead = model.estimator.steps[0][1]
+    features = _users(model, 1500, seed=14)
+    labels = (model.predict_proba(features) > 0.5).astype(int)
+    btyd = BtydFeatures(horizon_days=lead.horizon_days, fitted=BtydFit(lead.bgnbd_, lead.paretonbd_))
+    pipeline = Pipeline([("btyd", btyd), ("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000))])
+    linear = ChurnModel(pipeline.fit(features, labels), {})
+    seen = _count_transforms(btyd, monkeypatch)
+    ask = linear.what_if(features)
+    rows = np.arange(1, 1500, 2)
+    _, others = _groups_by_what_they_read()
+    for name in others:
+        # WHEN a group it does not read is asked
+        got = ask(rows, _GROUPS[name], model.reference[_GROUPS[name]])
+        block = features[rows]
+        block[:, _GROUPS[name]] = model.reference[_GROUPS[name]]
+        # THEN the answer is the whole pipeline's, to a rounding unit (BLAS rounds by the size of the matrix)
+        assert np.allclose(got, pipeline.predict_proba(block)[:, 1], rtol=0, atol=1e-15), name
+    # AND the step ran once for the asking (the whole pipeline's own calls come on top, one a group)
+    assert seen.count(1500) == 1 and len(seen) == 1 + len(others)
+
+
+def test_the_scorers_reasons_are_those_of_its_at_risk_users_predicted_whole(model, monkeypatch):
+    from chalicelib.scoring import scorer
+    from chalicelib.scoring.state import StateBatch, empty_rows
+
+    # GIVEN users of every kind, some of them at risk, handed to the scorer as their features
+    features = _users(model, 1200, seed=15)
+    p = model.predict_proba(features)
+    at_risk = np.flatnonzero(p >= model.risk_thresholds["medium"])
+    assert 50 < at_risk.size < 1150
+    monkeypatch.setattr(scorer, "compute_features", lambda values, as_of: features.copy())
+    state = StateBatch([f"u{i}" for i in range(1200)], empty_rows(1200))
+    # WHEN the scorer scores them
+    scores = scorer.Scorer(model).score(state, 1_790_000_000.0)
+    # THEN each at-risk user's reasons are those of the at-risk users' effects, re-predicted whole
+    risky = features[at_risk]
+    expected = top_reasons(reason_effects(risky, p[at_risk], model.reference, what_if(risky, model.predict_proba)))
+    assert [scores.reasons[i] for i in at_risk] == expected
+    assert sum(map(bool, expected)) > 50
 
 
 def test_a_model_without_a_leading_buy_till_you_die_step_is_asked_whole_rows():
