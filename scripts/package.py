@@ -10,9 +10,9 @@ Steps, each printed with its time:
    requirements.txt, and in vendor/ (which chalice
    puts at the root of the zip) the model artifact and the JSON schemas, checked before anything else;
 2. `chalice package` into OUT (deployment.zip + chalice.tf.json);
-3. slim the zip: drop test suites, build sources and library sub-packages the functions never import,
-   and ship byte code (Lambda's code directory is read-only, so a package without it compiles every
-   module on every cold start);
+3. slim the zip: drop test suites, build sources, library sub-packages the functions never import and
+   other wheels' copies of numpy's own shared libraries, and ship byte code (Lambda's code directory is
+   read-only, so a package without it compiles every module on every cold start);
 4. patch the generated Terraform (see `patch_terraform`; it adds the state machines and their roles) and put
    infra/*.tf.json, infra/statemachines/ and the stage's terraform.tfvars.json beside it;
 5. unzip the result and fail when function plus layers are over the budget (scripts/check_package.py).
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import filecmp
 import json
 import os
 import py_compile
@@ -88,6 +89,9 @@ UNUSED_PACKAGES = (
     "aws_lambda_powertools/event_handler",  # API Gateway / ALB routing; the functions are event-driven
     "numpy/_core/_simd.*.so",  # numpy's SIMD self-test module
 )
+# Where the shared libraries vendored by the first compiled library to load lie: every other one imports numpy
+# before it loads an extension of its own (scipy's and scikit-learn's packages start with `import numpy`).
+FIRST_LIBS = "numpy.libs"
 
 
 # What a build writes into its output directory besides *.tf.json and the zips (infra/ holds the
@@ -258,6 +262,27 @@ def strip_extensions(root: Path) -> int:
     if failed:
         print(f"  {len(failed)} extension module(s) kept unstripped: they did not load once stripped", flush=True)
     return before - sum(p.stat().st_size for p in modules)
+
+
+def drop_shared_copies(root: Path) -> int:
+    """Remove every vendored shared library that FIRST_LIBS holds too, same name and same bytes; return bytes saved.
+
+    scipy's wheel ships byte-identical copies of numpy's libgfortran and libquadmath (3 MiB). The same bytes
+    carry the same soname, and the dynamic loader answers a DT_NEEDED for a soname already loaded with the
+    object it has, without opening a file: numpy has loaded its copy by the time scipy's extensions load, so
+    scipy's is never opened. The package test loads every extension after `import numpy`, as Python does.
+    Run after `strip_extensions`, whose probe loads the extensions without numpy.
+    """
+    first = root / FIRST_LIBS
+    saved = 0
+    for libs in sorted(root.glob("*.libs")):
+        if libs == first:
+            continue
+        for path in sorted(libs.iterdir()):
+            twin = first / path.name
+            if path.is_file() and twin.is_file() and filecmp.cmp(path, twin, shallow=False):
+                saved += _remove(path)
+    return saved
 
 
 def compile_byte_code(root: Path) -> dict[str, int]:
@@ -676,6 +701,8 @@ def main() -> None:
     )
     saved = strip_extensions(work)
     step(f"stripped extension modules: -{saved / 2**20:.1f} MiB", started)
+    shared = drop_shared_copies(work)
+    step(f"copies of {FIRST_LIBS}' shared libraries in other wheels dropped: -{shared / 2**20:.1f} MiB", started)
     counts = compile_byte_code(work)
     step(f"byte code: {counts['own']} own modules beside their source, {counts['library']} library modules", started)
     rezip(work, zip_path)

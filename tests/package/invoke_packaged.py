@@ -3,6 +3,7 @@
     python -I invoke_packaged.py ROOT probe            # import app, load the model, score one user
     python -I invoke_packaged.py ROOT invoke < calls   # call handlers as Lambda does: [[name, event], ...]
     python -I invoke_packaged.py ROOT model-globals    # the globals ROOT/model_artifacts/model.joblib names
+    python -I invoke_packaged.py ROOT load-libraries   # after numpy, load every shared object of the package
 
 Prints one JSON object on stdout. Not a test module: the packaged code cannot import the test suite.
 """
@@ -102,6 +103,30 @@ def model_modules(root: str) -> dict:
     }
 
 
+def load_libraries(root: str) -> dict:
+    """Import numpy, as every library does first, then load every extension module and vendored shared library
+    of the package; return those that failed to load and the vendored libraries mapped, by file name."""
+    import ctypes
+    from pathlib import Path
+
+    import numpy  # noqa: F401
+
+    failed = []
+    tops = [p for p in Path(root).iterdir() if p.is_dir() and not p.name.endswith(".dist-info")]
+    for path in sorted(f for top in tops for f in top.rglob("*.so*") if f.is_file()):
+        try:
+            ctypes.CDLL(str(path))
+        except OSError as exc:
+            failed.append(f"{path.relative_to(root)}: {exc}")
+    mapped: dict[str, set[str]] = {}
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            where = line.split()[-1]
+            if where.startswith(root) and ".libs/" in where:
+                mapped.setdefault(Path(where).name, set()).add(str(Path(where).relative_to(root)))
+    return {"failed": failed, "mapped": {name: sorted(paths) for name, paths in mapped.items()}}
+
+
 def invoke(calls: list[list]) -> dict:
     """Call each named handler of app.py with its event and a Lambda-like context, in order."""
     import app
@@ -119,6 +144,8 @@ def main() -> None:
         out = probe()
     elif mode == "model-globals":
         out = model_modules(root)
+    elif mode == "load-libraries":
+        out = load_libraries(root)
     else:
         out = invoke(json.loads(sys.stdin.read()))
     print(json.dumps(out, default=str))

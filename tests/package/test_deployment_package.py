@@ -217,6 +217,43 @@ def test_packaged_app_loads_its_own_model_and_libraries_and_scores(lambda_python
     assert 0.0 <= out["churn_probability"] <= 1.0 and out["risk_tier"] in {"high", "medium", "low"}
 
 
+def test_other_wheels_copies_of_numpys_shared_libraries_are_dropped_and_only_those(tmp_path):
+    from tests.conftest import load_script
+
+    package = load_script("package")
+    # GIVEN numpy's vendored libraries, and scipy's: a byte-identical copy of one, a same-named one with other
+    # bytes, and one of its own with numpy's bytes under another name
+    numpy_libs, scipy_libs = tmp_path / "numpy.libs", tmp_path / "scipy.libs"
+    numpy_libs.mkdir(), scipy_libs.mkdir()
+    (numpy_libs / "libgfortran-a.so.5").write_bytes(b"gfortran a" * 100)
+    (numpy_libs / "libquadmath-b.so.0").write_bytes(b"quadmath b")
+    (scipy_libs / "libgfortran-a.so.5").write_bytes(b"gfortran a" * 100)
+    (scipy_libs / "libquadmath-b.so.0").write_bytes(b"quadmath B")
+    (scipy_libs / "libgfortran-c.so.5").write_bytes(b"gfortran a" * 100)
+    # WHEN the package build drops shared copies
+    saved = package.drop_shared_copies(tmp_path)
+    # THEN only the identical copy under the same name is gone, and numpy's own are all there
+    assert saved == 1000
+    assert sorted(p.name for p in scipy_libs.iterdir()) == ["libgfortran-c.so.5", "libquadmath-b.so.0"]
+    assert sorted(p.name for p in numpy_libs.iterdir()) == ["libgfortran-a.so.5", "libquadmath-b.so.0"]
+
+
+def test_every_shared_object_of_the_package_loads_after_numpy_and_each_vendored_library_once(lambda_python, unzipped):
+    # GIVEN the package, from which other wheels' copies of numpy's own shared libraries were dropped
+    numpy_libs = {p.name for p in (unzipped / "numpy.libs").iterdir()}
+    others = {p.name for libs in unzipped.glob("*.libs") if libs.name != "numpy.libs" for p in libs.iterdir()}
+    assert numpy_libs and not numpy_libs & others
+    # WHEN a fresh python3.12 imports numpy, as each library does first, and loads every extension and library
+    out = run_packaged(lambda_python, unzipped, "load-libraries")
+    # THEN all of them load, scipy's BLAS included, and each vendored library is mapped from one place only
+    assert out["failed"] == []
+    assert any(name.startswith("libscipy_openblas-") for name in out["mapped"])
+    assert {name: paths for name, paths in out["mapped"].items() if len(paths) > 1} == {}
+    assert {name for name in out["mapped"] if name.startswith("libgfortran")} >= {
+        name for name in numpy_libs if name.startswith("libgfortran")
+    }
+
+
 def test_packaged_library_code_ships_as_byte_code_for_the_runtime(unzipped, lambda_python):
     # GIVEN the unzipped package
     library_sources = [p for p in unzipped.glob("sklearn/**/*.py")]
