@@ -11,7 +11,7 @@ Steps, each printed with its time:
    puts at the root of the zip) the model artifact and the JSON schemas, checked before anything else;
 2. `chalice package` into OUT (deployment.zip + chalice.tf.json);
 3. slim the zip: drop test suites, build sources, library sub-packages the functions never import and
-   other wheels' copies of numpy's own shared libraries, and ship byte code (Lambda's code directory is
+   scipy's copies of numpy's own shared libraries, and ship byte code (Lambda's code directory is
    read-only, so a package without it compiles every module on every cold start);
 4. patch the generated Terraform (see `patch_terraform`; it adds the state machines and their roles) and put
    infra/*.tf.json, infra/statemachines/ and the stage's terraform.tfvars.json beside it;
@@ -89,9 +89,11 @@ UNUSED_PACKAGES = (
     "aws_lambda_powertools/event_handler",  # API Gateway / ALB routing; the functions are event-driven
     "numpy/_core/_simd.*.so",  # numpy's SIMD self-test module
 )
-# Where the shared libraries vendored by the first compiled library to load lie: every other one imports numpy
-# before it loads an extension of its own (scipy's and scikit-learn's packages start with `import numpy`).
+# Where numpy's wheel vendors its shared libraries, and the wheels' folders that may share them: scipy's package
+# imports numpy before any extension of its own loads. (scikit-learn's does not: sklearn/__check_build loads
+# first, so its libraries are left alone.)
 FIRST_LIBS = "numpy.libs"
+SHARING_LIBS = ("scipy.libs",)
 
 
 # What a build writes into its output directory besides *.tf.json and the zips (infra/ holds the
@@ -265,18 +267,19 @@ def strip_extensions(root: Path) -> int:
 
 
 def drop_shared_copies(root: Path) -> int:
-    """Remove every vendored shared library that FIRST_LIBS holds too, same name and same bytes; return bytes saved.
+    """Remove from SHARING_LIBS every file that FIRST_LIBS holds too, same name and same bytes; return bytes saved.
 
-    scipy's wheel ships byte-identical copies of numpy's libgfortran and libquadmath (3 MiB). The same bytes
+    scipy's wheel ships byte-identical copies of numpy's libgfortran and libquadmath (2.9 MiB). The same bytes
     carry the same soname, and the dynamic loader answers a DT_NEEDED for a soname already loaded with the
     object it has, without opening a file: numpy has loaded its copy by the time scipy's extensions load, so
-    scipy's is never opened. The package test loads every extension after `import numpy`, as Python does.
-    Run after `strip_extensions`, whose probe loads the extensions without numpy.
+    scipy's is never opened. The package test loads every extension after `import numpy`, and the handlers'
+    tests import the libraries as the functions do. Run after `strip_extensions`, whose probe loads the
+    extensions without numpy.
     """
     first = root / FIRST_LIBS
     saved = 0
-    for libs in sorted(root.glob("*.libs")):
-        if libs == first:
+    for libs in (root / name for name in SHARING_LIBS):
+        if not libs.is_dir():
             continue
         for path in sorted(libs.iterdir()):
             twin = first / path.name
@@ -702,7 +705,7 @@ def main() -> None:
     saved = strip_extensions(work)
     step(f"stripped extension modules: -{saved / 2**20:.1f} MiB", started)
     shared = drop_shared_copies(work)
-    step(f"copies of {FIRST_LIBS}' shared libraries in other wheels dropped: -{shared / 2**20:.1f} MiB", started)
+    step(f"scipy's copies of {FIRST_LIBS}' shared libraries dropped: -{shared / 2**20:.1f} MiB", started)
     counts = compile_byte_code(work)
     step(f"byte code: {counts['own']} own modules beside their source, {counts['library']} library modules", started)
     rezip(work, zip_path)

@@ -225,6 +225,8 @@ def test_other_wheels_copies_of_numpys_shared_libraries_are_dropped_and_only_tho
     # bytes, and one of its own with numpy's bytes under another name
     numpy_libs, scipy_libs = tmp_path / "numpy.libs", tmp_path / "scipy.libs"
     numpy_libs.mkdir(), scipy_libs.mkdir()
+    (tmp_path / "scikit_learn.libs").mkdir()
+    (tmp_path / "scikit_learn.libs" / "libquadmath-b.so.0").write_bytes(b"quadmath b")
     (numpy_libs / "libgfortran-a.so.5").write_bytes(b"gfortran a" * 100)
     (numpy_libs / "libquadmath-b.so.0").write_bytes(b"quadmath b")
     (scipy_libs / "libgfortran-a.so.5").write_bytes(b"gfortran a" * 100)
@@ -232,8 +234,10 @@ def test_other_wheels_copies_of_numpys_shared_libraries_are_dropped_and_only_tho
     (scipy_libs / "libgfortran-c.so.5").write_bytes(b"gfortran a" * 100)
     # WHEN the package build drops shared copies
     saved = package.drop_shared_copies(tmp_path)
-    # THEN only the identical copy under the same name is gone, and numpy's own are all there
+    # THEN only scipy's identical copy under the same name is gone, numpy's own are all there, and scikit-learn's
+    # (which loads an extension before numpy) is kept
     assert saved == 1000
+    assert (tmp_path / "scikit_learn.libs" / "libquadmath-b.so.0").exists()
     assert sorted(p.name for p in scipy_libs.iterdir()) == ["libgfortran-c.so.5", "libquadmath-b.so.0"]
     assert sorted(p.name for p in numpy_libs.iterdir()) == ["libgfortran-a.so.5", "libquadmath-b.so.0"]
 
@@ -245,7 +249,8 @@ def test_every_shared_object_of_the_package_loads_after_numpy_and_each_vendored_
     assert numpy_libs and not numpy_libs & others
     # WHEN a fresh python3.12 imports numpy, as each library does first, and loads every extension and library
     out = run_packaged(lambda_python, unzipped, "load-libraries")
-    # THEN all of them load, scipy's BLAS included, and each vendored library is mapped from one place only
+    # THEN all of them load, scipy's BLAS included (it needs the libgfortran that now only numpy.libs holds),
+    # and no vendored library is mapped twice
     assert out["failed"] == []
     assert any(name.startswith("libscipy_openblas-") for name in out["mapped"])
     assert {name: paths for name, paths in out["mapped"].items() if len(paths) > 1} == {}
