@@ -104,8 +104,9 @@ def model_modules(root: str) -> dict:
 
 
 def load_libraries(root: str) -> dict:
-    """Import numpy, as every library does first, then load every extension module and vendored shared library
-    of the package; return those that failed to load and the vendored libraries mapped, by file name."""
+    """Import numpy, as scipy does before any extension of its own loads, then load every extension module and
+    vendored shared library of the package; return those that failed to load and the vendored libraries mapped,
+    by file name."""
     import ctypes
     from pathlib import Path
 
