@@ -7,16 +7,17 @@ B. On purchases-only logs, train on the first twelve months (six-month horizon),
    whole log. Criterion: model >= the best of eight buy-till-you-die rankings + 0.005: BG/NBD and Pareto/NBD,
    each fitted as `evaluate` fits its baselines (one horizon earlier) and at the scoring cutoff itself (they need
    no labels; `evaluate` reports those too), there on the state's counts and on purchase days (one a day at most),
-   ranking by P(no purchase) and, for Pareto/NBD, by the purchases expected (`btyd_yardsticks`). Beside it, two
+   ranking by P(no purchase) and, for Pareto/NBD, by the purchases expected (`btyd_yardsticks`). Beside it, three
    ceilings on the same users say how much there is to gain: the best of `train`'s own candidates fitted on the
    scoring date's own users and labels (cross-fitted, no shift in time), from the model's features and
-   buy-till-you-die columns, an estimate of what those say; and the same knowing each user's hidden persona,
-   which no log shows.
+   buy-till-you-die columns, an estimate of what those say; the same with the raw log's month-by-month history
+   beside them (`raw_history`), what a richer behaviour state could add; and the same knowing each user's hidden
+   persona, which no log shows.
 C. On a real purchase log, CDNOW's (23,570 customers of an online music shop, 1997-01 to 1998-06; the published
    data set of the buy-till-you-die papers, shipped by the reference implementation, a dev dependency), read
    through the contract's CSV reader: the same split and criterion as B, twelve months of history and a six-month
-   horizon, one run per training seed. No truth is known here: C asks of a real shop's purchases what B asks of
-   generated ones.
+   horizon, one run per training seed, with B's first two ceilings. No truth is known here: C asks of a real
+   shop's purchases what B asks of generated ones.
 
 Each figure comes with a paired bootstrap standard error of the gap (users resampled, the models held fixed):
 the noise of the measurement on one log, not of training. Prints a table per scenario, a verdict per
@@ -184,6 +185,7 @@ def purchases_run(spec: RunSpec, work: Path) -> dict[str, Any]:
         _run_record(spec.seed, manifest, reported, data)
         | judged
         | _ceiling_record(inputs, data.labels, spec.seed)
+        | _ceiling_record(np.column_stack([inputs, raw_history(events, data)]), data.labels, spec.seed, "raw_log")
         | {"persona_known_auc": round(in_time_ceiling(np.column_stack([inputs, persona]), data.labels, spec.seed), 6)}
     )
 
@@ -293,10 +295,11 @@ def in_time_ceiling(X: np.ndarray, labels: np.ndarray, seed: int) -> float:
     return _best(in_time_ceilings(X, labels, seed))
 
 
-def _ceiling_record(X: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, Any]:
-    """Return the in-time ceiling's figures for a run: the best candidate's AUC and each candidate's."""
-    by_learner = {name: round(value, 6) for name, value in in_time_ceilings(X, labels, seed).items()}
-    return {"in_time_ceiling_auc": _best(by_learner), "in_time_ceiling_by_learner": by_learner}
+def _ceiling_record(X: np.ndarray, labels: np.ndarray, seed: int, name: str = "in_time") -> dict[str, Any]:
+    """Return a ceiling's figures for a run, as `{name}_ceiling_auc` (the best candidate's AUC) and
+    `{name}_ceiling_by_learner` (each candidate's): the in-time ceiling on the model's inputs, or another on X."""
+    by_learner = {learner: round(value, 6) for learner, value in in_time_ceilings(X, labels, seed).items()}
+    return {f"{name}_ceiling_auc": _best(by_learner), f"{name}_ceiling_by_learner": by_learner}
 
 
 def _baseline_predictions(model: Any, events: EventBatch, data: Any, end: float) -> dict[str, np.ndarray]:
@@ -323,12 +326,73 @@ def purchase_days(events: EventBatch, data: Any) -> tuple[np.ndarray, np.ndarray
     last = np.full(n_users, np.iinfo(np.int64).min)
     np.minimum.at(first, user, day)
     np.maximum.at(last, user, day)
-    index = {user_id: i for i, user_id in enumerate(events.user_ids)}
-    rows = np.array([index[user_id] for user_id in data.user_ids], dtype=np.int64)
+    rows = _judged_rows(events, data)
     if (days[rows] == 0).any():
         raise InputError("a judged user has no purchase up to the cutoff")
     x = (days[rows] - 1).astype(np.float64)
     return x, (last[rows] - first[rows]).astype(np.float64), data.cutoff / SECONDS_PER_DAY - first[rows]
+
+
+# The raw log's history as the raw-log ceiling reads it: months of 30.5 days back from the cutoff, the oldest
+# bin taking everything earlier.
+HISTORY_BINS = 12
+BIN_DAYS = 30.5
+
+
+def _judged_rows(events: EventBatch, data: Any) -> np.ndarray:
+    """Return the index into `events.user_ids` of each of `data`'s users, in `data`'s order."""
+    index = {user_id: i for i, user_id in enumerate(events.user_ids)}
+    return np.array([index[user_id] for user_id in data.user_ids], dtype=np.int64)
+
+
+def raw_history(events: EventBatch, data: Any) -> np.ndarray:
+    """Return, for `data`'s users, what the raw log up to their cutoff holds beyond the behaviour state's summary.
+
+    Per month back from the cutoff (HISTORY_BINS of BIN_DAYS, the oldest open-ended): events, days with an event
+    and the value summed; then the first day's value, the days with an event, and the mean, spread, longest and
+    latest gap between those days. Every column is log1p of a count, an amount or days, so no learner is thrown by
+    a heavy tail. Purchases-only logs (scenarios B and C) hold purchases and their amounts, nothing else, and here
+    every event counts whatever its type.
+    """
+    before = events.time <= data.cutoff
+    user = events.user_index[before].astype(np.int64)
+    age = (data.cutoff - events.time[before]) / SECONDS_PER_DAY
+    value = np.nan_to_num(events.value[before])
+    n_users, bins = len(events.user_ids), HISTORY_BINS
+    cell = user * bins + np.minimum(age // BIN_DAYS, bins - 1).astype(np.int64)
+    counts = np.bincount(cell, minlength=n_users * bins).reshape(n_users, bins)
+    spend = np.bincount(cell, weights=value, minlength=n_users * bins).reshape(n_users, bins)
+    day = np.floor(events.time[before] / SECONDS_PER_DAY).astype(np.int64)
+    pairs, first_of_pair = np.unique(np.column_stack([user, day]), axis=0, return_index=True)
+    day_user, day_number = pairs.T
+    day_cell = day_user * bins + np.minimum(age[first_of_pair] // BIN_DAYS, bins - 1).astype(np.int64)
+    days = np.bincount(day_cell, minlength=n_users * bins).reshape(n_users, bins)
+    first_day = np.full(n_users, np.iinfo(np.int64).max)
+    np.minimum.at(first_day, day_user, day_number)
+    on_first_day = day == first_day[user]
+    first_value = np.bincount(user[on_first_day], weights=value[on_first_day], minlength=n_users)
+    rhythm = _day_gaps(day_user, day_number, n_users)
+    rows = _judged_rows(events, data)
+    columns = [counts[rows], days[rows], spend[rows], first_value[rows, None], days[rows].sum(1, keepdims=True)]
+    return np.log1p(np.maximum(np.column_stack([*columns, rhythm[rows]]), 0.0))
+
+
+def _day_gaps(day_user: np.ndarray, day_number: np.ndarray, n_users: int) -> np.ndarray:
+    """Return per user the mean, standard deviation, maximum and latest gap in days between days with an event,
+    all 0 for a user with one such day; (day_user, day_number) are unique pairs sorted by user, then day."""
+    repeat = np.flatnonzero(day_user[1:] == day_user[:-1])
+    gap_user = day_user[1:][repeat]
+    gap = (day_number[1:] - day_number[:-1])[repeat].astype(np.float64)
+    n = np.bincount(gap_user, minlength=n_users)
+    total = np.bincount(gap_user, weights=gap, minlength=n_users)
+    mean = total / np.maximum(n, 1)
+    square = np.bincount(gap_user, weights=gap * gap, minlength=n_users) / np.maximum(n, 1)
+    longest = np.zeros(n_users)
+    np.maximum.at(longest, gap_user, gap)
+    latest = np.zeros(n_users)
+    last_of_user = np.flatnonzero(np.append(gap_user[1:] != gap_user[:-1], True)) if gap.size else repeat
+    latest[gap_user[last_of_user]] = gap[last_of_user]
+    return np.column_stack([mean, np.sqrt(np.maximum(square - mean * mean, 0.0)), longest, latest])
 
 
 def cdnow_source() -> Path:
@@ -381,12 +445,14 @@ def cdnow_run(spec: RunSpec, work: Path) -> dict[str, Any]:
     data = _scored_users(model, events, cut, spec.horizon_days, end)
     p_model = model.predict_proba(data.features)
     judged = _against_btyd(spec, data, p_model, btyd_yardsticks(model, events, data, end), reported)
-    _log(f"  C seed {spec.seed}: in-time ceiling ({CEILING_FOLDS}-fold, on the scoring date's own users)")
+    _log(f"  C seed {spec.seed}: ceilings ({CEILING_FOLDS}-fold, on the scoring date's own users)")
+    inputs = ceiling_inputs(data)
     return (
         _run_record(spec.seed, manifest, reported, data)
         | {"rows": rows}
         | judged
-        | _ceiling_record(ceiling_inputs(data), data.labels, spec.seed)
+        | _ceiling_record(inputs, data.labels, spec.seed)
+        | _ceiling_record(np.column_stack([inputs, raw_history(events, data)]), data.labels, spec.seed, "raw_log")
     )
 
 
@@ -413,8 +479,12 @@ def _compared(name: str, run: dict[str, Any]) -> str:
 # The ceilings each scenario measures beside its criterion, as (JSON field, column heading).
 _CEILINGS: dict[str, tuple[tuple[str, str], ...]] = {
     "pareto_nbd": (),
-    "purchases": (("in_time_ceiling_auc", "in-time ceiling"), ("persona_known_auc", "persona known")),
-    "cdnow": (("in_time_ceiling_auc", "in-time ceiling"),),
+    "purchases": (
+        ("in_time_ceiling_auc", "in-time ceiling"),
+        ("raw_log_ceiling_auc", "raw-log ceiling"),
+        ("persona_known_auc", "persona known"),
+    ),
+    "cdnow": (("in_time_ceiling_auc", "in-time ceiling"), ("raw_log_ceiling_auc", "raw-log ceiling")),
 }
 
 

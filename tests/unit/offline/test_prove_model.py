@@ -116,8 +116,18 @@ def test_proof_runs_end_to_end_on_tiny_logs_and_writes_every_figure(tmp_path, ca
     assert 0.5 < b_run["in_time_ceiling_auc"] <= 1 and 0.5 < b_run["persona_known_auc"] <= 1
     assert set(b_run["in_time_ceiling_by_learner"]) == set(candidates(1))
     assert b_run["in_time_ceiling_auc"] == max(b_run["in_time_ceiling_by_learner"].values())
+    _assert_raw_log_ceiling(b_run)
     printed = capsys.readouterr().out
-    assert "| seed |" in printed and "overall: " in printed and "| in-time ceiling | persona known |" in printed
+    assert "| seed |" in printed and "overall: " in printed
+    assert "| in-time ceiling | raw-log ceiling | persona known |" in printed
+
+
+def _assert_raw_log_ceiling(run):
+    # the raw-log ceiling is train's candidates on the model's inputs with the raw history beside them
+    assert set(run["raw_log_ceiling_by_learner"]) == set(candidates(1))
+    assert run["raw_log_ceiling_auc"] == max(run["raw_log_ceiling_by_learner"].values())
+    assert 0.5 < run["raw_log_ceiling_auc"] <= 1
+    assert run["raw_log_ceiling_by_learner"] != run["in_time_ceiling_by_learner"]
 
 
 def _assert_judged_against_eight_rankings(run):
@@ -217,7 +227,8 @@ def test_scenario_cdnow_judges_the_model_against_the_strongest_buy_till_you_die_
     assert run["rows"]["rejected"] == 0 and run["n"] == 3000 and run["population"]["name"] == "all"
     _assert_judged_against_eight_rankings(run)
     assert run["model_auc"] == pytest.approx(run["model_auc_reported"], abs=1e-6)
-    assert "| in-time ceiling |" in capsys.readouterr().out
+    _assert_raw_log_ceiling(run)
+    assert "| in-time ceiling | raw-log ceiling |" in capsys.readouterr().out
 
 
 def test_purchase_days_counts_a_customers_purchases_of_one_day_once(tmp_path):
@@ -233,3 +244,42 @@ def test_purchase_days_counts_a_customers_purchases_of_one_day_once(tmp_path):
     x, t_x, T = prove_model.purchase_days(events, data)
     # THEN the same day counts once, the purchase after the cutoff not at all, and the order is the judged users'
     assert x.tolist() == [0.0, 1.0] and t_x.tolist() == [0.0, 10.0] and T.tolist() == [16.0, 20.0]
+
+
+def test_raw_history_bins_each_users_log_by_month_back_from_the_cutoff():
+    from types import SimpleNamespace
+
+    from chalicelib.scoring.events import EventBatch
+
+    day = 86_400.0
+    # GIVEN user a buying twice on day 99 (5 and 3), once on day 60 (2) and day 10 (1), and once after the cutoff;
+    # user b once on day 0 with no value; user c on days -400 and -300, past the oldest bin's start
+    rows = [("a", 99.5, 5.0), ("a", 99.6, 3.0), ("a", 60.0, 2.0), ("a", 10.0, 1.0), ("a", 100.5, 50.0)]
+    rows += [("b", 0.0, np.nan), ("c", -400.0, 4.0), ("c", -300.0, 6.0)]
+    ids = ["a", "b", "c"]
+    events = EventBatch(
+        user_ids=ids,
+        user_index=np.array([ids.index(u) for u, _, _ in rows], dtype=np.int32),
+        time=np.array([t * day for _, t, _ in rows]),
+        type_code=np.zeros(len(rows), dtype=np.int8),
+        value=np.array([v for _, _, v in rows]),
+    )
+    data = SimpleNamespace(cutoff=100.0 * day, user_ids=["b", "a", "c"])
+    # WHEN their raw history is taken at the cutoff
+    history = np.expm1(prove_model.raw_history(events, data))
+    bins = prove_model.HISTORY_BINS
+
+    def expected(counts, days, spend, first_value, gaps):
+        month = np.zeros((3, bins))
+        for k, cells in enumerate((counts, days, spend)):
+            for b, amount in cells.items():
+                month[k, b] = amount
+        return [*month.ravel(), first_value, sum(days.values()), *gaps]
+
+    # THEN each month holds its events, days and value, nothing after the cutoff counts, the oldest bin takes all
+    # that is older, and the gaps are between days with an event: a's 50 and 39 days
+    assert history[1] == pytest.approx(
+        expected({0: 2, 1: 1, 2: 1}, {0: 1, 1: 1, 2: 1}, {0: 8, 1: 2, 2: 1}, 1, [44.5, 5.5, 50, 39])
+    )
+    assert history[0] == pytest.approx(expected({3: 1}, {3: 1}, {}, 0, [0, 0, 0, 0]))
+    assert history[2] == pytest.approx(expected({bins - 1: 2}, {bins - 1: 2}, {bins - 1: 10}, 4, [100, 0, 100, 100]))
