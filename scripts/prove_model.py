@@ -348,11 +348,12 @@ def _judged_rows(events: EventBatch, data: Any) -> np.ndarray:
 def raw_history(events: EventBatch, data: Any) -> np.ndarray:
     """Return, for `data`'s users, what the raw log up to their cutoff holds beyond the behaviour state's summary.
 
-    Per month back from the cutoff (HISTORY_BINS of BIN_DAYS, the oldest open-ended): events, days with an event
-    and the value summed; then the first day's value, the days with an event, and the mean, spread, longest and
-    latest gap between those days. Every column is log1p of a count, an amount or days, so no learner is thrown by
-    a heavy tail. Purchases-only logs (scenarios B and C) hold purchases and their amounts, nothing else, and here
-    every event counts whatever its type.
+    Per month back from the cutoff (HISTORY_BINS of BIN_DAYS, the oldest open-ended; an event exactly a month
+    back counts in the older): events, UTC days with an event (a day straddling two months counts in the older)
+    and the value summed (amounts netted, a net below 0 taken as 0); then the first day's value, the days with an
+    event, and the mean, spread, longest and latest gap between those days. Every column is log1p of a count, an
+    amount or days, so no learner is thrown by a heavy tail. Purchases-only logs (scenarios B and C) hold
+    purchases and their amounts, nothing else, and here every event counts whatever its type.
     """
     before = events.time <= data.cutoff
     user = events.user_index[before].astype(np.int64)
@@ -363,9 +364,11 @@ def raw_history(events: EventBatch, data: Any) -> np.ndarray:
     counts = np.bincount(cell, minlength=n_users * bins).reshape(n_users, bins)
     spend = np.bincount(cell, weights=value, minlength=n_users * bins).reshape(n_users, bins)
     day = np.floor(events.time[before] / SECONDS_PER_DAY).astype(np.int64)
-    pairs, first_of_pair = np.unique(np.column_stack([user, day]), axis=0, return_index=True)
+    pairs, of_pair = np.unique(np.column_stack([user, day]), axis=0, return_inverse=True)
     day_user, day_number = pairs.T
-    day_cell = day_user * bins + np.minimum(age[first_of_pair] // BIN_DAYS, bins - 1).astype(np.int64)
+    # A day that straddles two months counts in the older, its earliest event's, whatever the rows' order.
+    day_cell = np.zeros(len(pairs), dtype=np.int64)
+    np.maximum.at(day_cell, of_pair.ravel(), cell)
     days = np.bincount(day_cell, minlength=n_users * bins).reshape(n_users, bins)
     first_day = np.full(n_users, np.iinfo(np.int64).max)
     np.minimum.at(first_day, day_user, day_number)

@@ -253,10 +253,13 @@ def test_raw_history_bins_each_users_log_by_month_back_from_the_cutoff():
 
     day = 86_400.0
     # GIVEN user a buying twice on day 99 (5 and 3), once on day 60 (2) and day 10 (1), and once after the cutoff;
-    # user b once on day 0 with no value; user c on days -400 and -300, past the oldest bin's start
+    # b once on day 0 with no value; c on days -400 and -300, past the oldest bin's start; d exactly at the cutoff
+    # and exactly a month (30.5 days) before it; e twice on day 69, whose rows straddle that month's start, the
+    # later row first; f a purchase and a larger refund on day 50
     rows = [("a", 99.5, 5.0), ("a", 99.6, 3.0), ("a", 60.0, 2.0), ("a", 10.0, 1.0), ("a", 100.5, 50.0)]
-    rows += [("b", 0.0, np.nan), ("c", -400.0, 4.0), ("c", -300.0, 6.0)]
-    ids = ["a", "b", "c"]
+    rows += [("b", 0.0, np.nan), ("c", -400.0, 4.0), ("c", -300.0, 6.0), ("d", 100.0, 2.0), ("d", 69.5, 3.0)]
+    rows += [("e", 69.6, 4.0), ("e", 69.2, 6.0), ("f", 50.0, -8.0), ("f", 50.5, 5.0)]
+    ids = ["a", "b", "c", "d", "e", "f"]
     events = EventBatch(
         user_ids=ids,
         user_index=np.array([ids.index(u) for u, _, _ in rows], dtype=np.int32),
@@ -264,13 +267,13 @@ def test_raw_history_bins_each_users_log_by_month_back_from_the_cutoff():
         type_code=np.zeros(len(rows), dtype=np.int8),
         value=np.array([v for _, _, v in rows]),
     )
-    data = SimpleNamespace(cutoff=100.0 * day, user_ids=["b", "a", "c"])
+    data = SimpleNamespace(cutoff=100.0 * day, user_ids=["b", "a", "c", "d", "e", "f"])
     # WHEN their raw history is taken at the cutoff
     history = np.expm1(prove_model.raw_history(events, data))
-    bins = prove_model.HISTORY_BINS
+    last = prove_model.HISTORY_BINS - 1
 
     def expected(counts, days, spend, first_value, gaps):
-        month = np.zeros((3, bins))
+        month = np.zeros((3, prove_model.HISTORY_BINS))
         for k, cells in enumerate((counts, days, spend)):
             for b, amount in cells.items():
                 month[k, b] = amount
@@ -278,8 +281,14 @@ def test_raw_history_bins_each_users_log_by_month_back_from_the_cutoff():
 
     # THEN each month holds its events, days and value, nothing after the cutoff counts, the oldest bin takes all
     # that is older, and the gaps are between days with an event: a's 50 and 39 days
-    assert history[1] == pytest.approx(
-        expected({0: 2, 1: 1, 2: 1}, {0: 1, 1: 1, 2: 1}, {0: 8, 1: 2, 2: 1}, 1, [44.5, 5.5, 50, 39])
-    )
-    assert history[0] == pytest.approx(expected({3: 1}, {3: 1}, {}, 0, [0, 0, 0, 0]))
-    assert history[2] == pytest.approx(expected({bins - 1: 2}, {bins - 1: 2}, {bins - 1: 10}, 4, [100, 0, 100, 100]))
+    a = expected({0: 2, 1: 1, 2: 1}, {0: 1, 1: 1, 2: 1}, {0: 8, 1: 2, 2: 1}, 1, [44.5, 5.5, 50, 39])
+    b = expected({3: 1}, {3: 1}, {}, 0, [0, 0, 0, 0])
+    c = expected({last: 2}, {last: 2}, {last: 10}, 4, [100, 0, 100, 100])
+    np.testing.assert_allclose(history[:3], [b, a, c], atol=1e-9)
+    # AND an event at the cutoff is history, one exactly a month back counts in the older month, as does a day
+    # that straddles two months, whatever the rows' order, and a net refund counts as no spend
+    d = expected({0: 1, 1: 1}, {0: 1, 1: 1}, {0: 2, 1: 3}, 3, [31, 0, 31, 31])
+    e = expected({0: 1, 1: 1}, {1: 1}, {0: 4, 1: 6}, 10, [0, 0, 0, 0])
+    f = expected({1: 2}, {1: 1}, {}, 0, [0, 0, 0, 0])
+    np.testing.assert_allclose(history[3:], [d, e, f], atol=1e-9)
+    assert history.shape == (6, 3 * prove_model.HISTORY_BINS + 6)
