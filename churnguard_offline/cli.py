@@ -255,8 +255,8 @@ def _data_end_option(command: argparse.ArgumentParser) -> None:
         "--data-end",
         type=_timestamp,
         default=None,
-        help="when the export ends; a horizon may reach it even if its last days are quiet"
-        " (default: a day past the last event)",
+        help="when the export ends (a date alone: 00:00 UTC, so the day after its last day); a horizon may reach"
+        " it even if its last days are quiet (default: a day past the last event)",
     )
 
 
@@ -348,6 +348,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise InputError("--medium-threshold must be below --high-threshold")
     if args.capacity_high + args.capacity_medium >= 1:
         raise InputError("--capacity-high plus --capacity-medium must be below 1")
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"{args.out}: exists and is not a directory; --out is the artifact's directory")
     policy = TierPolicy(
         mode=args.tier_mode,
         cost_high=args.action_cost_high,
@@ -361,7 +363,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     with Steps(quiet=args.quiet) as steps:
         steps(f"reading {args.events}")
         events, sample = _training_events(args, steps)
-        with _sample_too_small(args.events, sample):
+        with _about_the_log(args.events, sample):
             manifest = train(
                 events,
                 sample=sample,
@@ -397,14 +399,15 @@ def _training_events(args: argparse.Namespace, steps: Steps) -> tuple[Any, dict[
 
     _check_exists(args.events)
     events, _population, sample = sampled_events(
-        args.events, args.sample_users, args.cutoff, _not_after(None), progress=True, say=_say
+        args.events, args.sample_users, args.cutoff, _not_after(None), progress=steps.live and not steps.quiet, say=_say
     )
     return events, sample.record
 
 
 @contextlib.contextmanager
-def _sample_too_small(path: Path, sample: dict[str, Any] | None) -> Iterator[None]:
-    """Name the file when a history has too few churners or stayers, and say so when a sample is what is short."""
+def _about_the_log(path: Path, sample: dict[str, Any] | None) -> Iterator[None]:
+    """Name the file when what it holds cannot be trained or judged (too few churners or stayers, a horizon past
+    its end, no events before the cutoff), and say so when a sample is what is short."""
     from churnguard_offline.small_data import TooFewExamplesError
 
     try:
@@ -416,6 +419,10 @@ def _sample_too_small(path: Path, sample: dict[str, Any] | None) -> Iterator[Non
             f"{path}: {exc}, in a sample of {sample['users_used']:,} of {sample['population_users']:,} users; "
             "raise --sample-users"
         ) from exc
+    except InputError as exc:
+        if str(exc).startswith(f"{path}:"):
+            raise
+        raise InputError(f"{path}: {exc}") from exc
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -471,11 +478,13 @@ def _score_as_of(args: argparse.Namespace, result: Any, model: Any) -> float:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from churnguard_offline.metrics import json_ready
     from churnguard_offline.training import evaluate
 
     result, model = _read_and_load(args.events, _not_after(None), args.model)
-    report = evaluate(model, result.events, args.cutoff, args.horizon_days, args.population, args.data_end)
-    print(json.dumps(report, indent=2))
+    with _about_the_log(args.events, None):
+        report = evaluate(model, result.events, args.cutoff, args.horizon_days, args.population, args.data_end)
+    print(json.dumps(json_ready(report), indent=2, allow_nan=False))
 
 
 def _pipeline(unused: tuple[str, ...] = ()) -> Any:

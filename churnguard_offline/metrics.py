@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
+
+
+def json_ready(value: Any) -> Any:
+    """Return `value` with every float that is not finite (an undefined figure: no user in a tier, one class
+    only) replaced by None, so that it is written as JSON's null: NaN and Infinity are not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
 
 
 def lift_top_decile(y: np.ndarray, p: np.ndarray) -> float:

@@ -24,7 +24,7 @@ from chalicelib.scoring.state import LAYOUT_ID, build_state, col
 from chalicelib.scoring.tiers import capacity_thresholds, expected_value_thresholds, fit_value_thresholds
 from chalicelib.settings import DEFAULT_RETENTION_DAYS
 from churnguard_offline.distribution import training_distribution
-from churnguard_offline.metrics import classification_metrics, tier_performance
+from churnguard_offline.metrics import classification_metrics, json_ready, ranking_metrics, tier_performance
 from churnguard_offline.progress import each
 from churnguard_offline.small_data import (
     TrainingMode,
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 # the model learned from; "active" users, seen within ACTIVE_DAYS, are the population retention teams act on most.
 DEFAULT_LOOKBACK_DAYS = float(DEFAULT_RETENTION_DAYS)
 ACTIVE_DAYS = 180.0
+# How much out-of-time AUC a calibration may cost and still be kept (its folds' refits move the order a little).
+CALIBRATION_AUC_SLACK = 0.005
 # Whom `evaluate` judges the model on: all users the schedule scores (the default), or the active it trained on.
 POPULATIONS = ("all", "active")
 DEFAULT_THRESHOLDS = {"high": 0.6, "medium": 0.3}
@@ -81,7 +83,10 @@ def labelled_set(
     end = cutoff + horizon_days * SECONDS_PER_DAY
     last = float(events.time.max())
     if data_end is not None and last > data_end:
-        raise InputError(f"an event at {iso_time(last)} is after --data-end {iso_time(data_end)}")
+        raise InputError(
+            f"an event at {iso_time(last)} is after --data-end {iso_time(data_end)} (a date alone means 00:00 UTC "
+            "of that day: for an export whose last day is D, give the day after D)"
+        )
     known_until = data_end if data_end is not None else last + SECONDS_PER_DAY
     if end > known_until:
         where = f"the data's end, --data-end {iso_time(data_end)}" if data_end is not None else None
@@ -315,6 +320,9 @@ def train(
     policy = policy or TierPolicy()
     sets = _origin_sets(events, cutoff, horizon_days, lookback_days, max_origins, min_history_days, progress, data_end)
     validation, history = _split_out_of_time(sets, seed)
+    if validation.cutoff == history[0].cutoff:
+        # One origin: a quarter of its users is held out, and those are all the judging rests on.
+        check_judgeable(validation.labels, "in the quarter of the users held out to judge on (one origin only)")
     fit = _stack(history)
     mode = training_mode(fit[1], out_of_time=validation.cutoff > history[0].cutoff, sampled=_subsampled(sample))
     choice = _choose(fit, (validation.features, validation.labels), seed, horizon_days, progress, mode)
@@ -337,13 +345,13 @@ def train(
         "validation": _validation_record(validation, history),
         "metrics_by_population": population_metrics(validation, judged.p_val),
         "candidates": choice.scores,
-        "selection": _selection_text(choice, validation),
+        "selection": _selection_text(choice, validation, validation.cutoff > history[0].cutoff),
         "training_mode": mode.record(),
         **_evidence(choice, judged, validation, sets[0], seed),
         "training_distribution": _distribution(final, sets[0], lookback_days, progress),
     }
     _set_version(manifest)
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(json_ready(manifest), indent=2, allow_nan=False) + "\n")
     progress("writing the model card and plots")
     write_model_card(out_dir, manifest, validation.labels, judged.p_val, judged.baseline_p)
     return manifest
@@ -360,6 +368,8 @@ def _origin_sets(
     data_end: float | None = None,
 ) -> list[LabelledSet]:
     """Return the labelled set at each training origin, latest first, after checking the latest is learnable."""
+    if len(events) == 0:
+        raise InputError("the event log holds no usable events")
     origins = training_origins(events, cutoff, horizon_days, max_origins, min_history_days)
     progress(
         f"building features and labels at {len(origins)} origin(s): {', '.join(iso_time(o)[:10] for o in origins)}"
@@ -382,7 +392,7 @@ def _choose(
     pool = partial(_pool, seed, horizon_days, mode, _btyd_fit(fit[0], progress))
     scores, fitted = _fit_candidates(fit, val, pool, progress)
     winner, runner_up = _rank(scores)
-    model, method, calibration = _calibrate(winner, (fitted[winner], scores[winner]["brier"]), fit, val, pool, progress)
+    model, method, calibration = _calibrate(winner, (fitted[winner], scores[winner]), fit, val, pool, progress)
     return _Choice(winner, runner_up, model, method, calibration, scores, mode)
 
 
@@ -570,14 +580,16 @@ def _validation_record(validation: LabelledSet, history: list[LabelledSet]) -> d
     }
 
 
-def _selection_text(choice: _Choice, validation: LabelledSet) -> str:
-    """Return one sentence saying why the winner was chosen."""
+def _selection_text(choice: _Choice, validation: LabelledSet, out_of_time: bool) -> str:
+    """Return one sentence saying why the winner was chosen, on a later origin or on held-out users."""
     scores, winner, runner_up = choice.scores, choice.winner, choice.runner_up
     if not runner_up:
         return selection_text(choice.mode, winner)
+    how = "out-of-time" if out_of_time else "held-out-user"
+    tie = " (a tie, broken by the lower Brier score)" if scores[winner]["pr_auc"] == scores[runner_up]["pr_auc"] else ""
     return (
-        f"{winner} had the best out-of-time PR-AUC ({scores[winner]['pr_auc']:.4f} against "
-        f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}) on {validation.labels.size} users at "
+        f"{winner} had the best {how} PR-AUC ({scores[winner]['pr_auc']:.4f} against "
+        f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}){tie} on {validation.labels.size} users at "
         f"{iso_time(validation.cutoff)[:10]}"
     )
 
@@ -627,7 +639,7 @@ def _rank(scores: dict[str, dict[str, float]]) -> tuple[str, str]:
 
 def _calibrate(
     winner: str,
-    uncalibrated: tuple[Any, float],
+    uncalibrated: tuple[Any, dict[str, float]],
     fit: Data,
     val: Data,
     pool: Callable[[], dict[str, Any]],
@@ -635,16 +647,21 @@ def _calibrate(
 ) -> tuple[Any, str, dict[str, float]]:
     """Return the model to use, its calibration method and each method's out-of-time Brier score.
 
-    `uncalibrated` is the fitted winner and its Brier score. Calibrate only when it makes the probabilities
-    better out of time (lower Brier score).
+    `uncalibrated` is the fitted winner and its out-of-time metrics. Calibrate only when it makes the
+    probabilities better out of time (lower Brier score) without costing the ranking more than
+    CALIBRATION_AUC_SLACK of AUC: calibration is meant to leave the order alone, and on a weak model a sigmoid
+    fitted on folds can turn it upside down (AUC 0.55 to 0.45) for a slightly lower Brier score.
     """
     chosen_model, calibration_method = uncalibrated[0], "none"
-    calibration = {"none": uncalibrated[1]}
+    calibration = {"none": uncalibrated[1]["brier"]}
+    floor = uncalibrated[1]["auc"] - CALIBRATION_AUC_SLACK
     for method in ("sigmoid", "isotonic"):
         progress(f"calibrating {winner} ({method})")
         model = _calibrated(pool()[winner], method).fit(*fit)
-        calibration[method] = round(float(np.mean((model.predict_proba(val[0])[:, 1] - val[1]) ** 2)), 6)
-        if calibration[method] < calibration[calibration_method]:
+        p = model.predict_proba(val[0])[:, 1]
+        calibration[method] = round(float(np.mean((p - val[1]) ** 2)), 6)
+        keeps_order = not np.isfinite(floor) or ranking_metrics(val[1], p)["auc"] >= floor
+        if calibration[method] < calibration[calibration_method] and keeps_order:
             chosen_model, calibration_method = model, method
     return chosen_model, calibration_method, calibration
 
@@ -742,7 +759,18 @@ def evaluate(
     lookback = population_lookback(model, population)
     data = labelled_set(events, cutoff, horizon_days, lookback, data_end)
     if data.labels.size == 0:
-        raise InputError("no users are known at the cutoff")
+        known = int(np.unique(events.user_index[events.time <= cutoff]).size)
+        raise InputError(
+            f"none of the {known:,} users known at the cutoff was seen within {lookback:g} days of it "
+            f"(--population {population})"
+        )
+    churners = int(data.labels.sum())
+    if churners in (0, data.labels.size):
+        stayers = data.labels.size - churners
+        raise InputError(
+            f"of the {data.labels.size:,} users judged at the cutoff, {churners:,} churned in the horizon and "
+            f"{stayers:,} stayed: AUC and PR-AUC need both; pick another --cutoff or --horizon-days"
+        )
     p = model.predict_proba(data.features)
     out: dict[str, Any] = _clean(classification_metrics(data.labels, p))
     out["model_version"] = model.model_version

@@ -1,0 +1,194 @@
+"""What `train` and `evaluate` refuse, naming the file, and what they write where a figure is undefined."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from churnguard_offline.cli import main
+from churnguard_offline.metrics import classification_metrics, json_ready, tier_performance
+from churnguard_offline.small_data import TrainingMode
+from churnguard_offline.training import CALIBRATION_AUC_SLACK, _calibrate, _Choice, _selection_text
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+CUTOFF = datetime(2026, 3, 1, tzinfo=UTC)  # 59 days after START: one origin only
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _counted_log(path, churners: int, stayers: int, seed: int = 0):
+    """Write a log of users with 1-6 events before CUTOFF; the stayers also have one in the 30 days after it."""
+    rng = random.Random(seed)
+    rows = []
+    span = int((CUTOFF - START).total_seconds())
+    for i in range(churners + stayers):
+        for _ in range(rng.randint(1, 6)):
+            rows.append((f"u{i:04d}", START + timedelta(seconds=rng.randrange(span)), f"{rng.uniform(1, 50):.2f}"))
+        if i >= churners:
+            rows.append((f"u{i:04d}", CUTOFF + timedelta(seconds=rng.randrange(1, 30 * 86_400)), "5"))
+    rows.sort(key=lambda row: row[1])
+    path.write_text(
+        "user_id,event_time,event_type,value\n" + "".join(f"{u},{_stamp(t)},purchase,{v}\n" for u, t, v in rows)
+    )
+    return path
+
+
+def _train(events, out, *extra: str) -> int:
+    argv = ["train", "--events", str(events), "--cutoff", "2026-03-01", "--horizon-days", "30", "--out", str(out)]
+    return main([*argv, "--data-end", "2026-03-31", "--quiet", *extra])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_file_with_no_usable_row_is_refused_naming_it(tmp_path, capsys):
+    # GIVEN a file whose every purchase has a value that is not a number
+    log = tmp_path / "nan.csv"
+    log.write_text("user_id,event_time,event_type,value\n" + "u1,2026-02-01T00:00:00Z,purchase,abc\n" * 3)
+    # WHEN trained THEN it exits 2 with one line naming the file, and writes nothing
+    assert _train(log, tmp_path / "m") == 2
+    assert _error(capsys).endswith(f"{log}: the event log holds no usable events")
+    assert not (tmp_path / "m").exists()
+
+
+def test_one_origin_whose_held_out_quarter_holds_too_few_churners_is_refused(tmp_path, capsys):
+    # GIVEN one origin with 7 churners: 5 to fit on, 2 in the quarter held out to judge on
+    log = _counted_log(tmp_path / "seven.csv", churners=7, stayers=100)
+    # THEN nothing can be judged on those 2, and train says so, naming the file and the counts
+    assert _train(log, tmp_path / "m") == 2
+    line = _error(capsys)
+    assert str(log) in line and "held out to judge on" in line and "2 churners and" in line
+    # AND with 20 churners the quarter holds 5: a buy-till-you-die model is trained and judged on them
+    assert _train(_counted_log(tmp_path / "twenty.csv", churners=20, stayers=100), tmp_path / "m") == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text(), parse_constant=_no_constant)
+    assert manifest["validation"]["kind"] == "held_out_users"
+    assert round(manifest["validation"]["churn_rate"] * manifest["validation"]["users"]) == 5
+
+
+def _no_constant(name: str):
+    raise AssertionError(f"{name} is not JSON")
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert _train(tmp_path / "absent.csv", taken) == 2
+    assert _error(capsys).endswith(f"{taken}: exists and is not a directory; --out is the artifact's directory")
+
+
+def test_an_event_after_data_end_is_refused_saying_what_a_date_means(tmp_path, capsys):
+    log = _counted_log(tmp_path / "log.csv", churners=60, stayers=60)
+    assert _train(log, tmp_path / "m", "--data-end", "2026-03-20") == 2
+    line = _error(capsys)
+    assert str(log) in line and "is after --data-end 2026-03-20T00:00:00Z" in line
+    assert "give the day after D" in line
+
+
+def _evaluate(events, *extra: str) -> int:
+    argv = ["evaluate", "--model", "model_artifacts", "--events", str(events), "--cutoff", "2026-03-01"]
+    return main([*argv, "--horizon-days", "30", "--data-end", "2026-03-31", *extra])
+
+
+def test_evaluate_where_everyone_churned_exits_2_naming_the_counts(tmp_path, capsys):
+    log = _counted_log(tmp_path / "gone.csv", churners=40, stayers=0)
+    assert _evaluate(log) == 2
+    line = _error(capsys)
+    assert str(log) in line and "40 churned in the horizon and 0 stayed: AUC and PR-AUC need both" in line
+
+
+def test_evaluate_of_an_active_population_with_no_active_user_says_so(tmp_path, capsys):
+    # GIVEN 30 users last seen in 2025-06, more than 180 days before the cutoff and within the 730 kept
+    log = tmp_path / "old.csv"
+    log.write_text(
+        "user_id,event_time,event_type\n"
+        + "".join(f"u{i},2025-06-{1 + i:02d}T00:00:00Z,login\n" for i in range(30))
+        + "u0,2026-03-10T00:00:00Z,login\n"
+    )
+    assert _evaluate(log, "--population", "active") == 2
+    line = _error(capsys)
+    assert str(log) in line and "none of the 30 users known at the cutoff was seen within 180 days" in line
+    # AND the whole population is judged, and printed as JSON with no NaN in it
+    assert _evaluate(log, "--population", "all") == 0
+    report = json.loads(capsys.readouterr().out, parse_constant=_no_constant)
+    assert report["n"] == 30 and report["population"]["name"] == "all"
+
+
+def test_an_undefined_figure_is_written_as_null_never_as_nan():
+    # GIVEN tiers of which one has no user in it (every score is low)
+    tiers = tier_performance(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.1, 0.2]), {"high": 0.6, "medium": 0.3})
+    assert np.isnan(tiers["high"]["precision"])
+    # THEN as JSON the undefined precision is null, nested or not, and nothing else changes
+    text = json.dumps(json_ready({"tiers": tiers, "list": [float("inf"), 1.5, "x", None, 2]}), allow_nan=False)
+    back = json.loads(text)
+    assert back["tiers"]["high"] == {"share": 0.0, "precision": None, "recall": 0.0}
+    assert back["tiers"]["low"]["precision"] == 0.5 and back["list"] == [None, 1.5, "x", None, 2]
+
+
+class _FirstColumn(ClassifierMixin, BaseEstimator):
+    """Scores every row by its first column, whatever it was fitted on: the order never changes."""
+
+    def fit(self, X, y):
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X):
+        p = expit(X[:, 0])
+        return np.column_stack([1 - p, p])
+
+
+def _calibration_case(fit_follows_score: bool):
+    """Return (fit, val) where the score is far too high for the churn rate (calibration lowers the Brier score)
+    and, at validation, ranks churners first; at fitting it does so too, or the other way round."""
+    rng = np.random.default_rng(0)
+    x_fit = rng.normal(3.0, 1.0, 3000)
+    y_fit = (rng.random(3000) < expit(2 * (x_fit - 4.5) if fit_follows_score else -2 * (x_fit - 1.5))).astype(int)
+    x_val = rng.normal(3.0, 1.0, 2000)
+    y_val = (rng.random(2000) < expit(2 * (x_val - 4.5))).astype(int)
+    return (x_fit[:, None], y_fit), (x_val[:, None], y_val)
+
+
+@pytest.mark.parametrize("fit_follows_score", [True, False])
+def test_calibration_is_kept_when_it_lowers_the_brier_score_only_if_it_keeps_the_order(fit_follows_score):
+    fit, val = _calibration_case(fit_follows_score)
+    model = _FirstColumn().fit(*fit)
+    scores = classification_metrics(val[1], model.predict_proba(val[0])[:, 1])
+    chosen, method, brier = _calibrate("first", (model, scores), fit, val, lambda: {"first": _FirstColumn()}, print)
+    # THEN both calibrations lower the Brier score of probabilities far too high
+    assert brier["sigmoid"] < brier["none"] and brier["isotonic"] < brier["none"]
+    auc = classification_metrics(val[1], chosen.predict_proba(val[0])[:, 1])["auc"]
+    if fit_follows_score:
+        # AND one that keeps the order is kept
+        assert method in ("sigmoid", "isotonic") and auc >= scores["auc"] - CALIBRATION_AUC_SLACK
+    else:
+        # AND one learned where the order ran the other way would turn the ranking round: it is refused
+        assert method == "none" and auc == scores["auc"]
+
+
+def _choice(scores: dict[str, dict[str, float]]) -> _Choice:
+    mode = TrainingMode("mixed", 60, 300, False, ("pareto_nbd",))
+    return _Choice("a", "b", None, "none", {}, scores, mode)
+
+
+def test_the_selection_says_how_the_winner_was_judged_and_when_brier_broke_a_tie():
+    class _Validation:
+        labels = np.zeros(67)
+        cutoff = CUTOFF.timestamp()
+
+    scores = {"a": {"pr_auc": 0.9444, "brier": 0.1}, "b": {"pr_auc": 0.9444, "brier": 0.2}}
+    held_out = _selection_text(_choice(scores), _Validation(), out_of_time=False)
+    assert held_out.startswith("a had the best held-out-user PR-AUC (0.9444 against 0.9444 for b)")
+    assert "a tie, broken by the lower Brier score" in held_out and "on 67 users at 2026-03-01" in held_out
+    scores["b"]["pr_auc"] = 0.9
+    later = _selection_text(_choice(scores), _Validation(), out_of_time=True)
+    assert later.startswith("a had the best out-of-time PR-AUC (0.9444 against 0.9000 for b) on 67")
