@@ -201,7 +201,8 @@ def _mode_section(manifest: dict[str, Any]) -> list[str]:
         f"{mode['reason'][0].upper()}{mode['reason'][1:]}. Counted on {mode['counted']}. Below "
         f"{th['learned_min_per_class']:,} churners or stayers no learned model is fitted; below "
         f"{th['btyd_competes_below_per_class']:,} the BG/NBD and Pareto/NBD models compete with the learned ones; "
-        f"below {th['judged_min_per_class']:,} training refuses, as nothing could be judged."
+        f"below {th['judged_min_per_class']:,} (at the cutoff, in the rows to fit on, or in the users held out to "
+        "judge on) training refuses, as nothing could be judged."
         + (_BTYD_ONLY_NOTE if manifest["estimator"] in mode.get("btyd_candidates", []) else ""),
         "",
     ]
@@ -229,6 +230,8 @@ def _sample_lines(sample: dict[str, Any] | None) -> list[str]:
 
 def _quality_section(manifest: dict[str, Any]) -> list[str]:
     """Return the chosen model's and every candidate's validation metrics, and how the choice was made."""
+    from churnguard_offline.training import CALIBRATION_AUC_SLACK
+
     return [
         "## Quality on validation",
         "",
@@ -242,7 +245,8 @@ def _quality_section(manifest: dict[str, Any]) -> list[str]:
         "",
         f"Selection: {manifest['selection']}. Brier score by calibration: "
         + ", ".join(f"{k} {v:.4f}" for k, v in manifest["calibration_brier"].items())
-        + " (calibration is kept only when it lowers the Brier score and costs at most 0.005 of AUC).",
+        + f" (calibration is kept only when it lowers the Brier score and costs at most {CALIBRATION_AUC_SLACK:g}"
+        " of AUC).",
         "",
     ]
 

@@ -586,11 +586,15 @@ def _selection_text(choice: _Choice, validation: LabelledSet, out_of_time: bool)
     if not runner_up:
         return selection_text(choice.mode, winner)
     how = "out-of-time" if out_of_time else "held-out-user"
-    tie = " (a tie, broken by the lower Brier score)" if scores[winner]["pr_auc"] == scores[runner_up]["pr_auc"] else ""
+    best, next_best = scores[winner]["pr_auc"], scores[runner_up]["pr_auc"]
+    # A lead is shown at the digits where it lies; an exact tie is said to be one.
+    tie, digits = "", 6 if best != next_best and f"{best:.4f}" == f"{next_best:.4f}" else 4
+    if best == next_best:
+        broken = scores[winner]["brier"] != scores[runner_up]["brier"]
+        tie = " (a tie, broken by the lower Brier score)" if broken else " (a tie, in Brier score too)"
     return (
-        f"{winner} had the best {how} PR-AUC ({scores[winner]['pr_auc']:.4f} against "
-        f"{scores[runner_up]['pr_auc']:.4f} for {runner_up}){tie} on {validation.labels.size} users at "
-        f"{iso_time(validation.cutoff)[:10]}"
+        f"{winner} had the best {how} PR-AUC ({best:.{digits}f} against {next_best:.{digits}f} for {runner_up})"
+        f"{tie} on {validation.labels.size} users at {iso_time(validation.cutoff)[:10]}"
     )
 
 
@@ -743,6 +747,21 @@ def population_lookback(model: ChurnModel, population: str, retention_days: floa
     raise InputError(f"population must be one of {', '.join(POPULATIONS)}, not {population!r}")
 
 
+def _baselines_unfit(fit_set: LabelledSet | None, population: str) -> str | None:
+    """Return why the baselines cannot be fitted one horizon before the cutoff, or None when they can."""
+    if fit_set is None:
+        return "no history before cutoff - horizon to fit baselines on"
+    churners = int(fit_set.labels.sum())
+    if fit_set.labels.size == 0:
+        return f"no user of the population ({population}) at cutoff - horizon to fit baselines on"
+    if churners in (0, fit_set.labels.size):
+        return (
+            f"at cutoff - horizon, {churners} of the {fit_set.labels.size} users churned: "
+            "baselines need churners and stayers to fit on"
+        )
+    return None
+
+
 def evaluate(
     model: ChurnModel,
     events: EventBatch,
@@ -761,7 +780,8 @@ def evaluate(
     if data.labels.size == 0:
         known = int(np.unique(events.user_index[events.time <= cutoff]).size)
         raise InputError(
-            f"none of the {known:,} users known at the cutoff was seen within {lookback:g} days of it "
+            f"none of the {known:,} user{'s' if known != 1 else ''} known at the cutoff was seen within {lookback:g} "
+            "days of it "
             f"(--population {population})"
         )
     churners = int(data.labels.sum())
@@ -779,13 +799,14 @@ def evaluate(
     out["horizon_days"] = horizon_days
     out["tiers"] = tier_performance(data.labels, p, model.risk_thresholds)
     earlier = cutoff - horizon_days * SECONDS_PER_DAY
-    if events.time.min() < earlier:
-        fit_set = labelled_set(events, earlier, horizon_days, lookback, data_end)
+    fit_set = labelled_set(events, earlier, horizon_days, lookback, data_end) if events.time.min() < earlier else None
+    unfit = _baselines_unfit(fit_set, population)
+    if unfit:
+        out["baselines"] = {}
+        out["baselines_note"] = unfit
+    else:
         out["baselines"] = {name: _clean(m) for name, m in evaluate_baselines(fit_set, data).items()}
         out["baselines_fitted_at"] = iso_time(earlier)
-    else:
-        out["baselines"] = {}
-        out["baselines_note"] = "no history before cutoff - horizon to fit baselines on"
     out["baselines_at_cutoff"] = {name: _clean(m) for name, m in evaluate_at_cutoff(data).items()}
     missing = [name for name in AT_CUTOFF_NAMES if name not in out["baselines_at_cutoff"]]
     if missing:

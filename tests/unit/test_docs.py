@@ -153,6 +153,15 @@ def test_the_model_cards_proof_states_the_figures_measured_in_docs():
         assert stated == [min(gaps), max(gaps)], (scenario, stated, gaps)
 
 
+def test_the_committed_model_card_is_the_card_this_code_writes_for_its_manifest():
+    from churnguard_offline.model_card import card_text
+
+    # GIVEN the committed model's manifest and card; THEN the card is what the code writes for that manifest now,
+    # so a changed sentence of the card's code reaches the shipped card too
+    manifest = json.loads((ROOT / "model_artifacts" / "manifest.json").read_text())
+    assert (ROOT / "model_artifacts" / "model_card.md").read_text().rstrip("\n") == card_text(manifest).rstrip("\n")
+
+
 def test_the_committed_model_card_states_the_proof_this_code_writes():
     from churnguard_offline.model_card import _PROOF
 

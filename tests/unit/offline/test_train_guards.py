@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -11,10 +12,12 @@ import pytest
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from churnguard_offline import training
 from churnguard_offline.cli import main
 from churnguard_offline.metrics import classification_metrics, json_ready, tier_performance
 from churnguard_offline.small_data import TrainingMode
 from churnguard_offline.training import CALIBRATION_AUC_SLACK, _calibrate, _Choice, _selection_text
+from tests.conftest import ROOT
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 CUTOFF = datetime(2026, 3, 1, tzinfo=UTC)  # 59 days after START: one origin only
@@ -41,9 +44,9 @@ def _counted_log(path, churners: int, stayers: int, seed: int = 0):
     return path
 
 
-def _train(events, out, *extra: str) -> int:
+def _train(events, out, data_end: str = "2026-03-31") -> int:
     argv = ["train", "--events", str(events), "--cutoff", "2026-03-01", "--horizon-days", "30", "--out", str(out)]
-    return main([*argv, "--data-end", "2026-03-31", "--quiet", *extra])
+    return main([*argv, "--data-end", data_end, "--quiet"])
 
 
 def _error(capsys) -> str:
@@ -74,6 +77,11 @@ def test_one_origin_whose_held_out_quarter_holds_too_few_churners_is_refused(tmp
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text(), parse_constant=_no_constant)
     assert manifest["validation"]["kind"] == "held_out_users"
     assert round(manifest["validation"]["churn_rate"] * manifest["validation"]["users"]) == 5
+    # AND a tier no held-out user fell in has no precision: null in the manifest, "-" on the card
+    empty = [tier for tier, perf in manifest["tier_performance"].items() if perf["share"] == 0]
+    assert empty and all(manifest["tier_performance"][tier]["precision"] is None for tier in empty)
+    card = (tmp_path / "m" / "model_card.md").read_text()
+    assert all(re.search(rf"^\| {tier} \| [^|]+ \| 0\.000 \| - \| 0\.000 \|$", card, re.M) for tier in empty)
 
 
 def _no_constant(name: str):
@@ -89,14 +97,14 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
 
 def test_an_event_after_data_end_is_refused_saying_what_a_date_means(tmp_path, capsys):
     log = _counted_log(tmp_path / "log.csv", churners=60, stayers=60)
-    assert _train(log, tmp_path / "m", "--data-end", "2026-03-20") == 2
+    assert _train(log, tmp_path / "m", data_end="2026-03-20") == 2
     line = _error(capsys)
     assert str(log) in line and "is after --data-end 2026-03-20T00:00:00Z" in line
     assert "give the day after D" in line
 
 
 def _evaluate(events, *extra: str) -> int:
-    argv = ["evaluate", "--model", "model_artifacts", "--events", str(events), "--cutoff", "2026-03-01"]
+    argv = ["evaluate", "--model", str(ROOT / "model_artifacts"), "--events", str(events), "--cutoff", "2026-03-01"]
     return main([*argv, "--horizon-days", "30", "--data-end", "2026-03-31", *extra])
 
 
@@ -122,6 +130,19 @@ def test_evaluate_of_an_active_population_with_no_active_user_says_so(tmp_path, 
     assert _evaluate(log, "--population", "all") == 0
     report = json.loads(capsys.readouterr().out, parse_constant=_no_constant)
     assert report["n"] == 30 and report["population"]["name"] == "all"
+
+
+def test_evaluate_reports_the_model_with_a_note_where_baselines_have_nothing_to_fit_on(tmp_path, capsys):
+    # GIVEN users first seen in February 2026, and one last seen in January 2025: one horizon before the cutoff,
+    # no one is active, so the active population's baselines have nobody to be fitted on
+    log = tmp_path / "new.csv"
+    rows = [f"u{i},2026-02-{1 + i % 27:02d}T00:00:00Z,purchase,{1 + i}" for i in range(30)]
+    rows += [f"u{i},2026-03-{2 + i:02d}T00:00:00Z,purchase,5" for i in range(15)]  # half of them stay
+    log.write_text("user_id,event_time,event_type,value\nold,2025-01-05T00:00:00Z,purchase,3\n" + "\n".join(rows))
+    assert _evaluate(log, "--population", "active") == 0
+    report = json.loads(capsys.readouterr().out, parse_constant=_no_constant)
+    assert report["n"] == 30 and report["baselines"] == {}
+    assert report["baselines_note"] == "no user of the population (active) at cutoff - horizon to fit baselines on"
 
 
 def test_an_undefined_figure_is_written_as_null_never_as_nan():
@@ -175,6 +196,49 @@ def test_calibration_is_kept_when_it_lowers_the_brier_score_only_if_it_keeps_the
         assert method == "none" and auc == scores["auc"]
 
 
+def _swapped(y: np.ndarray, score: np.ndarray, pairs: int) -> np.ndarray:
+    """Return `score` with `pairs` disjoint neighbours (a stayer just below a churner) swapped: each swap turns
+    exactly one of the churner-stayer pairs round."""
+    order = np.argsort(score)
+    out, done, k = score.copy(), 0, 0
+    while done < pairs:
+        low, high = order[k], order[k + 1]
+        if y[low] == 0 and y[high] == 1:
+            out[low], out[high] = score[high], score[low]
+            done, k = done + 1, k + 2
+        else:
+            k += 1
+    return out
+
+
+@pytest.mark.parametrize(("pairs", "kept"), [(14, True), (22, False)])
+def test_calibration_may_cost_at_most_the_slack_of_auc(monkeypatch, pairs, kept):
+    # GIVEN 60 churners and 60 stayers, so that each pair turned round costs 1/3600 of AUC, and a calibration
+    # whose probabilities are far better (Brier) but which turns `pairs` pairs round: 0.0039 or 0.0061 of AUC
+    rng = np.random.default_rng(1)
+    y = np.repeat([1, 0], 60)
+    raw = y + rng.normal(0.0, 2.0, y.size)
+    val = (raw[:, None], y)
+    calibrated = _swapped(y, expit(raw - 1.0), pairs)
+
+    class _Calibrated:
+        def fit(self, X, labels):
+            return self
+
+        def predict_proba(self, X):
+            return np.column_stack([1 - calibrated, calibrated])
+
+    monkeypatch.setattr(training, "_calibrated", lambda estimator, method: _Calibrated())
+    model = _FirstColumn().fit(*val)
+    uncalibrated = expit(raw + 4.0)
+    scores = classification_metrics(y, uncalibrated)
+    cost = scores["auc"] - classification_metrics(y, calibrated)["auc"]
+    assert cost == pytest.approx(pairs / 3600) and (cost <= CALIBRATION_AUC_SLACK) == kept
+    _, method, brier = training._calibrate("first", (model, scores), val, val, lambda: {"first": _FirstColumn()}, print)
+    # THEN it is kept within the slack and refused past it, though it lowers the Brier score either way
+    assert brier["sigmoid"] < brier["none"] and (method == "sigmoid") == kept
+
+
 def _choice(scores: dict[str, dict[str, float]]) -> _Choice:
     mode = TrainingMode("mixed", 60, 300, False, ("pareto_nbd",))
     return _Choice("a", "b", None, "none", {}, scores, mode)
@@ -189,6 +253,11 @@ def test_the_selection_says_how_the_winner_was_judged_and_when_brier_broke_a_tie
     held_out = _selection_text(_choice(scores), _Validation(), out_of_time=False)
     assert held_out.startswith("a had the best held-out-user PR-AUC (0.9444 against 0.9444 for b)")
     assert "a tie, broken by the lower Brier score" in held_out and "on 67 users at 2026-03-01" in held_out
+    scores["b"]["brier"] = 0.1
+    assert "(a tie, in Brier score too)" in _selection_text(_choice(scores), _Validation(), out_of_time=False)
+    scores["b"]["pr_auc"] = 0.944398
+    close = _selection_text(_choice(scores), _Validation(), out_of_time=True)
+    assert close.startswith("a had the best out-of-time PR-AUC (0.944400 against 0.944398 for b) on 67")
     scores["b"]["pr_auc"] = 0.9
     later = _selection_text(_choice(scores), _Validation(), out_of_time=True)
     assert later.startswith("a had the best out-of-time PR-AUC (0.9444 against 0.9000 for b) on 67")
