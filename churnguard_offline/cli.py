@@ -297,12 +297,24 @@ def _reported(path: Path, result: Any) -> Any:
     return result
 
 
+def _rejects_path(out: Path) -> Path:
+    """Return where the rejected rows of a command writing `out` go: beside it, never inside an artifact."""
+    return out.with_name(out.name + ".rejected.csv")
+
+
 def _write_rejects(result: Any, out: Path) -> None:
-    if result.rows_rejected:
-        path = out.with_name(out.name + ".rejected.csv")
-        path.write_bytes(result.rejects.to_bytes())
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.rejects.by_reason.items()))
-        _say(f"{path}: {result.rows_rejected} rejected rows ({reasons})")
+    """Write the rejected rows beside `out`, or remove an earlier run's there: it would speak for this file."""
+    path = _rejects_path(out)
+    if not result.rows_rejected:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(result.rejects.to_bytes())
+    _say(f"{path}: {result.rows_rejected} rejected rows ({_reasons(result.rejects.by_reason)})")
+
+
+def _reasons(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items()))
 
 
 def _read_and_load(path: Path, not_after: float | None, model_dir: Path | None) -> tuple[Any, Any]:
@@ -389,17 +401,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     warning = mode_warning(manifest)
     if warning:
         _say(f"warning: {args.events}: {warning}")
+    if not m["auc"] > 0.5:
+        _say(
+            f"warning: {args.events}: the model ranks the users it was judged on no better than chance (AUC "
+            f"{m['auc']:.4f}); nothing in this log told its churners from its stayers"
+        )
 
 
 def _training_events(args: argparse.Namespace, steps: Steps) -> tuple[Any, dict[str, Any] | None]:
     """Return (events, sample record): the whole file, or with --sample-users only the sampled users' events."""
     if args.sample_users is None:
-        return _read(args.events, _not_after(None), steps).events, None
+        result = _read(args.events, _not_after(None), steps)
+        _write_rejects(result, args.out)
+        return result.events, None
     from churnguard_offline.sampling import sampled_events
 
     _check_exists(args.events)
     events, _population, sample = sampled_events(
-        args.events, args.sample_users, args.cutoff, _not_after(None), progress=steps.live and not steps.quiet, say=_say
+        args.events,
+        args.sample_users,
+        args.cutoff,
+        _not_after(None),
+        progress=steps.live and not steps.quiet,
+        say=_say,
+        rejects_to=_rejects_path(args.out),
     )
     return events, sample.record
 
@@ -482,6 +507,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from churnguard_offline.training import evaluate
 
     result, model = _read_and_load(args.events, _not_after(None), args.model)
+    if result.rows_rejected:  # evaluate writes no file: the reasons are said, and `score` writes the rows
+        _say(f"{args.events}: {result.rows_rejected} rejected rows ({_reasons(result.rejects.by_reason)})")
     with _about_the_log(args.events, None):
         report = evaluate(model, result.events, args.cutoff, args.horizon_days, args.population, args.data_end)
     print(json.dumps(json_ready(report), indent=2, allow_nan=False))

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -58,6 +58,7 @@ class Population:
     rows_read: int = 0
     rows_accepted: int = 0
     rows_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.hashes.shape[0])
@@ -213,16 +214,25 @@ def _stream(path: Path, reader: _ChunkReader, progress: bool, desc: str) -> None
         _read(stream, os.fspath(path), None, _READ_ROWS, reader, MAX_INFLATED_BYTES)  # type: ignore[arg-type]
 
 
-def count_population(path: Path, cutoff: float, not_after: float | None, *, progress: bool = False) -> Population:
-    """First pass: return every user with an event at or before the cutoff, their activity, and the row counts."""
+def count_population(
+    path: Path, cutoff: float, not_after: float | None, *, progress: bool = False, rejects_to: Path | None = None
+) -> Population:
+    """First pass: return every user with an event at or before the cutoff, their activity, and the row counts;
+    the rejected rows, with their reasons, go to `rejects_to` when given and there are any."""
     counter = _ActivityCounter(cutoff)
-    with RejectWriter(max_rows=0) as rejects:
+    with RejectWriter(**({} if rejects_to else {"max_rows": 0})) as rejects:
         reader = _ChunkReader(rejects, not_after, os.fspath(path), counter.take)
         _stream(path, reader, progress, "pass 1 of 2, counting users")
         reader.flush()
         population = counter.population()
         population.rows_accepted, population.rows_rejected = reader.accepted, reader.rejected
         population.rows_read = reader.accepted + reader.rejected
+        population.rejected_by_reason = dict(rejects.by_reason)
+        if rejects_to and reader.rejected:
+            rejects_to.parent.mkdir(parents=True, exist_ok=True)
+            rejects_to.write_bytes(rejects.to_bytes())
+        elif rejects_to:
+            rejects_to.unlink(missing_ok=True)  # an earlier run's rejects would speak for this file
     return population
 
 
@@ -373,13 +383,18 @@ def sampled_events(
     *,
     progress: bool = False,
     say: Callable[[str], None] = lambda _msg: None,
+    rejects_to: Path | None = None,
 ) -> tuple[EventBatch, Population, Sample]:
-    """Return the sampled users' events, the population they came from and the sample's record."""
-    population = count_population(path, cutoff, not_after, progress=progress)
+    """Return the sampled users' events, the population they came from and the sample's record; the rejected
+    rows go to `rejects_to` (count_population)."""
+    population = count_population(path, cutoff, not_after, progress=progress, rejects_to=rejects_to)
     say(
         f"{path}: read {population.rows_read} rows, accepted {population.rows_accepted}, rejected "
         f"{population.rows_rejected}; {len(population):,} users with an event at or before the cutoff"
     )
+    if population.rows_rejected and rejects_to:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(population.rejected_by_reason.items()))
+        say(f"{rejects_to}: {population.rows_rejected} rejected rows ({reasons})")
     if not len(population):
         raise InputError(f"{path}: no events at or before the cutoff {iso_time(cutoff)}; no users to sample")
     sample = choose_sample(population, requested, cutoff)

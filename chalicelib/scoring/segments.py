@@ -8,6 +8,7 @@ purchases measures frequency and money by activity instead.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -35,13 +36,19 @@ _QUINTILES = (0.2, 0.4, 0.6, 0.8)
 def fit_segments(features: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Learn RFM quintile edges and three activity clusters from training users' features."""
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     basis = "purchases" if (np.expm1(features[:, _COL["log_purchases"]]) > 0).sum() >= 20 else "activity"
     recency, frequency, money = _rfm_inputs(features, basis)
     x = _activity_inputs(features)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
-    km = KMeans(n_clusters=3, n_init=10, random_state=seed).fit((x - mean) / scale)
+    scaled = (x - mean) / scale
+    with warnings.catch_warnings():
+        if np.unique(scaled, axis=0).shape[0] < 3:
+            # Fewer distinct users than clusters (a degenerate log): equal centres are what is meant.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=3, n_init=10, random_state=seed).fit(scaled)
     centres = km.cluster_centers_
     # Clusters are named by how active their centre is: the month's rate, back in events per day.
     order = np.argsort(-(centres[:, 1] * scale[1] + mean[1]))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import re
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 
 from churnguard_offline import training
 from churnguard_offline.cli import main
@@ -59,10 +62,50 @@ def test_a_file_with_no_usable_row_is_refused_naming_it(tmp_path, capsys):
     # GIVEN a file whose every purchase has a value that is not a number
     log = tmp_path / "nan.csv"
     log.write_text("user_id,event_time,event_type,value\n" + "u1,2026-02-01T00:00:00Z,purchase,abc\n" * 3)
-    # WHEN trained THEN it exits 2 with one line naming the file, and writes nothing
+    # WHEN trained THEN it exits 2 with one line naming the file, and writes no artifact
     assert _train(log, tmp_path / "m") == 2
     assert _error(capsys).endswith(f"{log}: the event log holds no usable events")
     assert not (tmp_path / "m").exists()
+    # AND every row is in the rejects beside it, with its line and reason
+    rejected = list(csv.DictReader((tmp_path / "m.rejected.csv").open()))
+    assert [(r["line"], r["reason"]) for r in rejected] == [("2", "bad_value"), ("3", "bad_value"), ("4", "bad_value")]
+
+
+def _with_bad_rows(path):
+    with path.open("a") as out:
+        out.write("u1,yesterday,purchase,3\n,2026-02-01T00:00:00Z,purchase,3\n")
+    return path
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_train_writes_its_rejected_rows_beside_the_artifact_never_inside_it(tmp_path, capsys, sampled):
+    # GIVEN a trainable log with two bad rows, and an earlier run's rejects of another file at the same place
+    log = _with_bad_rows(_counted_log(tmp_path / "log.csv", churners=60, stayers=60))
+    stale = tmp_path / "m.rejected.csv"
+    stale.write_text("line,reason\n9,stale\n")
+    extra = ["--sample-users", "1000"] if sampled else []
+    argv = ["train", "--events", str(log), "--cutoff", "2026-03-01", "--horizon-days", "30", "--out"]
+    assert main([*argv, str(tmp_path / "m"), "--data-end", "2026-03-31", *extra]) == 0
+    # THEN the rejects name each bad row's line and reason, beside the artifact and not in it (it is deployed)
+    rejected = list(csv.DictReader(stale.open()))
+    lines = len(log.read_text().splitlines())
+    assert [(int(r["line"]), r["reason"]) for r in rejected] == [
+        (lines - 1, "bad_event_time"),
+        (lines, "missing_user_id"),
+    ]
+    assert not any(path.name.endswith(".rejected.csv") for path in (tmp_path / "m").iterdir())
+    assert f"{stale}: 2 rejected rows (bad_event_time 1, missing_user_id 1)" in capsys.readouterr().err
+    # AND a run with no bad row leaves no rejects behind that would speak for it
+    clean = _counted_log(tmp_path / "clean.csv", churners=60, stayers=60)
+    argv[2] = str(clean)
+    assert main([*argv, str(tmp_path / "m"), "--data-end", "2026-03-31", "--quiet", *extra]) == 0
+    assert not stale.exists()
+
+
+def test_evaluate_says_why_rows_were_rejected(tmp_path, capsys):
+    log = _with_bad_rows(_counted_log(tmp_path / "log.csv", churners=60, stayers=60))
+    assert _evaluate(log) == 0
+    assert f"{log}: 2 rejected rows (bad_event_time 1, missing_user_id 1)" in capsys.readouterr().err
 
 
 def test_one_origin_whose_held_out_quarter_holds_too_few_churners_is_refused(tmp_path, capsys):
@@ -261,3 +304,19 @@ def test_the_selection_says_how_the_winner_was_judged_and_when_brier_broke_a_tie
     scores["b"]["pr_auc"] = 0.9
     later = _selection_text(_choice(scores), _Validation(), out_of_time=True)
     assert later.startswith("a had the best out-of-time PR-AUC (0.9444 against 0.9000 for b) on 67")
+
+
+def test_a_log_that_tells_no_one_apart_trains_with_a_warning_and_no_library_noise(tmp_path, capsys):
+    # GIVEN 60 users whose history is one and the same event; half of them come back in the horizon
+    log = tmp_path / "same.csv"
+    rows = [f"u{i},2026-02-01T00:00:00Z,login" for i in range(60)]
+    rows += [f"u{i},2026-03-{2 + i % 20:02d}T00:00:00Z,login" for i in range(0, 60, 2)]
+    log.write_text("user_id,event_time,event_type\n" + "\n".join(rows) + "\n")
+    # WHEN trained THEN the artifact is written, and train warns that it ranks no better than chance
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        assert _train(log, tmp_path / "m") == 0
+    err = capsys.readouterr().err
+    assert f"warning: {log}: the model ranks the users it was judged on no better than chance (AUC 0.5000)" in err
+    # AND --quiet means quiet: no library warning (KMeans on fewer distinct users than clusters) is raised
+    assert [str(w.message) for w in raised if issubclass(w.category, ConvergenceWarning)] == []
