@@ -299,6 +299,7 @@ def _reported(path: Path, result: Any) -> Any:
 
 def _rejects_path(out: Path) -> Path:
     """Return where the rejected rows of a command writing `out` go: beside it, never inside an artifact."""
+    out = out.absolute()  # `--out .` has no name of its own
     return out.with_name(out.name + ".rejected.csv")
 
 
