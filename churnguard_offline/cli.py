@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import multiprocessing
+import os
 import re
 import sys
 import time
@@ -297,25 +298,45 @@ def _reported(path: Path, result: Any) -> Any:
     return result
 
 
-def _rejects_path(out: Path) -> Path:
-    """Return where the rejected rows of a command writing `out` go: beside it, never inside an artifact."""
-    out = out.absolute()  # `--out .` has no name of its own
-    return out.with_name(out.name + ".rejected.csv")
+# How every reject file this code writes begins (chalicelib.ingest.rejects.RejectWriter.COLUMNS).
+REJECTS_HEADER = b"line,reason,detail,"
 
 
-def _write_rejects(result: Any, out: Path) -> None:
-    """Write the rejected rows beside `out`, or remove an earlier run's there: it would speak for this file."""
-    path = _rejects_path(out)
+def rejects_path(out: Path, source: Path) -> Path:
+    """Return where the rejected rows of a command writing `out` from `source` go: beside `out`, never inside it.
+
+    Refused when something other than an earlier run's rejects is there (the input itself, a user's file, a link,
+    a directory): the command may replace that file, or remove it when no row is rejected.
+    """
+    out = Path(os.path.abspath(out))  # `--out .` or `x/..` names its directory only once normalised
+    if not out.name:
+        raise InputError(f"{out}: --out must name a file or directory below {out}")
+    path = out.with_name(out.name + ".rejected.csv")
+    if os.path.lexists(path) and not _own_rejects(path, source):
+        raise InputError(
+            f"{path}: already there and not the rejects of an earlier run; the rejected rows of {source} are "
+            "written there, so move it or choose another --out"
+        )
+    return path
+
+
+def _own_rejects(path: Path, source: Path) -> bool:
+    """Return whether `path` is a regular file this command wrote: a reject CSV, and not the input itself."""
+    if path.is_symlink() or not path.is_file() or (source.exists() and path.samefile(source)):
+        return False
+    with open(path, "rb") as existing:
+        return existing.read(len(REJECTS_HEADER)) == REJECTS_HEADER
+
+
+def _write_rejects(result: Any, path: Path) -> None:
+    """Write the rejected rows to `path` (rejects_path), or remove an earlier run's there: it would speak for this
+    file."""
     if not result.rows_rejected:
         path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(result.rejects.to_bytes())
-    _say(f"{path}: {result.rows_rejected} rejected rows ({_reasons(result.rejects.by_reason)})")
-
-
-def _reasons(by_reason: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items()))
+    _say(f"{path}: {result.rejects.summary()}")
 
 
 def _read_and_load(path: Path, not_after: float | None, model_dir: Path | None) -> tuple[Any, Any]:
@@ -373,9 +394,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         capacity_medium=args.capacity_medium,
         fixed={"high": args.high_threshold, "medium": args.medium_threshold},
     )
+    rejects = rejects_path(args.out, args.events)
     with Steps(quiet=args.quiet) as steps:
         steps(f"reading {args.events}")
-        events, sample = _training_events(args, steps)
+        events, sample = _training_events(args, steps, rejects)
         with _about_the_log(args.events, sample):
             manifest = train(
                 events,
@@ -404,16 +426,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         _say(f"warning: {args.events}: {warning}")
     if not m["auc"] > 0.5:
         _say(
-            f"warning: {args.events}: the model ranks the users it was judged on no better than chance (AUC "
-            f"{m['auc']:.4f}); nothing in this log told its churners from its stayers"
+            f"warning: {args.events}: the model ranked the {m['n']} users it was judged on no better than chance "
+            f"(AUC {m['auc']:.4f})"
         )
 
 
-def _training_events(args: argparse.Namespace, steps: Steps) -> tuple[Any, dict[str, Any] | None]:
-    """Return (events, sample record): the whole file, or with --sample-users only the sampled users' events."""
+def _training_events(args: argparse.Namespace, steps: Steps, rejects: Path) -> tuple[Any, dict[str, Any] | None]:
+    """Return (events, sample record): the whole file, or with --sample-users only the sampled users' events.
+
+    The rejected rows go to `rejects` at once, so that they are there to explain a log that cannot be trained.
+    """
     if args.sample_users is None:
         result = _read(args.events, _not_after(None), steps)
-        _write_rejects(result, args.out)
+        _write_rejects(result, rejects)
         return result.events, None
     from churnguard_offline.sampling import sampled_events
 
@@ -425,7 +450,7 @@ def _training_events(args: argparse.Namespace, steps: Steps) -> tuple[Any, dict[
         _not_after(None),
         progress=steps.live and not steps.quiet,
         say=_say,
-        rejects_to=_rejects_path(args.out),
+        rejects_to=rejects,
     )
     return events, sample.record
 
@@ -452,11 +477,12 @@ def _about_the_log(path: Path, sample: dict[str, Any] | None) -> Iterator[None]:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    rejects = rejects_path(args.out, args.input)
     with Steps(quiet=args.quiet) as steps:
         steps(f"reading {args.input} and loading the model")
         result, model = _read_and_load(args.input, _not_after(args.as_of), args.model)
         n, tiers, as_of = _score_read(args, result, model, steps)
-    _write_rejects(result, args.out)
+    _write_rejects(result, rejects)
     _say(f"{args.out}: {n} users scored as of {as_of} ({', '.join(f'{k} {v}' for k, v in tiers.items())})")
 
 
@@ -509,7 +535,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     result, model = _read_and_load(args.events, _not_after(None), args.model)
     if result.rows_rejected:  # evaluate writes no file: the reasons are said, and `score` writes the rows
-        _say(f"{args.events}: {result.rows_rejected} rejected rows ({_reasons(result.rejects.by_reason)})")
+        _say(f"{args.events}: {result.rejects.summary(written=False)}")
     with _about_the_log(args.events, None):
         report = evaluate(model, result.events, args.cutoff, args.horizon_days, args.population, args.data_end)
     print(json.dumps(json_ready(report), indent=2, allow_nan=False))

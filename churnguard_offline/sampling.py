@@ -59,6 +59,7 @@ class Population:
     rows_accepted: int = 0
     rows_rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    rejected_summary: str = ""  # RejectWriter.summary of them
 
     def __len__(self) -> int:
         return int(self.hashes.shape[0])
@@ -228,6 +229,7 @@ def count_population(
         population.rows_accepted, population.rows_rejected = reader.accepted, reader.rejected
         population.rows_read = reader.accepted + reader.rejected
         population.rejected_by_reason = dict(rejects.by_reason)
+        population.rejected_summary = rejects.summary(written=rejects_to is not None)
         if rejects_to and reader.rejected:
             rejects_to.parent.mkdir(parents=True, exist_ok=True)
             rejects_to.write_bytes(rejects.to_bytes())
@@ -393,8 +395,7 @@ def sampled_events(
         f"{population.rows_rejected}; {len(population):,} users with an event at or before the cutoff"
     )
     if population.rows_rejected and rejects_to:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(population.rejected_by_reason.items()))
-        say(f"{rejects_to}: {population.rows_rejected} rejected rows ({reasons})")
+        say(f"{rejects_to}: {population.rejected_summary}")
     if not len(population):
         raise InputError(f"{path}: no events at or before the cutoff {iso_time(cutoff)}; no users to sample")
     sample = choose_sample(population, requested, cutoff)

@@ -98,6 +98,13 @@ class RejectWriter:
         """Return whether some rejects were counted but not written."""
         return self.count > self.written
 
+    def summary(self, written: bool = True) -> str:
+        """Return how many rows were rejected and why; with `written`, also how many the file holds when that is
+        not all of them."""
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.by_reason.items()))
+        cap = f"; the first {self.written:,} are written, the rest only counted" if written and self.truncated else ""
+        return f"{self.count} rejected rows ({reasons}){cap}"
+
     def add(self, line: int, reason: str, detail: str, fields: Mapping[str, object] | None) -> None:
         """Record one rejected row."""
         self.count += 1

@@ -43,12 +43,10 @@ def fit_segments(features: np.ndarray, seed: int = 0) -> dict[str, Any]:
     x = _activity_inputs(features)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
-    scaled = (x - mean) / scale
     with warnings.catch_warnings():
-        if np.unique(scaled, axis=0).shape[0] < 3:
-            # Fewer distinct users than clusters (a degenerate log): equal centres are what is meant.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-        km = KMeans(n_clusters=3, n_init=10, random_state=seed).fit(scaled)
+        # Fewer distinct users than clusters (a degenerate log): equal centres are what is meant.
+        warnings.filterwarnings("ignore", "Number of distinct clusters", ConvergenceWarning)
+        km = KMeans(n_clusters=3, n_init=10, random_state=seed).fit((x - mean) / scale)
     centres = km.cluster_centers_
     # Clusters are named by how active their centre is: the month's rate, back in events per day.
     order = np.argsort(-(centres[:, 1] * scale[1] + mean[1]))

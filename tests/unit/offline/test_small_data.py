@@ -151,6 +151,7 @@ def test_the_warning_of_a_btyd_only_training_names_the_file_and_the_counts(btyd_
     assert len(warning) == 1 and str(events) in warning[0]
     assert f"{mode['churners']} churners and {mode['stayers']} stayers" in warning[0]
     assert "buy-till-you-die model alone" in warning[0]
+    assert "no better than chance" not in stderr  # this model ranks: the chance warning is for one that does not
 
 
 def test_a_btyd_artifact_names_only_deployed_code_loads_and_scores_with_reasons(btyd_artifact, tmp_path):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 import warnings
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 
+from chalicelib.errors import InputError
 from churnguard_offline import training
-from churnguard_offline.cli import main
+from churnguard_offline.cli import main, rejects_path
 from churnguard_offline.metrics import classification_metrics, json_ready, tier_performance
 from churnguard_offline.small_data import TrainingMode
 from churnguard_offline.training import CALIBRATION_AUC_SLACK, _calibrate, _Choice, _selection_text
@@ -82,7 +85,7 @@ def test_train_writes_its_rejected_rows_beside_the_artifact_never_inside_it(tmp_
     # GIVEN a trainable log with two bad rows, and an earlier run's rejects of another file at the same place
     log = _with_bad_rows(_counted_log(tmp_path / "log.csv", churners=60, stayers=60))
     stale = tmp_path / "m.rejected.csv"
-    stale.write_text("line,reason\n9,stale\n")
+    stale.write_text("line,reason,detail,user_id,event_time,event_type,value\n9,bad_value,stale,u9,,login,x\n")
     extra = ["--sample-users", "1000"] if sampled else []
     argv = ["train", "--events", str(log), "--cutoff", "2026-03-01", "--horizon-days", "30", "--out"]
     assert main([*argv, str(tmp_path / "m"), "--data-end", "2026-03-31", *extra]) == 0
@@ -317,6 +320,60 @@ def test_a_log_that_tells_no_one_apart_trains_with_a_warning_and_no_library_nois
         warnings.simplefilter("always")
         assert _train(log, tmp_path / "m") == 0
     err = capsys.readouterr().err
-    assert f"warning: {log}: the model ranks the users it was judged on no better than chance (AUC 0.5000)" in err
+    assert f"warning: {log}: the model ranked the 15 users it was judged on no better than chance (AUC 0.5000)" in err
     # AND --quiet means quiet: no library warning (KMeans on fewer distinct users than clusters) is raised
     assert [str(w.message) for w in raised if issubclass(w.category, ConvergenceWarning)] == []
+
+
+def test_rejects_go_beside_the_named_directory_however_it_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "sub" / "x").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "sub")
+    events = tmp_path / "log.csv"
+    assert rejects_path(Path("."), events) == tmp_path / "sub.rejected.csv"
+    assert rejects_path(Path("x/.."), events) == tmp_path / "sub.rejected.csv"
+    assert rejects_path(Path(".."), events) == tmp_path.parent / f"{tmp_path.name}.rejected.csv"
+    assert rejects_path(Path("m"), events) == tmp_path / "sub" / "m.rejected.csv"
+    with pytest.raises(InputError, match="--out must name a file or directory"):
+        rejects_path(Path("/"), events)
+
+
+@pytest.mark.parametrize("what", ["a user's file", "the input", "a link", "a directory"])
+def test_what_is_at_the_rejects_path_and_not_ours_is_never_replaced_or_removed(tmp_path, capsys, what):
+    # GIVEN something of the user's where a train --out m would put its rejects
+    path = tmp_path / "m.rejected.csv"
+    log = _counted_log(tmp_path / "log.csv", churners=60, stayers=60)
+    if what == "a user's file":
+        path.write_text("my notes\n")
+    elif what == "a link":
+        path.symlink_to(tmp_path / "elsewhere.csv")
+    elif what == "a directory":
+        path.mkdir()
+    else:
+        log = _counted_log(path, churners=60, stayers=60)
+    before = path.read_bytes() if path.is_file() else None
+    # WHEN trained THEN train refuses before any work, naming it, and leaves it as it was
+    assert _train(log, tmp_path / "m") == 2
+    assert f"{path}: already there and not the rejects of an earlier run" in _error(capsys)
+    assert not (tmp_path / "m").exists()
+    assert (path.read_bytes() if path.is_file() else None) == before and os.path.lexists(path)
+
+
+def test_score_removes_the_rejects_an_earlier_run_left_beside_its_scores(tmp_path):
+    events = _with_bad_rows(_counted_log(tmp_path / "log.csv", churners=5, stayers=5))
+    argv = ["score", "--model", str(ROOT / "model_artifacts"), "--out", str(tmp_path / "s.csv"), "--quiet"]
+    assert main([*argv, "--input", str(events), "--allow-missing-signals"]) == 0
+    assert len(list(csv.DictReader((tmp_path / "s.csv.rejected.csv").open()))) == 2
+    clean = _counted_log(tmp_path / "clean.csv", churners=5, stayers=5)
+    assert main([*argv, "--input", str(clean), "--allow-missing-signals"]) == 0
+    assert not (tmp_path / "s.csv.rejected.csv").exists()
+
+
+def test_a_reject_summary_says_when_the_file_holds_only_the_first_rows():
+    from chalicelib.ingest.rejects import RejectWriter
+
+    with RejectWriter(max_rows=2) as rejects:
+        for line in (2, 3, 4):
+            rejects.add(line, "bad_value", "value 'x' is not a number", None)
+        assert rejects.summary() == "3 rejected rows (bad_value 3); the first 2 are written, the rest only counted"
+        assert rejects.summary(written=False) == "3 rejected rows (bad_value 3)"
+        assert len(rejects.to_bytes().decode().splitlines()) == 3  # the header and two rows
