@@ -481,8 +481,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     with Steps(quiet=args.quiet) as steps:
         steps(f"reading {args.input} and loading the model")
         result, model = _read_and_load(args.input, _not_after(args.as_of), args.model)
+        _write_rejects(result, rejects)  # first: they also explain a file that cannot be scored
         n, tiers, as_of = _score_read(args, result, model, steps)
-    _write_rejects(result, rejects)
     _say(f"{args.out}: {n} users scored as of {as_of} ({', '.join(f'{k} {v}' for k, v in tiers.items())})")
 
 

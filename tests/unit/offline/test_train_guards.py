@@ -74,6 +74,9 @@ def test_a_file_with_no_usable_row_is_refused_naming_it(tmp_path, capsys):
     assert [(r["line"], r["reason"]) for r in rejected] == [("2", "bad_value"), ("3", "bad_value"), ("4", "bad_value")]
 
 
+REJECTS = "line,reason,detail,user_id,event_time,event_type,value\n"
+
+
 def _with_bad_rows(path):
     with path.open("a") as out:
         out.write("u1,yesterday,purchase,3\n,2026-02-01T00:00:00Z,purchase,3\n")
@@ -337,15 +340,19 @@ def test_rejects_go_beside_the_named_directory_however_it_is_spelled(tmp_path, m
         rejects_path(Path("/"), events)
 
 
-@pytest.mark.parametrize("what", ["a user's file", "the input", "a link", "a directory"])
+@pytest.mark.parametrize("what", ["a user's file", "the input", "the input, a reject file", "a link", "a directory"])
 def test_what_is_at_the_rejects_path_and_not_ours_is_never_replaced_or_removed(tmp_path, capsys, what):
     # GIVEN something of the user's where a train --out m would put its rejects
     path = tmp_path / "m.rejected.csv"
     log = _counted_log(tmp_path / "log.csv", churners=60, stayers=60)
     if what == "a user's file":
         path.write_text("my notes\n")
-    elif what == "a link":
+    elif what == "a link":  # to a reject file of an earlier run, even: writing through it would replace that
+        (tmp_path / "elsewhere.csv").write_text(REJECTS)
         path.symlink_to(tmp_path / "elsewhere.csv")
+    elif what == "the input, a reject file":
+        path.write_text(REJECTS)
+        log = path
     elif what == "a directory":
         path.mkdir()
     else:
@@ -358,14 +365,26 @@ def test_what_is_at_the_rejects_path_and_not_ours_is_never_replaced_or_removed(t
     assert (path.read_bytes() if path.is_file() else None) == before and os.path.lexists(path)
 
 
-def test_score_removes_the_rejects_an_earlier_run_left_beside_its_scores(tmp_path):
+def test_score_keeps_its_rejects_beside_its_scores_for_the_file_it_read_and_no_other(tmp_path, capsys):
     events = _with_bad_rows(_counted_log(tmp_path / "log.csv", churners=5, stayers=5))
+    rejects = tmp_path / "s.csv.rejected.csv"
     argv = ["score", "--model", str(ROOT / "model_artifacts"), "--out", str(tmp_path / "s.csv"), "--quiet"]
     assert main([*argv, "--input", str(events), "--allow-missing-signals"]) == 0
-    assert len(list(csv.DictReader((tmp_path / "s.csv.rejected.csv").open()))) == 2
+    assert len(list(csv.DictReader(rejects.open()))) == 2
+    # WHEN a clean file is scored THEN the earlier rejects are gone
     clean = _counted_log(tmp_path / "clean.csv", churners=5, stayers=5)
     assert main([*argv, "--input", str(clean), "--allow-missing-signals"]) == 0
-    assert not (tmp_path / "s.csv.rejected.csv").exists()
+    assert not rejects.exists()
+    # WHEN a file that cannot be scored (every row bad) is refused THEN its rejects say why, row by row
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,event_time,event_type,value\nu1,yesterday,purchase,3\n")
+    assert main([*argv, "--input", str(bad), "--allow-missing-signals"]) == 2
+    assert [r["reason"] for r in csv.DictReader(rejects.open())] == ["bad_event_time"]
+    # AND a file of the user's at that path is refused before any work, and left alone
+    rejects.write_text("my notes\n")
+    assert main([*argv, "--input", str(clean), "--allow-missing-signals"]) == 2
+    assert f"{rejects}: already there and not the rejects of an earlier run" in _error(capsys)
+    assert rejects.read_text() == "my notes\n"
 
 
 def test_a_reject_summary_says_when_the_file_holds_only_the_first_rows():
