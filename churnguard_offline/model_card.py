@@ -245,6 +245,11 @@ def _quality_section(manifest: dict[str, Any]) -> list[str]:
         "",
         f"Selection: {manifest['selection']}. Brier score by calibration: "
         + ", ".join(f"{k} {v:.4f}" for k, v in manifest["calibration_brier"].items())
+        + (
+            "; AUC: " + ", ".join(f"{k} {_figure(v, 4)}" for k, v in manifest["calibration_auc"].items())
+            if "calibration_auc" in manifest  # older manifests recorded the Brier scores only
+            else ""
+        )
         + f" (calibration is kept only when it lowers the Brier score and costs at most {CALIBRATION_AUC_SLACK:g}"
         " of AUC).",
         "",

@@ -277,6 +277,7 @@ class _Choice:
     model: Any  # the winner as fitted on the fit origins, calibrated when that helped
     calibration_method: str
     calibration: dict[str, float]  # out-of-time Brier score by calibration method
+    calibration_auc: dict[str, float]  # out-of-time AUC by calibration method
     scores: dict[str, dict[str, float]]  # out-of-time metrics of every candidate, before calibration
     mode: TrainingMode  # which candidates competed, and why
 
@@ -392,8 +393,8 @@ def _choose(
     pool = partial(_pool, seed, horizon_days, mode, _btyd_fit(fit[0], progress))
     scores, fitted = _fit_candidates(fit, val, pool, progress)
     winner, runner_up = _rank(scores)
-    model, method, calibration = _calibrate(winner, (fitted[winner], scores[winner]), fit, val, pool, progress)
-    return _Choice(winner, runner_up, model, method, calibration, scores, mode)
+    model, method, (brier, auc) = _calibrate(winner, (fitted[winner], scores[winner]), fit, val, pool, progress)
+    return _Choice(winner, runner_up, model, method, brier, auc, scores, mode)
 
 
 def _judge(
@@ -604,6 +605,7 @@ def _evidence(
     """Return the manifest fields of quality, thresholds and the reference data scoring compares against."""
     return {
         "calibration_brier": choice.calibration,
+        "calibration_auc": choice.calibration_auc,
         "metrics": judged.metrics,
         "baselines": judged.baselines,
         "risk_thresholds": judged.thresholds,
@@ -648,8 +650,8 @@ def _calibrate(
     val: Data,
     pool: Callable[[], dict[str, Any]],
     progress: Callable[[str], None],
-) -> tuple[Any, str, dict[str, float]]:
-    """Return the model to use, its calibration method and each method's out-of-time Brier score.
+) -> tuple[Any, str, tuple[dict[str, float], dict[str, float]]]:
+    """Return the model to use, its calibration method and each method's out-of-time Brier score and AUC.
 
     `uncalibrated` is the fitted winner and its out-of-time metrics. Calibrate only when it makes the
     probabilities better out of time (lower Brier score) without costing the ranking more than
@@ -658,16 +660,18 @@ def _calibrate(
     """
     chosen_model, calibration_method = uncalibrated[0], "none"
     calibration = {"none": uncalibrated[1]["brier"]}
+    auc = {"none": uncalibrated[1]["auc"]}
     floor = uncalibrated[1]["auc"] - CALIBRATION_AUC_SLACK
     for method in ("sigmoid", "isotonic"):
         progress(f"calibrating {winner} ({method})")
         model = _calibrated(pool()[winner], method).fit(*fit)
         p = model.predict_proba(val[0])[:, 1]
         calibration[method] = round(float(np.mean((p - val[1]) ** 2)), 6)
-        keeps_order = not np.isfinite(floor) or ranking_metrics(val[1], p)["auc"] >= floor
+        auc[method] = round(ranking_metrics(val[1], p)["auc"], 6)
+        keeps_order = not np.isfinite(floor) or auc[method] >= floor
         if calibration[method] < calibration[calibration_method] and keeps_order:
             chosen_model, calibration_method = model, method
-    return chosen_model, calibration_method, calibration
+    return chosen_model, calibration_method, (calibration, auc)
 
 
 def _origin_record(data: LabelledSet) -> dict[str, Any]:

@@ -131,6 +131,9 @@ def test_one_origin_whose_held_out_quarter_holds_too_few_churners_is_refused(tmp
     assert empty and all(manifest["tier_performance"][tier]["precision"] is None for tier in empty)
     card = (tmp_path / "m" / "model_card.md").read_text()
     assert all(re.search(rf"^\| {tier} \| [^|]+ \| 0\.000 \| - \| 0\.000 \|$", card, re.M) for tier in empty)
+    # AND the card gives each calibration's AUC beside its Brier score: why a lower Brier score may not be taken
+    aucs = ", ".join(f"{k} {v:.4f}" for k, v in manifest["calibration_auc"].items())
+    assert set(manifest["calibration_auc"]) == {"none", "sigmoid", "isotonic"} and f"; AUC: {aucs} (" in card
 
 
 def _no_constant(name: str):
@@ -233,10 +236,15 @@ def test_calibration_is_kept_when_it_lowers_the_brier_score_only_if_it_keeps_the
     fit, val = _calibration_case(fit_follows_score)
     model = _FirstColumn().fit(*fit)
     scores = classification_metrics(val[1], model.predict_proba(val[0])[:, 1])
-    chosen, method, brier = _calibrate("first", (model, scores), fit, val, lambda: {"first": _FirstColumn()}, print)
+    chosen, method, (brier, aucs) = _calibrate(
+        "first", (model, scores), fit, val, lambda: {"first": _FirstColumn()}, print
+    )
     # THEN both calibrations lower the Brier score of probabilities far too high
     assert brier["sigmoid"] < brier["none"] and brier["isotonic"] < brier["none"]
     auc = classification_metrics(val[1], chosen.predict_proba(val[0])[:, 1])["auc"]
+    # AND each method's AUC is recorded, so that the card can say why a better Brier score was not taken
+    assert aucs["none"] == scores["auc"] and set(aucs) == {"none", "sigmoid", "isotonic"}
+    assert aucs[method] == pytest.approx(auc, abs=1e-6)
     if fit_follows_score:
         # AND one that keeps the order is kept
         assert method in ("sigmoid", "isotonic") and auc >= scores["auc"] - CALIBRATION_AUC_SLACK
@@ -283,14 +291,16 @@ def test_calibration_may_cost_at_most_the_slack_of_auc(monkeypatch, pairs, kept)
     scores = classification_metrics(y, uncalibrated)
     cost = scores["auc"] - classification_metrics(y, calibrated)["auc"]
     assert cost == pytest.approx(pairs / 3600) and (cost <= CALIBRATION_AUC_SLACK) == kept
-    _, method, brier = training._calibrate("first", (model, scores), val, val, lambda: {"first": _FirstColumn()}, print)
+    _, method, (brier, _auc) = training._calibrate(
+        "first", (model, scores), val, val, lambda: {"first": _FirstColumn()}, print
+    )
     # THEN it is kept within the slack and refused past it, though it lowers the Brier score either way
     assert brier["sigmoid"] < brier["none"] and (method == "sigmoid") == kept
 
 
 def _choice(scores: dict[str, dict[str, float]]) -> _Choice:
     mode = TrainingMode("mixed", 60, 300, False, ("pareto_nbd",))
-    return _Choice("a", "b", None, "none", {}, scores, mode)
+    return _Choice("a", "b", None, "none", {}, {}, scores, mode)
 
 
 def test_the_selection_says_how_the_winner_was_judged_and_when_brier_broke_a_tie():
