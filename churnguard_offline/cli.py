@@ -331,12 +331,8 @@ def _own_rejects(path: Path, source: Path) -> bool:
 def _write_rejects(result: Any, path: Path) -> None:
     """Write the rejected rows to `path` (rejects_path), or remove an earlier run's there: it would speak for this
     file."""
-    if not result.rows_rejected:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(result.rejects.to_bytes())
-    _say(f"{path}: {result.rejects.summary()}")
+    if result.rejects.write_to(path):
+        _say(f"{path}: {result.rejects.summary()}")
 
 
 def _read_and_load(path: Path, not_after: float | None, model_dir: Path | None) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -58,7 +58,6 @@ class Population:
     rows_read: int = 0
     rows_accepted: int = 0
     rows_rejected: int = 0
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
     rejected_summary: str = ""  # RejectWriter.summary of them
 
     def __len__(self) -> int:
@@ -228,13 +227,9 @@ def count_population(
         population = counter.population()
         population.rows_accepted, population.rows_rejected = reader.accepted, reader.rejected
         population.rows_read = reader.accepted + reader.rejected
-        population.rejected_by_reason = dict(rejects.by_reason)
         population.rejected_summary = rejects.summary(written=rejects_to is not None)
-        if rejects_to and reader.rejected:
-            rejects_to.parent.mkdir(parents=True, exist_ok=True)
-            rejects_to.write_bytes(rejects.to_bytes())
-        elif rejects_to:
-            rejects_to.unlink(missing_ok=True)  # an earlier run's rejects would speak for this file
+        if rejects_to:
+            rejects.write_to(rejects_to)
     return population
 
 

@@ -7,6 +7,7 @@ import io
 import re
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 from chalicelib.scoring.events import MAX_USER_ID_LENGTH
 
@@ -104,6 +105,16 @@ class RejectWriter:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.by_reason.items()))
         cap = f"; the first {self.written:,} are written, the rest only counted" if written and self.truncated else ""
         return f"{self.count} rejected rows ({reasons}){cap}"
+
+    def write_to(self, path: Path) -> bool:
+        """Write the reject CSV to a local file, or remove an earlier one there when no row was rejected (it would
+        speak for this file); return whether a row was rejected. The caller has checked the path is its own."""
+        if not self.count:
+            path.unlink(missing_ok=True)
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.to_bytes())
+        return True
 
     def add(self, line: int, reason: str, detail: str, fields: Mapping[str, object] | None) -> None:
         """Record one rejected row."""
