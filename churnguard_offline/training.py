@@ -321,11 +321,9 @@ def train(
     policy = policy or TierPolicy()
     sets = _origin_sets(events, cutoff, horizon_days, lookback_days, max_origins, min_history_days, progress, data_end)
     validation, history = _split_out_of_time(sets, seed)
-    if validation.cutoff == history[0].cutoff:
-        # One origin: a quarter of its users is held out, and those are all the judging rests on.
-        check_judgeable(validation.labels, "in the quarter of the users held out to judge on (one origin only)")
+    out_of_time = validation.cutoff > history[0].cutoff
     fit = _stack(history)
-    mode = training_mode(fit[1], out_of_time=validation.cutoff > history[0].cutoff, sampled=_subsampled(sample))
+    mode = training_mode(fit[1], out_of_time=out_of_time, sampled=_subsampled(sample))
     choice = _choose(fit, (validation.features, validation.labels), seed, horizon_days, progress, mode)
     judged = _judge(choice, validation, history[0], policy, seed, progress)
     final, rows = _refit(choice, sets, seed, horizon_days, progress)
@@ -346,7 +344,7 @@ def train(
         "validation": _validation_record(validation, history),
         "metrics_by_population": population_metrics(validation, judged.p_val),
         "candidates": choice.scores,
-        "selection": _selection_text(choice, validation, validation.cutoff > history[0].cutoff),
+        "selection": _selection_text(choice, validation, out_of_time),
         "training_mode": mode.record(),
         **_evidence(choice, judged, validation, sets[0], seed),
         "training_distribution": _distribution(final, sets[0], lookback_days, progress),
@@ -685,7 +683,8 @@ def _origin_record(data: LabelledSet) -> dict[str, Any]:
 def _split_out_of_time(sets: list[LabelledSet], seed: int) -> tuple[LabelledSet, list[LabelledSet]]:
     """Return (validation, fit sets): the latest origin validates models fitted on the earlier ones.
 
-    With a single origin there is no earlier time to fit on; then a quarter of its users is held out.
+    With a single origin there is no earlier time to fit on; then a quarter of its users is held out, and since
+    those are all the judging rests on, they must hold enough churners and stayers (check_judgeable).
     """
     if len(sets) > 1:
         return sets[0], sets[1:]
@@ -701,6 +700,7 @@ def _split_out_of_time(sets: list[LabelledSet], seed: int) -> tuple[LabelledSet,
         data.horizon_days,
         data.values[idx],
     )
+    check_judgeable(data.labels[val], "in the quarter of the users held out to judge on (one origin only)")
     return part(val), [part(fit)]
 
 

@@ -393,7 +393,7 @@ def _day_gaps(day_user: np.ndarray, day_number: np.ndarray, n_users: int) -> np.
     longest = np.zeros(n_users)
     np.maximum.at(longest, gap_user, gap)
     latest = np.zeros(n_users)
-    last_of_user = np.flatnonzero(np.append(gap_user[1:] != gap_user[:-1], True)) if gap.size else repeat
+    last_of_user = np.flatnonzero(np.diff(gap_user, append=-1))  # user ids are >= 0: the last gap differs from -1
     latest[gap_user[last_of_user]] = gap[last_of_user]
     return np.column_stack([mean, np.sqrt(np.maximum(square - mean * mean, 0.0)), longest, latest])
 
